@@ -1,0 +1,40 @@
+"""Sessions: tests (unit + integration on the sandbox), lint, typecheck, demo."""
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests; the integration tests bring the sandbox up once (as root)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Bring the sandbox up and show it healthy (provisioning joins when `provision` lands)."""
+    session.install("-e", ".[sandbox]")
+    session.run("umc-infra", "sandbox", "up")
+    session.run("umc-infra", "sandbox", "status")
+    session.log(
+        'The sandbox keeps running: eval "$(umc-infra sandbox env)" to use it, '
+        "umc-infra sandbox down to stop it."
+    )

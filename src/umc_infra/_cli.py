@@ -1,0 +1,146 @@
+"""The ``umc-infra`` command line.
+
+Exit codes: 0 ok; 1 an umc_infra error (one line on stderr says what, where and how to fix);
+2 wrong usage; 3 the sandbox is unhealthy (``sandbox status``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from umc_infra import __version__
+from umc_infra._errors import UmcInfraError
+
+if TYPE_CHECKING:
+    from umc_infra.sandbox import Sandbox
+
+EXIT_ERROR = 1
+EXIT_UNHEALTHY = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="umc-infra",
+    help="Self-service vSphere environments from service blueprints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(
+    help="The local sandbox: vCenter simulator, Vault, S3 state backend, SSH guests.", no_args_is_help=True
+)
+app.add_typer(sandbox_app, name="sandbox")
+
+err = Console(stderr=True)
+out = Console()
+
+T = TypeVar("T")
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run an action; turn umc_infra errors into one line on stderr and an exit code."""
+    try:
+        return action()
+    except UmcInfraError as exc:
+        _fail(str(exc))
+    except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
+        problems = "; ".join(
+            f"UMC_SANDBOX_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        _fail(f"invalid sandbox setting: {problems}")
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _sandbox() -> Sandbox:
+    from umc_infra.sandbox import Sandbox
+
+    return _guarded(
+        lambda: Sandbox(on_progress=lambda message: err.print(f"[dim]•[/] {message}", highlight=False))
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the umc-infra version."""
+    out.print(__version__)
+
+
+@sandbox_app.command("up")
+def sandbox_up() -> None:
+    """Start (or reuse) the sandbox and print its connection settings."""
+    sandbox = _sandbox()
+    info = _guarded(sandbox.up)
+    started = ", ".join(sandbox.started) or "nothing (all running)"
+    err.print(f"sandbox up; started: {started}", highlight=False)
+    table = Table("setting", "value", title="sandbox", title_justify="left")
+    for name, value in info.environment().items():
+        shown = "(from `umc-infra sandbox env`)" if name in {"VAULT_TOKEN", "UMC_VAULT_SECRET_ID"} else value
+        table.add_row(name, shown)
+    out.print(table)
+
+
+@sandbox_app.command("down")
+def sandbox_down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also remove the sandbox state directory.")] = False,
+) -> None:
+    """Stop every sandbox process (guests included)."""
+    sandbox = _sandbox()
+    _guarded(lambda: sandbox.down(purge=purge))
+    err.print("sandbox down" + (" and purged" if purge else ""))
+
+
+@sandbox_app.command("status")
+def sandbox_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show each component's health from a real client call; exit 3 if any is unhealthy."""
+    sandbox = _sandbox()
+    status = _guarded(sandbox.status)
+    if as_json:
+        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+    else:
+        table = Table("component", "healthy", "pid", "detail", title="sandbox status", title_justify="left")
+        for c in status.components:
+            table.add_row(c.name, "yes" if c.healthy else "NO", str(c.pid or "-"), c.detail)
+        out.print(table)
+        if status.guests:
+            guests = Table("guest IP", "VM", "running", "pid", title="guests", title_justify="left")
+            for g in status.guests:
+                guests.add_row(str(g.vm.ip), g.vm.name, "yes" if g.running else "no", str(g.pid or "-"))
+            out.print(guests)
+    if not status.healthy:
+        raise typer.Exit(EXIT_UNHEALTHY)
+
+
+@sandbox_app.command("env")
+def sandbox_env(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON object instead of export lines.")
+    ] = False,
+) -> None:
+    """Print the connection settings as `export` lines: eval "$(umc-infra sandbox env)"."""
+    sandbox = _sandbox()
+    info = _guarded(sandbox.info)
+    if as_json:
+        sys.stdout.write(json.dumps(info.environment(), indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(info.export_lines()) + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

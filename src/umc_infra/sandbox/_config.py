@@ -1,0 +1,308 @@
+"""Sandbox configuration: settings, paths, seeded inventory and the settings it hands out.
+
+Everything here is pure (no process, no network), so it is unit-tested without the services.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _cache_root() -> Path:
+    return Path(platformdirs.user_cache_dir("umc-infra"))
+
+
+class SandboxSettings(BaseSettings):
+    """Where the sandbox keeps its state and where its services listen.
+
+    Every field can be set with an ``UMC_SANDBOX_<FIELD>`` environment variable; explicit arguments win.
+    All addresses must lie in 127.0.0.0/8: the sandbox never listens beyond loopback.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="UMC_SANDBOX_", frozen=True, extra="forbid")
+
+    state_dir: Path = Field(default_factory=lambda: _cache_root() / "sandbox")
+    """Pids, logs, credentials and guest roots of this sandbox."""
+    cache_dir: Path = Field(default_factory=_cache_root)
+    """Shared between sandboxes: the built simulator and the debootstrap root."""
+    host: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
+    vcsim_port: Port = 18989
+    vault_port: Port = 18200
+    s3_port: Port = 18555
+    guest_network: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.1.0/24")
+    """Guest IPs: a VM whose guest IP lies here gets an SSH-reachable guest."""
+    guest_ssh_port: Port = 22
+    guests: bool = True
+    """Run SSH guests for VMs (needs root: mount namespaces and chroot)."""
+    debian_mirror: str = "http://deb.debian.org/debian"
+    debian_suite: str = "bookworm"
+
+    @field_validator("host")
+    @classmethod
+    def _host_loopback(cls, value: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        if value not in LOOPBACK:
+            raise ValueError(f"{value} is not a loopback address; use one in 127.0.0.0/8")
+        return value
+
+    @field_validator("guest_network")
+    @classmethod
+    def _network_loopback(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if not value.subnet_of(LOOPBACK):
+            raise ValueError(f"{value} is not inside 127.0.0.0/8; guests must use loopback addresses")
+        if value.num_addresses < 16:
+            raise ValueError(f"{value} is too small; use at least a /28")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> SandboxSettings:
+        ports = [self.vcsim_port, self.vault_port, self.s3_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"vcsim_port, vault_port and s3_port must differ, got {ports}")
+        return self
+
+
+class SandboxInventory(BaseModel):
+    """What the sandbox seeds into the simulator, Vault and the state backend (names only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    datacenter: str = "DC0"
+    host: str = "DC0_H0"
+    cluster: str = "DC0_C0"
+    datastore: str = "LocalDS_0"
+    network: str = "VM Network"
+    vm_folder: str = "umc"
+    template_folder: str = "templates"
+    template: str = "umc-linux-template"
+    template_guest_id: str = "centos7_64Guest"
+    vsphere_user: str = "umc-sandbox@vsphere.local"
+
+    vault_mount: str = "kv"
+    vault_vsphere_path: str = "umc/vsphere"
+    vault_ansible_path: str = "umc/ansible"
+    vault_demo_app_path: str = "apps/demo"
+    vault_policy: str = "umc-read"
+    vault_approle: str = "umc-infra"
+    vault_jwt_role: str = "ci"
+    jwt_audience: str = "umc-infra"
+    jwt_issuer: str = "https://ci.sandbox.invalid"
+
+    state_bucket: str = "umc-terraform-state"
+    lock_table: str = "umc-terraform-locks"
+    region: str = "eu-west-1"
+
+    @property
+    def template_path(self) -> str:
+        """Inventory path of the template VM relative to the datacenter's VM folder."""
+        return f"{self.template_folder}/{self.template}"
+
+
+INVENTORY = SandboxInventory()
+
+
+class SandboxPaths(BaseModel):
+    """Files and directories of one sandbox (state) and of the shared cache."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def of(cls, settings: SandboxSettings) -> SandboxPaths:
+        """Paths for the given settings, made absolute."""
+        return cls(state_dir=settings.state_dir.absolute(), cache_dir=settings.cache_dir.absolute())
+
+    @property
+    def pids(self) -> Path:
+        return self.state_dir / "pids"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def credentials(self) -> Path:
+        """Generated sandbox credentials (mode 0600); removed by ``down --purge``."""
+        return self.state_dir / "credentials.json"
+
+    @property
+    def ssh_public_key(self) -> Path:
+        return self.state_dir / "ansible_ed25519.pub"
+
+    @property
+    def guests(self) -> Path:
+        return self.state_dir / "guests"
+
+    @property
+    def vcsim_tmp(self) -> Path:
+        """TMPDIR of the simulator: its datastore directories live here."""
+        return self.state_dir / "vcsim"
+
+    @property
+    def vcsim_binary(self) -> Path:
+        return self.cache_dir / "bin" / "umc-vcsim"
+
+    @property
+    def go_cache(self) -> Path:
+        return self.cache_dir / "go-build"
+
+    def rootfs(self, suite: str) -> Path:
+        """The shared debootstrap root all guests overlay."""
+        return self.cache_dir / "rootfs" / suite
+
+
+def pool_addresses(network: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """First and last address to hand to VMs: .10 to the last usable, .1 is the gateway."""
+    hosts = list(network.hosts())
+    return hosts[9], hosts[-1]
+
+
+def gateway(network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The guest network's gateway address (its first host)."""
+    return next(network.hosts())
+
+
+def vault_policy(inventory: SandboxInventory) -> str:
+    """The least-privilege read policy: read the umc and apps secrets, nothing else."""
+    mount = inventory.vault_mount
+    return (
+        f'path "{mount}/data/umc/*" {{\n  capabilities = ["read"]\n}}\n'
+        f'path "{mount}/data/apps/*" {{\n  capabilities = ["read"]\n}}\n'
+    )
+
+
+class SandboxInfo(BaseModel):
+    """Connection settings of a running sandbox.
+
+    Secret fields are :class:`~pydantic.SecretStr`: they show as ``**********`` in reprs and logs.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    state_dir: Path
+    vsphere_server: str
+    vsphere_user: str
+    vsphere_password: SecretStr
+    vault_addr: str
+    vault_token: SecretStr
+    """A token with the least-privilege read policy (not the root token)."""
+    vault_role_id: str
+    vault_secret_id: SecretStr
+    s3_endpoint: str
+    guest_network: ipaddress.IPv4Network
+    guest_ssh_port: int
+    inventory: SandboxInventory = INVENTORY
+
+    @property
+    def ip_pool(self) -> str:
+        """The addresses VMs get, as ``first-last``."""
+        first, last = pool_addresses(self.guest_network)
+        return f"{first}-{last}"
+
+    def environment(self) -> dict[str, str]:
+        """The settings as environment variables, for ``umc-infra sandbox env`` and child processes.
+
+        The vSphere password is left out on purpose: the library reads it from Vault.
+        """
+        inv = self.inventory
+        return {
+            "VAULT_ADDR": self.vault_addr,
+            "VAULT_TOKEN": self.vault_token.get_secret_value(),
+            "UMC_VAULT_MOUNT": inv.vault_mount,
+            "UMC_VAULT_ROLE_ID": self.vault_role_id,
+            "UMC_VAULT_SECRET_ID": self.vault_secret_id.get_secret_value(),
+            "VSPHERE_SERVER": self.vsphere_server,
+            "VSPHERE_USER": self.vsphere_user,
+            "VSPHERE_ALLOW_UNVERIFIED_SSL": "true",
+            "UMC_VSPHERE_DATACENTER": inv.datacenter,
+            "UMC_VSPHERE_HOST": inv.host,
+            "UMC_VSPHERE_DATASTORE": inv.datastore,
+            "UMC_VSPHERE_NETWORK": inv.network,
+            "UMC_VSPHERE_FOLDER": inv.vm_folder,
+            "UMC_VSPHERE_TEMPLATE": inv.template_path,
+            "UMC_IP_POOL": self.ip_pool,
+            "UMC_IP_GATEWAY": str(gateway(self.guest_network)),
+            "UMC_SSH_PORT": str(self.guest_ssh_port),
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": "sandbox",
+            "AWS_SECRET_ACCESS_KEY": "sandbox",
+            "AWS_DEFAULT_REGION": inv.region,
+            "UMC_STATE_BUCKET": inv.state_bucket,
+            "UMC_LOCK_TABLE": inv.lock_table,
+            "UMC_SANDBOX_STATE_DIR": str(self.state_dir),
+        }
+
+    def export_lines(self) -> list[str]:
+        """``export NAME=value`` lines, shell-quoted, for ``eval "$(umc-infra sandbox env)"``."""
+        return [f"export {name}={shlex.quote(value)}" for name, value in self.environment().items()]
+
+
+class Credentials(BaseModel):
+    """Generated once per sandbox and kept in ``credentials.json`` (mode 0600) so restarts reseed alike."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vault_root_token: SecretStr
+    vault_read_token: SecretStr
+    vault_role_id: str
+    vault_secret_id: SecretStr
+    vsphere_password: SecretStr
+    ssh_private_key: SecretStr
+    ssh_public_key: str
+    jwt_signing_key: SecretStr
+    demo_db_password: SecretStr
+
+    def dump(self) -> str:
+        """JSON with the secret values revealed, for the 0600 file only."""
+        data: dict[str, Any] = {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else value for name, value in self
+        }
+        return json.dumps(data, indent=2)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, created with that mode (no window where it is wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def vcsim_environment(listen: str, user: str, password: SecretStr, tmpdir: Path) -> dict[str, str]:
+    """The simulator's whole environment: its configuration travels here, never in argv."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "TMPDIR": str(tmpdir),
+        "UMC_VCSIM_LISTEN": listen,
+        "UMC_VCSIM_USER": user,
+        "UMC_VCSIM_PASSWORD": password.get_secret_value(),
+    }
+
+
+def sshd_argv(ip: ipaddress.IPv4Address, port: int) -> list[str]:
+    """Sshd inside a guest: foreground, key-only root login, listening on the guest IP alone."""
+    return [
+        "/usr/sbin/sshd",
+        "-D",
+        "-e",
+        "-o", f"ListenAddress={ip}:{port}",
+        "-o", "PermitRootLogin=prohibit-password",
+        "-o", "PasswordAuthentication=no",
+        "-o", "KbdInteractiveAuthentication=no",
+        "-o", "UseDNS=no",
+        "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key",
+    ]  # fmt: skip

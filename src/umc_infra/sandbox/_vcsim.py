@@ -1,0 +1,209 @@
+"""The vCenter simulator: built from Debian's govmomi source, seeded through the vSphere API."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import ssl
+import tempfile
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from umc_infra._errors import BuildFailed, ComponentFailed, ProcessError
+from umc_infra._process import run
+from umc_infra.sandbox import _daemons, _host
+from umc_infra.sandbox._config import (
+    Credentials,
+    SandboxInfo,
+    SandboxInventory,
+    SandboxPaths,
+    vcsim_environment,
+)
+
+NAME = "vcsim"
+GOPATH = "/usr/share/gocode"
+
+
+def _source() -> bytes:
+    return resources.files("umc_infra.sandbox").joinpath("vcsim/main.go").read_bytes()
+
+
+def ensure_built(paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> Path:
+    """Build the simulator once per source and Go version; later calls reuse the binary.
+
+    Raises:
+        MissingDependency: Go or the govmomi source is missing and cannot be installed here.
+        BuildFailed: ``go build`` failed.
+
+    """
+    _host.require_packages(
+        _host.VCSIM_PACKAGES,
+        purpose="the vCenter simulator",
+        step="sandbox.vcsim.build",
+        on_progress=on_progress,
+    )
+    env = _host.host_env() | {
+        "GO111MODULE": "off",
+        "GOPATH": GOPATH,
+        "GOCACHE": str(paths.go_cache),
+        "HOME": str(paths.cache_dir),
+        "CGO_ENABLED": "0",
+    }
+    go_version = run(["go", "version"], step="sandbox.vcsim.build", env=env).stdout
+    digest = hashlib.sha256(_source() + go_version.encode()).hexdigest()[:16]
+    binary = paths.vcsim_binary.with_name(f"umc-vcsim-{digest}")
+    if binary.exists():
+        return binary
+
+    on_progress("building the vCenter simulator from Debian's govmomi source (once, about 20 s)")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="umc-vcsim-src-") as src:
+        (Path(src) / "main.go").write_bytes(_source())
+        partial = binary.with_suffix(".partial")
+        try:
+            run(
+                ["go", "build", "-o", str(partial), "."],
+                step="sandbox.vcsim.build",
+                env=env,
+                cwd=Path(src),
+                timeout=900,
+            )
+        except ProcessError as exc:
+            raise BuildFailed(
+                "building the vCenter simulator failed:\n"
+                + "\n".join(exc.output_tail)
+                + f"\nCheck the govmomi source: {_host.install_command(sorted(_host.VCSIM_PACKAGES))}",
+                step="sandbox.vcsim.build",
+            ) from None
+        partial.replace(binary)
+    return binary
+
+
+def start(
+    binary: Path, *, host: str, port: int, user: str, creds: Credentials, paths: SandboxPaths
+) -> _daemons.Daemon:
+    """Start the simulator (its password travels in its environment, not argv) and wait for it."""
+    # A previous run's datastore directories are stale: the simulator's inventory is in memory.
+    shutil.rmtree(paths.vcsim_tmp, ignore_errors=True)
+    paths.vcsim_tmp.mkdir(parents=True)
+    daemon = _daemons.start(
+        NAME,
+        [str(binary)],
+        env=vcsim_environment(f"{host}:{port}", user, creds.vsphere_password, paths.vcsim_tmp),
+        pids_dir=paths.pids,
+        logs_dir=paths.logs,
+    )
+    _daemons.wait_until(lambda: _daemons.port_open(host, port), daemon=daemon, component=NAME, timeout_s=30)
+    return daemon
+
+
+@contextlib.contextmanager
+def connect(info: SandboxInfo) -> Iterator[Any]:
+    """A pyvmomi ServiceInstance logged in to the sandbox simulator."""
+    from pyVim.connect import Disconnect, SmartConnect
+
+    host, port = info.vsphere_server.rsplit(":", 1)
+    context = ssl.create_default_context()
+    # The simulator serves Go's built-in test certificate; this connection never leaves loopback.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    si = SmartConnect(
+        host=host,
+        port=int(port),
+        user=info.vsphere_user,
+        pwd=info.vsphere_password.get_secret_value(),
+        sslContext=context,
+        connectionPoolTimeout=10,
+    )
+    try:
+        yield si
+    finally:
+        with contextlib.suppress(Exception):
+            Disconnect(si)
+
+
+def _child(parent: Any, name: str) -> Any:
+    return next((e for e in parent.childEntity if e.name == name), None)
+
+
+def seed(si: Any, inventory: SandboxInventory) -> None:
+    """Create the VM folder, the template folder and the template VM, unless they exist."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    content = si.RetrieveContent()
+    dc = _child(content.rootFolder, inventory.datacenter)
+    if dc is None:
+        raise ComponentFailed(
+            f"the simulator has no datacenter {inventory.datacenter!r}", step="sandbox.vcsim"
+        )
+    for folder in (inventory.vm_folder, inventory.template_folder):
+        if _child(dc.vmFolder, folder) is None:
+            dc.vmFolder.CreateFolder(folder)
+    templates = _child(dc.vmFolder, inventory.template_folder)
+    if _child(templates, inventory.template) is not None:
+        return
+
+    compute = _child(dc.hostFolder, inventory.host)
+    network = next(n for n in dc.network if n.name == inventory.network)
+    datastore = next(d for d in dc.datastore if d.name == inventory.datastore)
+    device = vim.vm.device
+    controller = device.VirtualDeviceSpec(
+        operation="add", device=device.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
+    )
+    disk = device.VirtualDeviceSpec(
+        operation="add",
+        fileOperation="create",
+        device=device.VirtualDisk(
+            key=2000,
+            controllerKey=1000,
+            unitNumber=0,
+            capacityInKB=16 * 1024 * 1024,
+            backing=device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", thinProvisioned=True),
+        ),
+    )
+    nic = device.VirtualDeviceSpec(
+        operation="add",
+        device=device.VirtualVmxnet3(
+            key=4000,
+            # PCI slot 7 is where vSphere puts the first NIC; the provider computes NIC indexes from it.
+            controllerKey=100,
+            unitNumber=7,
+            addressType="generated",
+            backing=device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network.name, network=network),
+            connectable=device.VirtualDevice.ConnectInfo(startConnected=True, allowGuestControl=True),
+            # Provider 2.0.2 reads the template NIC's resource allocation without a nil check and
+            # crashes if it is missing; real vCenters always report one.
+            resourceAllocation=device.VirtualEthernetCard.ResourceAllocation(
+                limit=-1, reservation=0, share=vim.SharesInfo(shares=50, level="normal")
+            ),
+        ),
+    )
+    spec = vim.vm.ConfigSpec(
+        name=inventory.template,
+        guestId=inventory.template_guest_id,
+        numCPUs=1,
+        memoryMB=1024,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore.name}]"),
+        deviceChange=[controller, disk, nic],
+    )
+    task = templates.CreateVM_Task(config=spec, pool=compute.resourcePool, host=compute.host[0])
+    WaitForTask(task)
+    task.info.result.MarkAsTemplate()
+
+
+def health(info: SandboxInfo) -> str:
+    """Log in and count VMs; returns a one-line description or raises."""
+    from pyVmomi import vim
+
+    with connect(info) as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            vms = list(view.view)
+        finally:
+            view.Destroy()
+        return f"{content.about.fullName}; {len(vms)} VMs (template included)"

@@ -1,0 +1,105 @@
+"""The sandbox, brought up once per test run, and helpers to reach its guests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import hvac
+import pytest
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+from umc_infra.sandbox import Sandbox, SandboxInfo, _vcsim
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """The sandbox from the environment's settings: reused if it runs, stopped at the end if we started it."""
+    sb = Sandbox(on_progress=print)
+    sb.up()
+    started = sb.started
+    yield sb
+    if started:
+        sb.down()
+
+
+@pytest.fixture(scope="session")
+def info(sandbox: Sandbox) -> SandboxInfo:
+    return sandbox.info()
+
+
+def read_secret(info: SandboxInfo, path: str) -> dict[str, str]:
+    """Read a KV v2 secret the way the library will: AppRole login, least-privilege policy."""
+    client = hvac.Client(url=info.vault_addr)
+    client.auth.approle.login(role_id=info.vault_role_id, secret_id=info.vault_secret_id.get_secret_value())
+    return client.secrets.kv.v2.read_secret_version(
+        path=path, mount_point=info.inventory.vault_mount, raise_on_deleted_version=True
+    )["data"]["data"]
+
+
+@contextlib.contextmanager
+def private_key_file(info: SandboxInfo) -> Iterator[Path]:
+    """The Ansible SSH key from Vault, in a 0600 file removed afterwards."""
+    key = read_secret(info, info.inventory.vault_ansible_path)["ssh_private_key"]
+    fd, name = tempfile.mkstemp(prefix="umc-test-key-")
+    try:
+        os.write(fd, key.encode())
+        os.close(fd)
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+def ssh(info: SandboxInfo, ip: str, command: str, *, port: int = 22) -> subprocess.CompletedProcess[str]:
+    with private_key_file(info) as key:
+        return subprocess.run(
+            ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+             f"root@{ip}", command],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+
+def find_vm(si, path: str):
+    return si.RetrieveContent().searchIndex.FindByInventoryPath(path)
+
+
+def clone_vm(info: SandboxInfo, name: str, ip: str) -> None:
+    """Clone the template the way the vSphere provider does: clone, customize (fixed IP), power on."""
+    inv = info.inventory
+    with _vcsim.connect(info) as si:
+        template = find_vm(si, f"{inv.datacenter}/vm/{inv.template_path}")
+        folder = find_vm(si, f"{inv.datacenter}/vm/{inv.vm_folder}")
+        host = find_vm(si, f"{inv.datacenter}/host/{inv.host}")
+        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=host.resourcePool), powerOn=False)
+        task = template.Clone(folder=folder, name=name, spec=spec)
+        WaitForTask(task)
+        vm = task.info.result
+        custom = vim.vm.customization
+        WaitForTask(vm.CustomizeVM_Task(spec=custom.Specification(
+            identity=custom.LinuxPrep(hostName=custom.FixedName(name=name), domain="sandbox.umc.local"),
+            globalIPSettings=custom.GlobalIPSettings(),
+            nicSettingMap=[custom.AdapterMapping(adapter=custom.IPSettings(
+                ip=custom.FixedIp(ipAddress=ip), subnetMask="255.255.255.0"))],
+        )))  # fmt: skip
+        WaitForTask(vm.PowerOnVM_Task())
+
+
+def destroy_vm(info: SandboxInfo, name: str) -> None:
+    with _vcsim.connect(info) as si:
+        vm = find_vm(si, f"{info.inventory.datacenter}/vm/{info.inventory.vm_folder}/{name}")
+        if vm is not None:
+            if vm.runtime.powerState == "poweredOn":
+                WaitForTask(vm.PowerOffVM_Task())
+            WaitForTask(vm.Destroy_Task())

@@ -1,0 +1,179 @@
+"""Sandbox configuration: settings, paths, seeded data and handed-out settings, without any service."""
+
+import ipaddress
+import json
+import stat
+import subprocess
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from umc_infra.sandbox import SandboxInfo, SandboxSettings
+from umc_infra.sandbox._config import (
+    INVENTORY,
+    Credentials,
+    SandboxPaths,
+    gateway,
+    pool_addresses,
+    sshd_argv,
+    vault_policy,
+    vcsim_environment,
+    write_private,
+)
+
+
+def make_info(tmp_path, **overrides):
+    values = dict(
+        state_dir=tmp_path,
+        vsphere_server="127.0.0.1:18989",
+        vsphere_user=INVENTORY.vsphere_user,
+        vsphere_password=SecretStr("vs-password-canary"),
+        vault_addr="http://127.0.0.1:18200",
+        vault_token=SecretStr("read-token-canary"),
+        vault_role_id="role-1",
+        vault_secret_id=SecretStr("secret-id-canary"),
+        s3_endpoint="http://127.0.0.1:18555",
+        guest_network=ipaddress.IPv4Network("127.0.1.0/24"),
+        guest_ssh_port=22,
+    )
+    values.update(overrides)
+    return SandboxInfo(**values)
+
+
+def test_defaults_are_loopback_and_distinct_ports():
+    settings = SandboxSettings()
+    assert settings.host == ipaddress.IPv4Address("127.0.0.1")
+    assert settings.guest_network == ipaddress.IPv4Network("127.0.1.0/24")
+    assert len({settings.vcsim_port, settings.vault_port, settings.s3_port}) == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("host", "10.0.0.5", "not a loopback address"),
+        ("host", "0.0.0.0", "not a loopback address"),
+        ("host", "192.168.1.1", "not a loopback address"),
+        ("guest_network", "10.1.0.0/24", "not inside 127.0.0.0/8"),
+        ("guest_network", "127.0.1.0/30", "too small"),
+        ("vcsim_port", 0, "greater than or equal to 1"),
+        ("vault_port", 70000, "less than or equal to 65535"),
+        ("host", "127.0.0.1\n-o x", "valid IPv4"),
+        ("guest_network", "../127.0.1.0/24", "valid IPv4"),
+    ],
+)
+def test_bad_settings_name_the_field_and_what_is_allowed(field, value, message):
+    with pytest.raises(ValidationError) as info:
+        SandboxSettings(**{field: value})
+    text = str(info.value)
+    assert field in text
+    assert message in text
+
+
+def test_ports_must_differ():
+    with pytest.raises(ValidationError, match="must differ"):
+        SandboxSettings(vcsim_port=18000, vault_port=18000)
+
+
+def test_settings_come_from_umc_sandbox_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("UMC_SANDBOX_VCSIM_PORT", "19989")
+    monkeypatch.setenv("UMC_SANDBOX_STATE_DIR", str(tmp_path / "sb"))
+    monkeypatch.setenv("UMC_SANDBOX_GUESTS", "false")
+    settings = SandboxSettings()
+    assert settings.vcsim_port == 19989
+    assert settings.state_dir == tmp_path / "sb"
+    assert settings.guests is False
+    # explicit arguments win over the environment
+    assert SandboxSettings(vcsim_port=20000).vcsim_port == 20000
+
+
+def test_unknown_setting_is_rejected():
+    with pytest.raises(ValidationError, match="vcsim_prot"):
+        SandboxSettings(vcsim_prot=1)
+
+
+def test_paths_live_under_state_and_cache(tmp_path):
+    paths = SandboxPaths.of(SandboxSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"))
+    assert paths.credentials == tmp_path / "state" / "credentials.json"
+    assert paths.guests == tmp_path / "state" / "guests"
+    assert paths.rootfs("bookworm") == tmp_path / "cache" / "rootfs" / "bookworm"
+    assert paths.vcsim_binary.parent == tmp_path / "cache" / "bin"
+
+
+def test_pool_and_gateway():
+    net = ipaddress.IPv4Network("127.0.1.0/24")
+    assert pool_addresses(net) == (ipaddress.IPv4Address("127.0.1.10"), ipaddress.IPv4Address("127.0.1.254"))
+    assert gateway(net) == ipaddress.IPv4Address("127.0.1.1")
+
+
+def test_vault_policy_is_read_only_on_umc_and_apps():
+    policy = vault_policy(INVENTORY)
+    assert 'path "kv/data/umc/*"' in policy
+    assert 'path "kv/data/apps/*"' in policy
+    assert policy.count('capabilities = ["read"]') == 2
+    for verb in ("create", "update", "delete", "list", "sudo"):
+        assert verb not in policy
+
+
+def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(tmp_path):
+    env = make_info(tmp_path).environment()
+    assert env["VAULT_ADDR"] == "http://127.0.0.1:18200"
+    assert env["VAULT_TOKEN"] == "read-token-canary"
+    assert env["VSPHERE_SERVER"] == "127.0.0.1:18989"
+    assert env["UMC_IP_POOL"] == "127.0.1.10-127.0.1.254"
+    assert env["UMC_VSPHERE_TEMPLATE"] == "templates/umc-linux-template"
+    assert "vs-password-canary" not in json.dumps(env)
+    assert all(not k.startswith("VSPHERE_PASSWORD") for k in env)
+
+
+def test_export_lines_survive_a_real_shell(tmp_path):
+    info = make_info(tmp_path, state_dir=tmp_path / "it's $(here)")
+    script = (
+        "\n".join(info.export_lines()) + '\nprintf "%s|%s" "$UMC_VSPHERE_NETWORK" "$UMC_SANDBOX_STATE_DIR"'
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out == f"VM Network|{tmp_path}/it's $(here)"
+
+
+def test_info_repr_hides_secrets(tmp_path):
+    text = repr(make_info(tmp_path)) + str(make_info(tmp_path))
+    for canary in ("vs-password-canary", "read-token-canary", "secret-id-canary"):
+        assert canary not in text
+
+
+def test_simulator_gets_its_password_in_the_environment_only(tmp_path):
+    env = vcsim_environment("127.0.0.1:18989", "user", SecretStr("pw-canary"), tmp_path)
+    assert env["UMC_VCSIM_PASSWORD"] == "pw-canary"
+    assert env["UMC_VCSIM_LISTEN"] == "127.0.0.1:18989"
+    assert env["TMPDIR"] == str(tmp_path)
+
+
+def test_sshd_listens_on_the_guest_ip_only():
+    argv = sshd_argv(ipaddress.IPv4Address("127.0.1.10"), 2222)
+    assert "ListenAddress=127.0.1.10:2222" in argv
+    assert "PasswordAuthentication=no" in argv
+    assert "-D" in argv
+    assert not any("0.0.0.0" in a for a in argv)
+
+
+def test_private_files_are_created_0600(tmp_path):
+    path = tmp_path / "sub" / "credentials.json"
+    write_private(path, "x")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_credentials_round_trip_and_hide_secrets_in_repr():
+    creds = Credentials(
+        vault_root_token=SecretStr("root-canary"),
+        vault_read_token=SecretStr("read"),
+        vault_role_id="role",
+        vault_secret_id=SecretStr("sid"),
+        vsphere_password=SecretStr("pw"),
+        ssh_private_key=SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"),
+        ssh_public_key="ssh-ed25519 AAAA",
+        jwt_signing_key=SecretStr("jwt"),
+        demo_db_password=SecretStr("db"),
+    )
+    assert "root-canary" not in repr(creds)
+    again = Credentials.model_validate_json(creds.dump())
+    assert again.vault_root_token.get_secret_value() == "root-canary"
+    assert again.ssh_private_key == creds.ssh_private_key

@@ -1,0 +1,131 @@
+"""The subprocess choke point: argv lists, explicit env, streaming, redaction, timeouts, signals."""
+
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+from umc_infra import ProcessError, ProcessTimeout, UmcInfraError
+from umc_infra._process import Redactor, add_argv_observer, run
+
+PY = sys.executable
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def test_streams_each_line_as_it_arrives():
+    seen = []
+    result = run(
+        [PY, "-c", "import sys; print('one'); print('two', file=sys.stderr); print('three')"],
+        step="t",
+        env=ENV,
+        on_line=lambda stream, line: seen.append((stream, line)),
+    )
+    assert ("stdout", "one") in seen and ("stdout", "three") in seen and ("stderr", "two") in seen
+    assert result.stdout == "one\nthree"
+    assert result.stderr == "two"
+    assert result.returncode == 0
+
+
+def test_child_sees_only_the_given_environment(monkeypatch):
+    monkeypatch.setenv("UMC_LEAK_CHECK", "visible-in-parent")
+    result = run(
+        [PY, "-c", "import os; print(os.environ.get('UMC_LEAK_CHECK', 'absent'))"], step="t", env=ENV
+    )
+    assert result.stdout == "absent"
+
+
+def test_secret_values_are_redacted_from_output_and_errors():
+    secret = SecretStr("canary-7f3a9c")
+    redactor = Redactor([secret])
+    seen = []
+    with pytest.raises(ProcessError) as info:
+        run(
+            [PY, "-c", "import os,sys; v=os.environ['V']; print('value', v); sys.exit(f'bad {v}')"],
+            step="t",
+            env=ENV | {"V": secret.get_secret_value()},
+            redactor=redactor,
+            on_line=lambda stream, line: seen.append(line),
+        )
+    text = str(info.value) + repr(info.value.output_tail) + repr(seen)
+    assert "canary-7f3a9c" not in text
+    assert "value ***" in seen
+    assert info.value.returncode == 1
+
+
+def test_multiline_secret_is_redacted_line_by_line():
+    key = "-----BEGIN KEY-----\nAAAAsecretline1\nBBBBsecretline2\n-----END KEY-----"
+    redactor = Redactor([key])
+    assert redactor("got BBBBsecretline2 here") == "got *** here"
+
+
+def test_argv_with_a_secret_is_refused_before_anything_starts(tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(UmcInfraError, match="secret value in its argv") as info:
+        run(
+            [PY, "-c", f"open({str(marker)!r}, 'w')", "--password=hunter2-canary"],
+            step="t",
+            env=ENV,
+            redactor=Redactor(["hunter2-canary"]),
+        )
+    assert "hunter2-canary" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_argv_observers_see_every_child():
+    seen = []
+    remove = add_argv_observer(seen.append)
+    try:
+        run([PY, "-c", "pass"], step="t", env=ENV)
+    finally:
+        remove()
+    assert seen == [(PY, "-c", "pass")]
+
+
+def test_nonzero_exit_raises_with_the_output_tail():
+    with pytest.raises(ProcessError) as info:
+        run(
+            [PY, "-c", "import sys; print('first'); print('last words', file=sys.stderr); sys.exit(3)"],
+            step="demo.step",
+            env=ENV,
+        )
+    err = info.value
+    assert err.returncode == 3
+    assert err.step == "demo.step"
+    assert "last words" in str(err)
+    assert err.output_tail == ("last words",)
+
+
+def test_check_false_returns_the_status():
+    assert run([PY, "-c", "raise SystemExit(4)"], step="t", env=ENV, check=False).returncode == 4
+
+
+def test_timeout_sends_sigint_first_so_the_child_can_clean_up():
+    script = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        "    print('saving state', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    seen = []
+    with pytest.raises(ProcessTimeout) as info:
+        run([PY, "-c", script], step="t", env=ENV, timeout=1.5, on_line=lambda s, line: seen.append(line))
+    assert seen == ["ready", "saving state"]
+    assert "did not finish within 2 s" in str(info.value)
+
+
+def test_missing_program_is_a_process_error():
+    with pytest.raises(ProcessError, match="cannot start"):
+        run(["/nonexistent/terraform"], step="t", env=ENV)
+
+
+def test_stdin_text_reaches_the_child_without_argv():
+    result = run(
+        [PY, "-c", "import sys; print(len(sys.stdin.read()))"], step="t", env=ENV, stdin_text="s3cr3t"
+    )
+    assert result.stdout == "6"
+
+
+def test_redactor_repr_shows_no_values():
+    assert "abc-secret" not in repr(Redactor(["abc-secret"]))

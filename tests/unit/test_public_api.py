@@ -1,0 +1,50 @@
+"""The public facade is curated: these tests pin what users may import."""
+
+import umc_infra
+import umc_infra.sandbox
+
+
+def test_top_level_exports_are_pinned():
+    assert sorted(umc_infra.__all__) == [
+        "BuildFailed",
+        "ComponentFailed",
+        "MissingDependency",
+        "PortInUse",
+        "ProcessError",
+        "ProcessTimeout",
+        "SandboxError",
+        "UmcInfraError",
+        "__version__",
+    ]
+
+
+def test_sandbox_exports_are_pinned():
+    assert sorted(umc_infra.sandbox.__all__) == [
+        "ComponentStatus",
+        "Guest",
+        "GuestVM",
+        "Sandbox",
+        "SandboxInfo",
+        "SandboxInventory",
+        "SandboxSettings",
+        "SandboxStatus",
+    ]
+
+
+def test_every_export_exists():
+    for module in (umc_infra, umc_infra.sandbox):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, name
+
+
+def test_every_error_derives_from_the_root():
+    for name in umc_infra.__all__:
+        obj = getattr(umc_infra, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, umc_infra.UmcInfraError), name
+
+
+def test_error_names_its_step():
+    err = umc_infra.SandboxError("vault did not start", step="sandbox.vault")
+    assert str(err) == "[sandbox.vault] vault did not start"
+    assert err.step == "sandbox.vault"
