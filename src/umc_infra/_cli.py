@@ -51,7 +51,8 @@ def _guarded(action: Callable[[], T]) -> T:
         _fail(str(exc))
     except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
         problems = "; ".join(
-            f"UMC_SANDBOX_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            f"UMC_SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
         _fail(f"invalid sandbox setting: {problems}")

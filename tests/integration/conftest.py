@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -69,6 +70,13 @@ def ssh(info: SandboxInfo, ip: str, command: str, *, port: int = 22) -> subproce
              f"root@{ip}", command],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def find_vm(si, path: str):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import free_port
 
 ROOT = Path(__file__).parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -44,12 +45,6 @@ def test_python_example_runs(sandbox, where, code, tmp_path):
     assert "**********" in result.stdout or result.stdout.strip()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
     """docs/sandbox.md's shell block, top to bottom, on a second sandbox of its own (no guests)."""
     (code,) = [c for where, c in blocks("bash") if where.startswith("docs/sandbox.md")]
@@ -58,9 +53,9 @@ def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
         PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
         UMC_SANDBOX_STATE_DIR=str(tmp_path / "walkthrough"),
         UMC_SANDBOX_CACHE_DIR=str(sandbox.settings.cache_dir),
-        UMC_SANDBOX_VCSIM_PORT=str(_free_port()),
-        UMC_SANDBOX_VAULT_PORT=str(_free_port()),
-        UMC_SANDBOX_S3_PORT=str(_free_port()),
+        UMC_SANDBOX_VCSIM_PORT=str(free_port()),
+        UMC_SANDBOX_VAULT_PORT=str(free_port()),
+        UMC_SANDBOX_S3_PORT=str(free_port()),
         UMC_SANDBOX_GUESTS="false",
     )
     script = "set -euo pipefail\n" + code + '\ntest -n "$VAULT_TOKEN" && test -n "$AWS_ENDPOINT_URL"\n'

@@ -17,8 +17,9 @@ from pyVmomi import vim
 from umc_infra import PortInUse
 from umc_infra._process import run
 from umc_infra.sandbox import Sandbox, SandboxSettings, _s3, _vcsim
+from umc_infra.sandbox._config import LOOPBACK
 
-from .conftest import clone_vm, destroy_vm, read_secret, ssh
+from .conftest import clone_vm, destroy_vm, free_port, read_secret, ssh
 
 # -- vCenter simulator --------------------------------------------------------------------------------
 
@@ -216,24 +217,44 @@ def test_a_second_up_reuses_what_runs(sandbox):
     assert {c.name: c.pid for c in again.status().components} == before
 
 
-def test_everything_listens_on_loopback_only(sandbox):
-    pids = {c.pid for c in sandbox.status().components if c.pid}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def _listeners() -> dict[str, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """Listening TCP sockets by inode: address and port."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
         for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state != "0A":
+            fields = line.split()
+            if fields[3] != "0A":
                 continue
-            address = local.rsplit(":", 1)[0]
-            if table.endswith("tcp"):
-                ip = ipaddress.IPv4Address(bytes(reversed(bytes.fromhex(address))))
-                port = int(local.rsplit(":", 1)[1], 16)
-                if port in (
-                    sandbox.settings.vcsim_port,
-                    sandbox.settings.vault_port,
-                    sandbox.settings.s3_port,
-                ):
-                    assert ip.is_loopback, (ip, port)
-    assert pids
+            address, port = fields[1].rsplit(":", 1)
+            raw = bytes.fromhex(address)
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.IPv4Address(raw) if width == 4 else ipaddress.IPv6Address(raw)
+            found[f"socket:[{fields[9]}]"] = (ip, int(port, 16))
+    return found
+
+
+def _sockets_of(pid: int) -> set[str]:
+    try:
+        return {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return set()
+
+
+def test_everything_listens_on_loopback_only(sandbox, info):
+    clone_vm(info, "itest-listen", "127.0.1.206")
+    try:
+        guest = sandbox.wait_for_guest("127.0.1.206")
+        pids = set().union(*(_process_tree(c.pid) for c in sandbox.status().components if c.pid))
+        pids |= _process_tree(guest.pid)
+        listeners = _listeners()
+        ours = {listeners[s] for pid in pids for s in _sockets_of(pid) if s in listeners}
+        ports = {port for _, port in ours}
+        settings = sandbox.settings
+        assert {settings.vcsim_port, settings.vault_port, settings.s3_port, settings.guest_ssh_port} <= ports
+        assert all(ip.is_loopback or getattr(ip, "ipv4_mapped", None) in LOOPBACK for ip, _ in ours), ours
+    finally:
+        destroy_vm(info, "itest-listen")
 
 
 def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
@@ -245,7 +266,7 @@ def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
             state_dir=tmp_path / "state",
             vcsim_port=port,
             vault_port=port + 1 if port < 65535 else port - 1,
-            s3_port=_free_port(),
+            s3_port=free_port(),
             guests=False,
         )
         with pytest.raises(PortInUse) as info:
@@ -257,12 +278,6 @@ def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
         if (tmp_path / "state" / "pids").exists()
         else True
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _process_tree(pid: int) -> set[int]:
@@ -287,9 +302,9 @@ def test_down_leaves_no_process_and_purge_leaves_no_state(tmp_path, sandbox):
     settings = SandboxSettings(
         state_dir=tmp_path / "second",
         cache_dir=sandbox.settings.cache_dir,
-        vcsim_port=_free_port(),
-        vault_port=_free_port(),
-        s3_port=_free_port(),
+        vcsim_port=free_port(),
+        vault_port=free_port(),
+        s3_port=free_port(),
         guest_network="127.0.3.0/24",
     )
     second = Sandbox(settings)
@@ -314,3 +329,28 @@ def test_down_leaves_no_process_and_purge_leaves_no_state(tmp_path, sandbox):
     assert (tmp_path / "second").exists()
     second.down(purge=True)
     assert not (tmp_path / "second").exists()
+
+
+def test_no_seeded_secret_is_written_to_a_log_or_argv(sandbox):
+    """Secrets live in Vault and in the 0600 credentials file only: never in logs or the process table."""
+    creds = sandbox._credentials(create=False)
+    secrets = [
+        creds.vault_root_token.get_secret_value(),
+        creds.vsphere_password.get_secret_value(),
+        creds.demo_db_password.get_secret_value(),
+        creds.vault_secret_id.get_secret_value(),
+        *creds.ssh_private_key.get_secret_value().splitlines()[1:-1],
+    ]
+    logs = list(sandbox.paths.logs.glob("*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], log
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            assert not [s for s in secrets if s in cmdline], proc
+    assert oct(sandbox.paths.credentials.stat().st_mode & 0o777) == "0o600"

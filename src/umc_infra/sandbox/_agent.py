@@ -15,6 +15,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from umc_infra._errors import UmcInfraError
 from umc_infra.sandbox import _guests, _vcsim
 from umc_infra.sandbox._config import SandboxInfo, SandboxPaths, SandboxSettings
 from umc_infra.sandbox._guests import GuestVM
@@ -118,11 +119,15 @@ def main() -> int:
             try:
                 with _vcsim.connect(info) as si:
                     while True:
-                        reconcile(settings, paths, list_vms(si))
+                        vms = list_vms(si)
+                        try:
+                            reconcile(settings, paths, vms)
+                        except UmcInfraError as exc:  # one guest failing must not stop the others
+                            print(f"reconcile failed: {exc}", flush=True)
                         time.sleep(POLL_S)
             except _Stop:
                 raise
-            except Exception as exc:  # the simulator restarts; keep guests and retry
+            except Exception as exc:  # the simulator went away (restart, down): keep guests, retry
                 print(f"simulator unreachable ({type(exc).__name__}); retrying", flush=True)
                 time.sleep(1)
     except _Stop:

@@ -185,6 +185,16 @@ def vault_policy(inventory: SandboxInventory) -> str:
     )
 
 
+def vault_config(host: str, port: int) -> str:
+    """OpenBao server configuration: in-memory storage, one plain-HTTP listener on loopback."""
+    return (
+        'storage "inmem" {}\n'
+        f'listener "tcp" {{\n  address = "{host}:{port}"\n  tls_disable = true\n}}\n'
+        f'api_addr = "http://{host}:{port}"\n'
+        "ui = false\n"
+    )
+
+
 class SandboxInfo(BaseModel):
     """Connection settings of a running sandbox.
 

@@ -152,14 +152,10 @@ class Sandbox:
             _vcsim.seed(si, INVENTORY)
 
         if _vault.NAME in missing:
-            self._progress(f"starting Vault (OpenBao dev server) on {info.vault_addr}")
+            self._progress(f"starting Vault (OpenBao, in-memory storage) on {info.vault_addr}")
             _vault.start(host=host, port=settings.vault_port, creds=creds, paths=paths)
             self._started.append(_vault.NAME)
-        root = self._vault_root(creds)
-        _daemons.wait_until(
-            lambda: not root.sys.is_sealed(), daemon=None, component=_vault.NAME, timeout_s=30
-        )
-        _vault.seed(root, creds, INVENTORY, vsphere_server=info.vsphere_server)
+        _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server)
 
         if _s3.NAME in missing:
             self._progress(f"starting the S3/DynamoDB state backend on {info.s3_endpoint}")

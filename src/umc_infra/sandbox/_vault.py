@@ -1,4 +1,4 @@
-"""Vault for the sandbox: an OpenBao dev server seeded with the secrets blueprints read."""
+"""Vault for the sandbox: an OpenBao server (in-memory storage) seeded with the secrets blueprints read."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from umc_infra._errors import MissingDependency
 from umc_infra.sandbox import _daemons
-from umc_infra.sandbox._config import Credentials, SandboxInfo, SandboxInventory, SandboxPaths, vault_policy
+from umc_infra.sandbox._config import (
+    Credentials,
+    SandboxInfo,
+    SandboxInventory,
+    SandboxPaths,
+    vault_config,
+    vault_policy,
+)
 
 NAME = "vault"
 
@@ -30,23 +37,38 @@ def bao_binary() -> Path:
 
 
 def start(*, host: str, port: int, creds: Credentials, paths: SandboxPaths) -> _daemons.Daemon:
-    """Start an OpenBao dev server (in memory; root token and address passed in its environment)."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(paths.state_dir),
-        "BAO_DEV_ROOT_TOKEN_ID": creds.vault_root_token.get_secret_value(),
-        "BAO_DEV_LISTEN_ADDRESS": f"{host}:{port}",
-        "BAO_DISABLE_MLOCK": "true",
-    }
+    """Start an OpenBao server with in-memory storage, then initialise and unseal it.
+
+    Not dev mode: a dev server prints its root token in its log. Here the unseal key and the
+    initial root token live only in this process's memory; the initial root token makes the
+    sandbox's own root token (from the 0600 credentials file) and is then revoked.
+    """
+    config = paths.state_dir / "vault.hcl"
+    config.write_text(vault_config(host, port))
     daemon = _daemons.start(
         NAME,
-        [str(bao_binary()), "server", "-dev", "-dev-no-store-token", "-log-level=warn"],
-        env=env,
+        [str(bao_binary()), "server", f"-config={config}", "-log-level=warn"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(paths.state_dir)},
         pids_dir=paths.pids,
         logs_dir=paths.logs,
     )
     _daemons.wait_until(lambda: _daemons.port_open(host, port), daemon=daemon, component=NAME, timeout_s=30)
+    _bootstrap(f"http://{host}:{port}", creds)
     return daemon
+
+
+def _bootstrap(addr: str, creds: Credentials) -> None:
+    vault = client(addr)
+    keys = vault.sys.initialize(secret_shares=1, secret_threshold=1)
+    vault.sys.submit_unseal_key(keys["keys"][0])
+    vault.token = keys["root_token"]
+    vault.auth.token.create(
+        id=creds.vault_root_token.get_secret_value(),
+        policies=["root"],
+        no_parent=True,
+        display_name="umc-sandbox-root",
+    )
+    vault.auth.token.revoke_self()
 
 
 def client(addr: str, token: str | None = None) -> Any:

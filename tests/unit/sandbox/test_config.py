@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from tests.unit.conftest import CANARIES, fake_credentials
 from umc_infra.sandbox import SandboxInfo, SandboxSettings
 from umc_infra.sandbox._config import (
     INVENTORY,
@@ -16,6 +17,7 @@ from umc_infra.sandbox._config import (
     gateway,
     pool_addresses,
     sshd_argv,
+    vault_config,
     vault_policy,
     vcsim_environment,
     write_private,
@@ -162,18 +164,16 @@ def test_private_files_are_created_0600(tmp_path):
 
 
 def test_credentials_round_trip_and_hide_secrets_in_repr():
-    creds = Credentials(
-        vault_root_token=SecretStr("root-canary"),
-        vault_read_token=SecretStr("read"),
-        vault_role_id="role",
-        vault_secret_id=SecretStr("sid"),
-        vsphere_password=SecretStr("pw"),
-        ssh_private_key=SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"),
-        ssh_public_key="ssh-ed25519 AAAA",
-        jwt_signing_key=SecretStr("jwt"),
-        demo_db_password=SecretStr("db"),
-    )
-    assert "root-canary" not in repr(creds)
+    creds = fake_credentials()
+    for canary in CANARIES.values():
+        assert canary not in repr(creds)
     again = Credentials.model_validate_json(creds.dump())
-    assert again.vault_root_token.get_secret_value() == "root-canary"
+    assert again.vault_root_token.get_secret_value() == CANARIES["vault_root_token"]
     assert again.ssh_private_key == creds.ssh_private_key
+
+
+def test_vault_config_is_in_memory_on_loopback():
+    config = vault_config("127.0.0.1", 18200)
+    assert 'storage "inmem" {}' in config
+    assert 'address = "127.0.0.1:18200"' in config
+    assert "dev" not in config
