@@ -354,3 +354,16 @@ def test_no_seeded_secret_is_written_to_a_log_or_argv(sandbox):
                 continue
             assert not [s for s in secrets if s in cmdline], proc
     assert oct(sandbox.paths.credentials.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_failed_simulator_build_is_a_clear_error(monkeypatch, tmp_path):
+    from umc_infra import BuildFailed
+    from umc_infra.sandbox._config import SandboxPaths
+
+    monkeypatch.setattr(_vcsim, "_source", lambda: b"package main\nfunc main() { notDefinedAnywhere() }\n")
+    paths = SandboxPaths(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    with pytest.raises(BuildFailed) as info:
+        _vcsim.ensure_built(paths, on_progress=lambda _: None)
+    assert "notDefinedAnywhere" in str(info.value)
+    assert "apt-get install -y golang-github-vmware-govmomi-dev golang-go" in str(info.value)
+    assert not list((tmp_path / "cache" / "bin").glob("umc-vcsim-*"))
