@@ -51,8 +51,7 @@ def _guarded(action: Callable[[], T]) -> T:
         _fail(str(exc))
     except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
         problems = "; ".join(
-            f"UMC_SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
+            f"UMC_SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
         _fail(f"invalid sandbox setting: {problems}")
@@ -69,9 +68,7 @@ def _fail(message: str) -> NoReturn:
 def _sandbox() -> Sandbox:
     from umc_infra.sandbox import Sandbox
 
-    return _guarded(
-        lambda: Sandbox(on_progress=lambda message: err.print(f"[dim]•[/] {message}", highlight=False))
-    )
+    return _guarded(lambda: Sandbox(on_progress=lambda message: err.print(f"[dim]•[/] {message}", highlight=False)))
 
 
 @app.command()
@@ -129,9 +126,7 @@ def sandbox_status(
 
 @sandbox_app.command("env")
 def sandbox_env(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON object instead of export lines.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of export lines.")] = False,
 ) -> None:
     """Print the connection settings as `export` lines: eval "$(umc-infra sandbox env)"."""
     sandbox = _sandbox()

@@ -3,8 +3,15 @@
 Every error the library raises on purpose derives from :class:`UmcInfraError`::
 
     UmcInfraError
+    ├── BlueprintNotFound           no blueprint of that name (lists the ones there are)
+    ├── BlueprintError              a blueprint is invalid or references something missing
+    ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
+    ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
+    ├── AddressError                the IPv4 pool is exhausted or an address is taken
     ├── ProcessError                a child process failed (argv redacted, exit code, output tail)
-    │   └── ProcessTimeout          ... or ran past its timeout and was stopped
+    │   ├── ProcessTimeout          ... or ran past its timeout and was stopped
+    │   └── TerraformError          terraform init/apply/output failed (step, exit code, redacted tail)
+    ├── PlaybookError               a playbook failed: the failed hosts and tasks
     └── SandboxError                the local sandbox cannot start or answer
         ├── MissingDependency       a Debian package or binary is missing (names the install command)
         ├── PortInUse               a sandbox port is taken by a process the sandbox did not start
@@ -16,6 +23,8 @@ built from names and redacted output only.
 """
 
 from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
 
 
 class UmcInfraError(Exception):
@@ -63,6 +72,70 @@ class ProcessError(UmcInfraError):
 
 class ProcessTimeout(ProcessError):
     """A child process ran past its timeout and was stopped."""
+
+
+class BlueprintNotFound(UmcInfraError):
+    """No blueprint has that name."""
+
+
+class BlueprintError(UmcInfraError):
+    """A blueprint is invalid or references a module, playbook, param or secret that does not exist."""
+
+
+class ParamProblem(BaseModel):
+    """One invalid parameter: which, what is wrong, what is allowed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    message: str
+    allowed: str
+
+
+class ParamsError(UmcInfraError):
+    """The parameters do not fit the blueprint; ``problems`` lists every invalid field at once."""
+
+    def __init__(self, problems: list[ParamProblem], *, blueprint: str, step: str = "params") -> None:
+        lines = "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
+        super().__init__(f"invalid parameters for blueprint {blueprint!r}: {lines}", step=step)
+        self.problems = tuple(problems)
+        self.blueprint = blueprint
+
+
+class SecretError(UmcInfraError):
+    """A secret could not be read: missing, denied, deleted, or Vault unreachable.
+
+    Attributes:
+        reference: The Vault reference (``kv/data/apps/x#db_password``), never the value.
+
+    """
+
+    def __init__(self, message: str, *, reference: str | None = None, step: str = "secrets") -> None:
+        super().__init__(message, step=step)
+        self.reference = reference
+
+
+class AddressError(UmcInfraError):
+    """No free address in the pool, or a requested address belongs to another deployment."""
+
+
+class TerraformError(ProcessError):
+    """A Terraform command failed; ``output_tail`` holds its last lines (redacted)."""
+
+
+class PlaybookError(UmcInfraError):
+    """A playbook failed on some hosts.
+
+    Attributes:
+        playbook: The playbook's name.
+        failures: ``(host, task, message)`` for each failed or unreachable host (redacted).
+
+    """
+
+    def __init__(self, message: str, *, playbook: str, failures: list[tuple[str, str, str]], step: str) -> None:
+        super().__init__(message, step=step)
+        self.playbook = playbook
+        self.failures = tuple(failures)
 
 
 class SandboxError(UmcInfraError):

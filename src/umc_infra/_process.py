@@ -38,6 +38,12 @@ _SHOWN_LINES = 8
 _argv_observers: list[Callable[[tuple[str, ...]], None]] = []
 
 
+def notify_argv(args: tuple[str, ...]) -> None:
+    """Tell the observers about a child process started elsewhere (ansible-runner)."""
+    for observer in list(_argv_observers):
+        observer(args)
+
+
 def add_argv_observer(observer: Callable[[tuple[str, ...]], None]) -> Callable[[], None]:
     """Register a callable that sees the argv of every child process; returns its remover."""
     _argv_observers.append(observer)
@@ -130,8 +136,7 @@ def run(
     args = tuple(str(a) for a in argv)
     if any(redact.contains_secret(a) for a in args):
         raise UmcInfraError("refusing to start a process with a secret value in its argv", step=step)
-    for observer in list(_argv_observers):
-        observer(args)
+    notify_argv(args)
 
     started = time.monotonic()
     try:
@@ -148,9 +153,7 @@ def run(
             start_new_session=True,
         )
     except OSError as exc:
-        raise ProcessError(
-            f"cannot start {args[0]!r}: {exc.strerror}", step=step, argv=args, returncode=None
-        ) from None
+        raise ProcessError(f"cannot start {args[0]!r}: {exc.strerror}", step=step, argv=args, returncode=None) from None
 
     lines: queue.Queue[tuple[Stream, str | None]] = queue.Queue()
     readers = [
@@ -273,8 +276,7 @@ def spawn_daemon(
     The caller records the pid; the child survives the caller's exit.
     """
     args = tuple(str(a) for a in argv)
-    for observer in list(_argv_observers):
-        observer(args)
+    notify_argv(args)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(

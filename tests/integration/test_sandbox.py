@@ -39,9 +39,7 @@ def test_simulator_holds_the_seeded_inventory(info):
         template = content.searchIndex.FindByInventoryPath(f"{inv.datacenter}/vm/{inv.template_path}")
         assert template.config.template is True
         assert template.config.guestId == inv.template_guest_id
-        nics = [
-            d for d in template.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)
-        ]
+        nics = [d for d in template.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
         assert [n.backing.deviceName for n in nics] == [inv.network]
         assert any(isinstance(d, vim.vm.device.VirtualDisk) for d in template.config.hardware.device)
 
@@ -100,9 +98,7 @@ def test_the_vsphere_provider_clones_the_template_through_terraform(sandbox, inf
         target.mkdir(parents=True)
         (target / binary.name).symlink_to(binary)
     cli_config = tmp_path / "terraformrc"
-    cli_config.write_text(
-        f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n'
-    )
+    cli_config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
     workdir = tmp_path / "work"
     shutil.copytree(Path(__file__).parents[1] / "fixtures/terraform/sandbox-clone", workdir)
     vsphere = read_secret(info, info.inventory.vault_vsphere_path)
@@ -273,18 +269,12 @@ def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
             Sandbox(settings).up()
     assert f"127.0.0.1:{port}" in str(info.value)
     assert "UMC_SANDBOX_VCSIM_PORT" in str(info.value)
-    assert (
-        not list((tmp_path / "state" / "pids").glob("*.json"))
-        if (tmp_path / "state" / "pids").exists()
-        else True
-    )
+    assert not list((tmp_path / "state" / "pids").glob("*.json")) if (tmp_path / "state" / "pids").exists() else True
 
 
 def _process_tree(pid: int) -> set[int]:
     found = {pid}
-    for child in (
-        Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if Path(f"/proc/{pid}").exists() else []
-    ):
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if Path(f"/proc/{pid}").exists() else []:
         found |= _process_tree(int(child))
     return found
 

@@ -28,9 +28,7 @@ def test_streams_each_line_as_it_arrives():
 
 def test_child_sees_only_the_given_environment(monkeypatch):
     monkeypatch.setenv("UMC_LEAK_CHECK", "visible-in-parent")
-    result = run(
-        [PY, "-c", "import os; print(os.environ.get('UMC_LEAK_CHECK', 'absent'))"], step="t", env=ENV
-    )
+    result = run([PY, "-c", "import os; print(os.environ.get('UMC_LEAK_CHECK', 'absent'))"], step="t", env=ENV)
     assert result.stdout == "absent"
 
 
@@ -121,9 +119,7 @@ def test_missing_program_is_a_process_error():
 
 
 def test_stdin_text_reaches_the_child_without_argv():
-    result = run(
-        [PY, "-c", "import sys; print(len(sys.stdin.read()))"], step="t", env=ENV, stdin_text="s3cr3t"
-    )
+    result = run([PY, "-c", "import sys; print(len(sys.stdin.read()))"], step="t", env=ENV, stdin_text="s3cr3t")
     assert result.stdout == "6"
 
 

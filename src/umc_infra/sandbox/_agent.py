@@ -56,9 +56,7 @@ def list_vms(si: Any) -> list[dict[str, Any]]:
     return [{prop.name: prop.val for prop in obj.propSet} for obj in result]
 
 
-def desired_guests(
-    vms: list[dict[str, Any]], network: ipaddress.IPv4Network
-) -> dict[ipaddress.IPv4Address, GuestVM]:
+def desired_guests(vms: list[dict[str, Any]], network: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, GuestVM]:
     """The guests that should run: powered-on, non-template VMs with a guest IP in ``network``."""
     wanted: dict[ipaddress.IPv4Address, GuestVM] = {}
     for vm in sorted(vms, key=lambda v: str(v.get("name"))):

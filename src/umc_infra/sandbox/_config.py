@@ -239,6 +239,7 @@ class SandboxInfo(BaseModel):
             "VSPHERE_USER": self.vsphere_user,
             "VSPHERE_ALLOW_UNVERIFIED_SSL": "true",
             "UMC_VSPHERE_DATACENTER": inv.datacenter,
+            "UMC_VSPHERE_DOMAIN": "sandbox.umc.local",
             "UMC_VSPHERE_HOST": inv.host,
             "UMC_VSPHERE_DATASTORE": inv.datastore,
             "UMC_VSPHERE_NETWORK": inv.network,
@@ -247,6 +248,12 @@ class SandboxInfo(BaseModel):
             "UMC_IP_POOL": self.ip_pool,
             "UMC_IP_GATEWAY": str(gateway(self.guest_network)),
             "UMC_SSH_PORT": str(self.guest_ssh_port),
+            # The simulator never reports customization done, and its guest IPs are loopback, which
+            # the provider does not count as routable: don't wait for either. Guests can't set the clock.
+            "UMC_VSPHERE_CUSTOMIZE_TIMEOUT": "0",
+            "UMC_VSPHERE_WAIT_FOR_GUEST_NET_TIMEOUT": "0",
+            "UMC_TIME_SYNC_SERVICE": "false",
+            "UMC_BACKEND": "s3",
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": "sandbox",
             "AWS_SECRET_ACCESS_KEY": "sandbox",

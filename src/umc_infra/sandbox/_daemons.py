@@ -200,8 +200,7 @@ def wait_until(
                 )
         time.sleep(0.1)
     raise ComponentFailed(
-        f"{component} did not become ready within {timeout_s:.0f} s; "
-        f"see {daemon.log if daemon else 'its log'}",
+        f"{component} did not become ready within {timeout_s:.0f} s; see {daemon.log if daemon else 'its log'}",
         step=f"sandbox.{component}",
     )
 

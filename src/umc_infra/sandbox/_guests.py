@@ -48,9 +48,7 @@ class Guest(BaseModel):
     pid: int | None
 
 
-def ensure_rootfs(
-    settings: SandboxSettings, paths: SandboxPaths, *, on_progress: Callable[[str], None]
-) -> Path:
+def ensure_rootfs(settings: SandboxSettings, paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> Path:
     """Build the shared guest root once (about 45 s and 280 MB); later calls reuse it."""
     root = paths.rootfs(settings.debian_suite)
     if (root / _READY).exists():
@@ -133,9 +131,7 @@ def start_guest(settings: SandboxSettings, paths: SandboxPaths, vm: GuestVM) -> 
         "--hostname", hostname_for(vm.name),
         "--authorized-keys", str(paths.ssh_public_key),
     ]  # fmt: skip
-    return _daemons.start(
-        _daemon_name(vm.ip), argv, env=_host.host_env(), pids_dir=paths.pids, logs_dir=paths.logs
-    )
+    return _daemons.start(_daemon_name(vm.ip), argv, env=_host.host_env(), pids_dir=paths.pids, logs_dir=paths.logs)
 
 
 def stop_guest(paths: SandboxPaths, ip: ipaddress.IPv4Address, *, remove: bool) -> None:

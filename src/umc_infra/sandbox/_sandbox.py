@@ -128,13 +128,9 @@ class Sandbox:
         missing = [name for name in _SERVICES if _daemons.running(paths.pids, name) is None]
         # Check every port first, so a taken port stops us before anything starts.
         for name in missing:
-            _daemons.ensure_port_free(
-                host, ports[name], component=name, setting=f"UMC_SANDBOX_{name.upper()}_PORT"
-            )
+            _daemons.ensure_port_free(host, ports[name], component=name, setting=f"UMC_SANDBOX_{name.upper()}_PORT")
         binary = _vcsim.ensure_built(paths, on_progress=self._progress)
-        rootfs = (
-            _guests.ensure_rootfs(settings, paths, on_progress=self._progress) if settings.guests else None
-        )
+        rootfs = _guests.ensure_rootfs(settings, paths, on_progress=self._progress) if settings.guests else None
 
         info = self._info(creds)
         if _vcsim.NAME in missing:

@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import ssl
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -82,9 +83,7 @@ def ensure_built(paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> 
     return binary
 
 
-def start(
-    binary: Path, *, host: str, port: int, user: str, creds: Credentials, paths: SandboxPaths
-) -> _daemons.Daemon:
+def start(binary: Path, *, host: str, port: int, user: str, creds: Credentials, paths: SandboxPaths) -> _daemons.Daemon:
     """Start the simulator (its password travels in its environment, not argv) and wait for it."""
     # A previous run's datastore directories are stale: the simulator's inventory is in memory.
     shutil.rmtree(paths.vcsim_tmp, ignore_errors=True)
@@ -137,9 +136,7 @@ def seed(si: Any, inventory: SandboxInventory) -> None:
     content = si.RetrieveContent()
     dc = _child(content.rootFolder, inventory.datacenter)
     if dc is None:
-        raise ComponentFailed(
-            f"the simulator has no datacenter {inventory.datacenter!r}", step="sandbox.vcsim"
-        )
+        raise ComponentFailed(f"the simulator has no datacenter {inventory.datacenter!r}", step="sandbox.vcsim")
     for folder in (inventory.vm_folder, inventory.template_folder):
         if _child(dc.vmFolder, folder) is None:
             dc.vmFolder.CreateFolder(folder)
@@ -162,7 +159,10 @@ def seed(si: Any, inventory: SandboxInventory) -> None:
             controllerKey=1000,
             unitNumber=0,
             capacityInKB=16 * 1024 * 1024,
-            backing=device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", thinProvisioned=True),
+            # The provider finds disks by UUID when it resizes a clone's disk; the simulator assigns none.
+            backing=device.VirtualDisk.FlatVer2BackingInfo(
+                diskMode="persistent", thinProvisioned=True, uuid=str(uuid.uuid4())
+            ),
         ),
     )
     nic = device.VirtualDeviceSpec(

@@ -129,9 +129,7 @@ def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(
 
 def test_export_lines_survive_a_real_shell(tmp_path):
     info = make_info(tmp_path, state_dir=tmp_path / "it's $(here)")
-    script = (
-        "\n".join(info.export_lines()) + '\nprintf "%s|%s" "$UMC_VSPHERE_NETWORK" "$UMC_SANDBOX_STATE_DIR"'
-    )
+    script = "\n".join(info.export_lines()) + '\nprintf "%s|%s" "$UMC_VSPHERE_NETWORK" "$UMC_SANDBOX_STATE_DIR"'
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert out == f"VM Network|{tmp_path}/it's $(here)"
 

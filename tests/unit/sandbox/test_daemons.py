@@ -19,9 +19,7 @@ def test_start_find_and_stop_a_daemon(tmp_path):
     )
     assert daemon.alive()
     assert _daemons.running(tmp_path / "pids", "sleeper") == daemon
-    _daemons.wait_until(
-        lambda: "up" in daemon.log.read_text(), daemon=daemon, component="sleeper", timeout_s=10
-    )
+    _daemons.wait_until(lambda: "up" in daemon.log.read_text(), daemon=daemon, component="sleeper", timeout_s=10)
     _daemons.stop(daemon, pids_dir=tmp_path / "pids")
     assert not daemon.alive()
     assert _daemons.find(tmp_path / "pids", "sleeper") is None

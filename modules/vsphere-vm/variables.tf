@@ -1,0 +1,200 @@
+# --- vCenter connection --------------------------------------------------------------------------
+
+variable "vsphere_server" {
+  description = "vCenter address (host or host:port)."
+  type        = string
+}
+
+variable "vsphere_user" {
+  description = "vCenter user name."
+  type        = string
+}
+
+variable "vsphere_password" {
+  description = "vCenter password. Pass it through TF_VAR_vsphere_password, never on the command line."
+  type        = string
+  sensitive   = true
+}
+
+variable "allow_unverified_ssl" {
+  description = "Accept a self-signed vCenter certificate (sandbox only)."
+  type        = bool
+  default     = false
+}
+
+# --- Placement -----------------------------------------------------------------------------------
+
+variable "datacenter" {
+  description = "Datacenter name."
+  type        = string
+}
+
+variable "cluster" {
+  description = "Cluster whose root resource pool receives the VMs. Set exactly one of cluster or host."
+  type        = string
+  default     = ""
+}
+
+variable "host" {
+  description = "Standalone ESXi host whose resource pool receives the VMs. Set exactly one of cluster or host."
+  type        = string
+  default     = ""
+}
+
+variable "datastore" {
+  description = "Datastore name."
+  type        = string
+}
+
+variable "network" {
+  description = "Port group the VM's single NIC connects to."
+  type        = string
+}
+
+variable "folder" {
+  description = "VM folder, relative to the datacenter's VM folder (e.g. \"umc\")."
+  type        = string
+}
+
+variable "template" {
+  description = "Template VM, inventory path relative to the datacenter's VM folder (e.g. \"templates/umc-linux-template\")."
+  type        = string
+}
+
+# --- Shape ---------------------------------------------------------------------------------------
+# Terraform 1.0.3 runs validation on the raw string of a -var or TF_VAR_ value, so "2" == 2 is false
+# there: number checks compare against tonumber(var.x).
+
+variable "name_prefix" {
+  description = "VMs are named <name_prefix>-1 .. <name_prefix>-<instances>; the guest hostname is the same."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,40}$", var.name_prefix))
+    error_message = "The name_prefix must match ^[a-z0-9][a-z0-9-]{0,40}$ (lower-case letters, digits and '-', starting with a letter or digit, at most 41 characters)."
+  }
+}
+
+variable "instances" {
+  description = "Number of VMs."
+  type        = number
+
+  validation {
+    condition     = var.instances >= 0 && floor(var.instances) == tonumber(var.instances)
+    error_message = "The instances value must be a whole number >= 0."
+  }
+}
+
+variable "cpu" {
+  description = "vCPUs per VM."
+  type        = number
+
+  validation {
+    condition     = var.cpu >= 1 && floor(var.cpu) == tonumber(var.cpu)
+    error_message = "The cpu value must be a whole number >= 1."
+  }
+}
+
+variable "memory_mb" {
+  description = "Memory per VM in MB."
+  type        = number
+
+  validation {
+    condition     = var.memory_mb >= 256 && floor(var.memory_mb) == tonumber(var.memory_mb)
+    error_message = "The memory_mb value must be a whole number >= 256."
+  }
+}
+
+variable "disk_gb" {
+  description = "Size of the first disk in GB; must be at least the template's disk size (checked at plan time)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.disk_gb >= 1 && floor(var.disk_gb) == tonumber(var.disk_gb)
+    error_message = "The disk_gb value must be a whole number >= 1."
+  }
+}
+
+# --- Guest customization -------------------------------------------------------------------------
+
+variable "domain" {
+  description = "DNS domain of the guests."
+  type        = string
+  default     = "local"
+}
+
+variable "ipv4_addresses" {
+  description = "Static IPv4 address per VM, in count order. Empty means DHCP; otherwise exactly one per instance (checked at plan time)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for ip in var.ipv4_addresses : can(cidrhost("${ip}/32", 0))])
+    error_message = "Every ipv4_addresses entry must be a plain IPv4 address such as 10.0.0.5 (no prefix length)."
+  }
+}
+
+variable "ipv4_netmask" {
+  description = "Prefix length for the static addresses."
+  type        = number
+  default     = 24
+
+  validation {
+    condition     = var.ipv4_netmask >= 1 && var.ipv4_netmask <= 32 && floor(var.ipv4_netmask) == tonumber(var.ipv4_netmask)
+    error_message = "The ipv4_netmask value must be a prefix length between 1 and 32."
+  }
+}
+
+variable "ipv4_gateway" {
+  description = "Default gateway; empty for none (DHCP)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.ipv4_gateway == "" || can(cidrhost("${var.ipv4_gateway}/32", 0))
+    error_message = "The ipv4_gateway value must be empty or a plain IPv4 address."
+  }
+}
+
+variable "dns_servers" {
+  description = "DNS servers written by guest customization."
+  type        = list(string)
+  default     = []
+}
+
+variable "dns_suffixes" {
+  description = "DNS search suffixes written by guest customization."
+  type        = list(string)
+  default     = []
+}
+
+variable "tag_ids" {
+  description = "vSphere tag ids attached to every VM (optional)."
+  type        = list(string)
+  default     = []
+}
+
+# --- Timeouts (the sandbox passes 0 for both) ----------------------------------------------------
+
+variable "customize_timeout" {
+  description = "Minutes to wait for guest customization to finish; 0 does not wait (the simulator never reports completion)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.customize_timeout >= 0
+    error_message = "The customize_timeout value must be >= 0."
+  }
+}
+
+variable "wait_for_guest_net_timeout" {
+  description = "Minutes to wait for a routable guest IP; 0 does not wait (the provider ignores loopback addresses, which the sandbox uses)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.wait_for_guest_net_timeout >= 0
+    error_message = "The wait_for_guest_net_timeout value must be >= 0."
+  }
+}

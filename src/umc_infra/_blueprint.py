@@ -1,0 +1,425 @@
+"""Service blueprints: the YAML schema, loading, and checking every reference before anything runs.
+
+A blueprint composes Terraform modules (``modules/<source>``) and Ansible playbooks
+(``playbooks/<name>.yml``). Values flow between them by *references*, plain strings of the form:
+
+- ``params.<name>``                  a validated parameter
+- ``secrets.<name>``                 a secret from Vault (never shown, never on disk)
+- ``site.<name>``                    a site setting (datacenter, template, gateway ...)
+- ``deployment``                     the deployment name
+- ``addresses.<module>``             the IPv4 addresses allocated for a module
+- ``modules.<module>.<output>``      a Terraform output of an earlier module
+- ``hosts.<group>.ips``              the addresses of an inventory group (playbook vars only)
+
+A list-valued reference may take an index: ``hosts.db.ips[0]``.
+
+A literal is written ``{value: ...}``; a name built from other values ``{format: "{deployment}-web"}``
+(only ``{deployment}`` and string or integer params may appear). Nothing is ever templated into HCL,
+YAML or a shell line: values travel as JSON to Terraform and as unsafe text to Ansible.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from umc_infra._errors import BlueprintError, BlueprintNotFound
+
+IDENT = r"^[a-z][a-z0-9_]{0,62}$"
+BLUEPRINT_NAME = r"^[a-z][a-z0-9-]{0,48}[a-z0-9]$"
+SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+SITE_KEYS = frozenset(
+    {
+        "vsphere_server", "allow_unverified_ssl", "datacenter", "cluster", "host", "datastore", "network",
+        "folder", "template", "domain", "ip_gateway", "ip_netmask", "dns_servers", "customize_timeout",
+        "wait_for_guest_net_timeout", "time_sync_service",
+    }
+)  # fmt: skip
+_REF = re.compile(
+    r"^(?:deployment|params\.[a-z][a-z0-9_]*|secrets\.[a-z][a-z0-9_]*|site\.[a-z][a-z0-9_]*"
+    r"|addresses\.[a-z][a-z0-9_]*|modules\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*|hosts\.[a-z][a-z0-9_]*\.ips)"
+    r"(?:\[\d{1,3}\])?$"
+)
+_SECRET_REF = re.compile(r"^(?P<mount>[a-z0-9_-]+)/data/(?P<path>[A-Za-z0-9_{}./-]+)#(?P<key>[A-Za-z0-9_.-]+)$")
+
+Ident = Annotated[str, Field(pattern=IDENT)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Literal_(_Model):
+    """A literal value: ``{value: 2}``."""
+
+    value: Any
+
+
+class Format(_Model):
+    """A string made of the deployment name and params: ``{format: "{deployment}-web"}``."""
+
+    format: str
+
+    def fields(self) -> list[str]:
+        """The placeholders the format uses."""
+        return [name for _, name, _, _ in string.Formatter().parse(self.format) if name is not None]
+
+
+Reference = Annotated[str, Field(pattern=_REF.pattern)]
+Value = Reference | Literal_ | Format
+
+
+def refs_in(value: Value) -> list[str]:
+    """The references a value reads (a format reads ``deployment`` and ``params.<name>``)."""
+    if isinstance(value, str):
+        return [value.partition("[")[0]]
+    if isinstance(value, Format):
+        return ["deployment" if f == "deployment" else f"params.{f}" for f in value.fields()]
+    return []
+
+
+class ParamSpec(_Model):
+    """One parameter: its type, default and constraints."""
+
+    type: Literal["string", "integer", "number", "boolean", "enum", "list"]
+    description: str = ""
+    title: str | None = None
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = Field(default=None, ge=0)
+    max_length: int | None = Field(default=None, ge=0)
+    pattern: str | None = None
+    format: Literal["ipv4", "hostname"] | None = None
+    values: list[str | int] | None = None
+    """The allowed values of an enum."""
+    items: Literal["string", "integer", "number", "boolean", "ipv4"] | None = None
+    """The type of a list's items."""
+    multiline: bool = False
+    """Allow newlines and tabs in a string (other control characters are always refused)."""
+    secret: bool = False
+
+    @property
+    def required(self) -> bool:
+        """A parameter without a default must be given."""
+        return "default" not in self.model_fields_set
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum needs 'values'")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("'values' is only for type enum")
+        if self.type == "list" and self.items is None:
+            raise ValueError("a list needs 'items' (string, integer, number, boolean or ipv4)")
+        if self.type != "list" and self.items is not None:
+            raise ValueError("'items' is only for type list")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"'pattern' is not a regular expression: {exc}") from None
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("'min' is greater than 'max'")
+        return self
+
+
+class SecretRef(_Model):
+    """A KV v2 secret reference: ``<mount>/data/<path>#<key>``; ``{placeholders}`` come from params."""
+
+    mount: str
+    path: str
+    key: str
+
+    @classmethod
+    def parse(cls, text: str) -> SecretRef:
+        """Parse ``kv/data/apps/{deployment}#db_password``.
+
+        Raises:
+            ValueError: Not a KV v2 reference.
+
+        """
+        match = _SECRET_REF.match(text)
+        if match is None or ".." in match["path"].split("/"):
+            raise ValueError(f"{text!r} is not a KV v2 reference like 'kv/data/apps/{{deployment}}#db_password'")
+        return cls(mount=match["mount"], path=match["path"], key=match["key"])
+
+    def placeholders(self) -> list[str]:
+        """Placeholder names in the path."""
+        return [name for _, name, _, _ in string.Formatter().parse(self.path) if name is not None]
+
+    def __str__(self) -> str:
+        return f"{self.mount}/data/{self.path}#{self.key}"
+
+
+class AddressSpec(_Model):
+    """How many IPv4 addresses a module needs; given ones are used, missing ones allocated from the pool."""
+
+    count: Value
+    given: Reference | None = None
+
+
+class ModuleSpec(_Model):
+    """A Terraform module instance."""
+
+    source: Annotated[str, Field(pattern=SOURCE_NAME)]
+    inputs: dict[Ident, Value] = Field(default_factory=dict)
+    addresses: AddressSpec | None = None
+
+
+class HostsSpec(_Model):
+    """Hosts from a module's outputs: one host per name, at the matching IP, in the given groups."""
+
+    module: Ident
+    groups: list[Ident] = Field(min_length=1)
+    names: Ident = "names"
+    ips: Ident = "ips"
+
+
+class PlaybookSpec(_Model):
+    """A playbook run on some groups, with its variables."""
+
+    playbook: Annotated[str, Field(pattern=SOURCE_NAME)]
+    hosts: Ident = "all"
+    vars: dict[Ident, Value] = Field(default_factory=dict)
+    secret_vars: list[Ident] = Field(default_factory=list)
+    """Vars whose values are secrets (set automatically for ``secrets.*`` references)."""
+
+
+class OutputSpec(_Model):
+    """A value the result shows."""
+
+    value: Value
+    description: str = ""
+    sensitive: bool = False
+
+
+class AnsibleSpec(_Model):
+    """How Ansible reaches the hosts."""
+
+    user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
+    ssh_private_key: Reference
+
+
+class Blueprint(_Model):
+    """A named, versioned service blueprint."""
+
+    name: Annotated[str, Field(pattern=BLUEPRINT_NAME)]
+    version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")]
+    description: str
+    params: dict[Ident, ParamSpec] = Field(default_factory=dict)
+    secrets: dict[Ident, str] = Field(default_factory=dict)
+    modules: dict[Ident, ModuleSpec] = Field(min_length=1)
+    hosts: list[HostsSpec] = Field(default_factory=list)
+    playbooks: list[PlaybookSpec] = Field(default_factory=list)
+    outputs: dict[Ident, OutputSpec] = Field(default_factory=dict)
+    ansible: AnsibleSpec | None = None
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for ref in value.values():
+            SecretRef.parse(ref)
+        return value
+
+    def secret_ref(self, name: str) -> SecretRef:
+        """The parsed Vault reference of secret ``name``."""
+        return SecretRef.parse(self.secrets[name])
+
+    @property
+    def groups(self) -> set[str]:
+        """Every inventory group the hosts land in, plus ``all``."""
+        return {"all", *(g for h in self.hosts for g in h.groups)}
+
+
+class Content(BaseModel):
+    """Where blueprints, modules and playbooks are found."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+
+    @property
+    def blueprints(self) -> Path:
+        return self.root / "blueprints"
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "modules"
+
+    @property
+    def playbooks(self) -> Path:
+        return self.root / "playbooks"
+
+    @classmethod
+    def locate(cls, content_dir: Path | None = None) -> Content:
+        """The given directory, else the content shipped with umc_infra (source tree or installed data)."""
+        import sys
+
+        candidates = [content_dir] if content_dir is not None else [
+            Path(__file__).resolve().parents[2],
+            Path(sys.prefix) / "share" / "umc-infra",
+        ]  # fmt: skip
+        for root in candidates:
+            if root is not None and (root / "blueprints").is_dir():
+                return cls(root=root)
+        raise BlueprintError(
+            f"no blueprints/ directory in {', '.join(str(c) for c in candidates)}; "
+            "set UMC_CONTENT_DIR to the directory that holds blueprints/, modules/ and playbooks/",
+            step="blueprint.load",
+        )
+
+
+def module_interface(module_dir: Path) -> tuple[set[str], set[str]]:
+    """The variable and output names a module declares (read from its ``*.tf`` files)."""
+    variables: set[str] = set()
+    outputs: set[str] = set()
+    for tf in module_dir.glob("*.tf"):
+        for kind, name in re.findall(r'^\s*(variable|output)\s+"([^"]+)"', tf.read_text(), re.M):
+            (variables if kind == "variable" else outputs).add(name)
+    return variables, outputs
+
+
+def available(content: Content) -> list[str]:
+    """Names of the blueprints in the content directory."""
+    return sorted(p.stem for p in content.blueprints.glob("*.yaml"))
+
+
+def load(name: str, content: Content) -> Blueprint:
+    """Load and check a blueprint by name.
+
+    Raises:
+        BlueprintNotFound: No blueprint of that name (the error lists those that exist).
+        BlueprintError: The file is invalid or references something that does not exist.
+
+    """
+    names = available(content)
+    if not isinstance(name, str) or not re.fullmatch(BLUEPRINT_NAME, name) or name not in names:
+        raise BlueprintNotFound(
+            f"no blueprint named {name!r}; available: {', '.join(names) or 'none'}", step="blueprint.load"
+        )
+    path = content.blueprints / f"{name}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BlueprintError(f"{path}: not valid YAML: {exc}", step="blueprint.load") from None
+    try:
+        blueprint = Blueprint.model_validate({**(raw or {}), "source": path})
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise BlueprintError(f"{path}: {errors}", step="blueprint.load") from None
+    if blueprint.name != name:
+        raise BlueprintError(f"{path}: declares name {blueprint.name!r}, expected {name!r}", step="blueprint.load")
+    problems = check(blueprint, content)
+    if problems:
+        raise BlueprintError(f"{path}: " + "; ".join(problems), step="blueprint.load")
+    return blueprint
+
+
+def check(blueprint: Blueprint, content: Content) -> list[str]:
+    """Every broken reference in a blueprint, as readable problems (empty if none)."""
+    problems: list[str] = []
+    outputs_of: dict[str, set[str]] = {}
+
+    def check_ref(ref: str, where: str, *, earlier_modules: set[str] | None, playbook: bool = False) -> None:
+        kind, _, rest = ref.partition(".")
+        if kind == "params" and rest not in blueprint.params:
+            problems.append(f"{where}: unknown param {rest!r}")
+        elif kind == "secrets" and rest not in blueprint.secrets:
+            problems.append(f"{where}: unknown secret {rest!r}")
+        elif kind == "site" and rest not in SITE_KEYS:
+            problems.append(f"{where}: unknown site setting {rest!r}; known: {', '.join(sorted(SITE_KEYS))}")
+        elif kind == "addresses":
+            spec = blueprint.modules.get(rest)
+            if spec is None or spec.addresses is None:
+                problems.append(f"{where}: module {rest!r} declares no addresses")
+        elif kind == "modules":
+            module, _, output = rest.partition(".")
+            allowed = set(blueprint.modules) if earlier_modules is None else earlier_modules
+            if module not in allowed:
+                problems.append(f"{where}: {ref!r} needs module {module!r} to come earlier")
+            elif output not in outputs_of.get(module, set()):
+                problems.append(f"{where}: module {module!r} has no output {output!r}")
+        elif kind == "hosts":
+            group = rest.partition(".")[0]
+            if not playbook:
+                problems.append(f"{where}: hosts.* references are only for playbook vars")
+            elif group not in blueprint.groups:
+                problems.append(f"{where}: unknown host group {group!r}")
+
+    done: set[str] = set()
+    for name, module in blueprint.modules.items():
+        where = f"modules.{name}"
+        module_dir = content.modules / module.source
+        if not module_dir.is_dir() or not list(module_dir.glob("*.tf")):
+            problems.append(f"{where}: module source {module.source!r} not found in {content.modules}")
+            outputs_of[name] = set()
+        else:
+            variables, outputs = module_interface(module_dir)
+            outputs_of[name] = outputs
+            for unknown in sorted(set(module.inputs) - variables):
+                problems.append(f"{where}.inputs.{unknown}: module {module.source!r} has no variable {unknown!r}")
+        for input_name, value in module.inputs.items():
+            for ref in refs_in(value):
+                check_ref(ref, f"{where}.inputs.{input_name}", earlier_modules=done)
+        if module.addresses is not None:
+            given = [module.addresses.given] if module.addresses.given else []
+            for address_ref in [*refs_in(module.addresses.count), *given]:
+                check_ref(address_ref, f"{where}.addresses", earlier_modules=done)
+        done.add(name)
+
+    for i, hosts in enumerate(blueprint.hosts):
+        where = f"hosts[{i}]"
+        if hosts.module not in blueprint.modules:
+            problems.append(f"{where}: unknown module {hosts.module!r}")
+            continue
+        for output_name in (hosts.names, hosts.ips):
+            if outputs_of.get(hosts.module) and output_name not in outputs_of[hosts.module]:
+                problems.append(f"{where}: module {hosts.module!r} has no output {output_name!r}")
+
+    for i, play in enumerate(blueprint.playbooks):
+        where = f"playbooks[{i}]"
+        if not (content.playbooks / f"{play.playbook}.yml").is_file():
+            problems.append(f"{where}: playbook {play.playbook!r} not found in {content.playbooks}")
+        if play.hosts not in blueprint.groups:
+            problems.append(
+                f"{where}.hosts: unknown group {play.hosts!r}; groups: {', '.join(sorted(blueprint.groups))}"
+            )
+        for var, value in play.vars.items():
+            for ref in refs_in(value):
+                check_ref(ref, f"{where}.vars.{var}", earlier_modules=None, playbook=True)
+        for var in play.secret_vars:
+            if var not in play.vars:
+                problems.append(f"{where}.secret_vars: {var!r} is not one of its vars")
+
+    for out_name, output in blueprint.outputs.items():
+        for ref in refs_in(output.value):
+            check_ref(ref, f"outputs.{out_name}", earlier_modules=None, playbook=True)
+
+    for secret_name in blueprint.secrets:
+        for placeholder in blueprint.secret_ref(secret_name).placeholders():
+            param = blueprint.params.get(placeholder)
+            if placeholder != "deployment" and (param is None or param.secret or param.type not in ("string", "enum")):
+                problems.append(
+                    f"secrets.{secret_name}: placeholder {{{placeholder}}} must be 'deployment' or a non-secret "
+                    "string or enum param"
+                )
+    formats = [v for m in blueprint.modules.values() for v in m.inputs.values() if isinstance(v, Format)]
+    for fmt in formats:
+        for field in fmt.fields():
+            param = blueprint.params.get(field)
+            if field != "deployment" and param is not None and param.type not in ("string", "integer", "enum"):
+                problems.append(f"format {fmt.format!r}: param {field!r} must be a string, integer or enum")
+    if blueprint.playbooks and blueprint.ansible is None:
+        problems.append("ansible: a blueprint with playbooks needs 'ansible: {ssh_private_key: secrets.<name>}'")
+    if blueprint.ansible is not None:
+        check_ref(blueprint.ansible.ssh_private_key, "ansible.ssh_private_key", earlier_modules=None)
+        if not blueprint.ansible.ssh_private_key.startswith("secrets."):
+            problems.append("ansible.ssh_private_key: must be a secrets.<name> reference")
+    return problems

@@ -1,0 +1,128 @@
+"""Settings: where Vault, the state backend, vSphere and the tools are; from the environment or arguments.
+
+Every field reads an ``UMC_*`` variable; a few also read the names their tools use (``VAULT_ADDR``,
+``VAULT_TOKEN``, ``VSPHERE_SERVER``, ``AWS_ENDPOINT_URL``), the ``UMC_*`` name winning. Explicit
+arguments win over both. ``eval "$(umc-infra sandbox env)"`` sets all of them for the sandbox.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,200}$"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything umc_infra needs to know about the site it provisions on."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    # -- Vault ------------------------------------------------------------------------------------
+    vault_addr: str | None = Field(default=None, validation_alias=_env("UMC_VAULT_ADDR", "VAULT_ADDR"))
+    vault_token: SecretStr | None = Field(default=None, validation_alias=_env("UMC_VAULT_TOKEN", "VAULT_TOKEN"))
+    vault_role_id: str | None = Field(default=None, validation_alias=_env("UMC_VAULT_ROLE_ID"))
+    vault_secret_id: SecretStr | None = Field(default=None, validation_alias=_env("UMC_VAULT_SECRET_ID"))
+    vault_jwt: SecretStr | None = Field(default=None, validation_alias=_env("UMC_VAULT_JWT"))
+    """A CI job's ID token (e.g. GitLab's ``id_tokens``), for JWT login."""
+    vault_jwt_role: str = Field(default="ci", validation_alias=_env("UMC_VAULT_JWT_ROLE"))
+    vault_jwt_mount: str = Field(default="jwt", validation_alias=_env("UMC_VAULT_JWT_MOUNT"))
+    vault_approle_mount: str = Field(default="approle", validation_alias=_env("UMC_VAULT_APPROLE_MOUNT"))
+    vault_namespace: str | None = Field(default=None, validation_alias=_env("UMC_VAULT_NAMESPACE", "VAULT_NAMESPACE"))
+    vault_timeout_s: float = Field(default=10.0, validation_alias=_env("UMC_VAULT_TIMEOUT"))
+
+    # -- state backend ----------------------------------------------------------------------------
+    state_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("umc-infra")),
+        validation_alias=_env("UMC_STATE_DIR"),
+    )
+    """Working directories, and with the local backend: Terraform state, records, IP allocations."""
+    backend: Literal["local", "s3"] = Field(default="local", validation_alias=_env("UMC_BACKEND"))
+    state_bucket: Annotated[str, Field(pattern=_BUCKET)] | None = Field(
+        default=None, validation_alias=_env("UMC_STATE_BUCKET")
+    )
+    lock_table: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{3,255}$")] | None = Field(
+        default=None, validation_alias=_env("UMC_LOCK_TABLE")
+    )
+    s3_endpoint: str | None = Field(default=None, validation_alias=_env("UMC_S3_ENDPOINT", "AWS_ENDPOINT_URL"))
+    s3_region: str = Field(default="eu-west-1", validation_alias=_env("UMC_S3_REGION", "AWS_DEFAULT_REGION"))
+
+    # -- vSphere site -----------------------------------------------------------------------------
+    vsphere_server: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_SERVER", "VSPHERE_SERVER"))
+    vsphere_allow_unverified_ssl: bool = Field(
+        default=False,
+        validation_alias=_env("UMC_VSPHERE_ALLOW_UNVERIFIED_SSL", "VSPHERE_ALLOW_UNVERIFIED_SSL"),
+    )
+    vsphere_datacenter: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_DATACENTER"))
+    vsphere_cluster: str = Field(default="", validation_alias=_env("UMC_VSPHERE_CLUSTER"))
+    vsphere_host: str = Field(default="", validation_alias=_env("UMC_VSPHERE_HOST"))
+    vsphere_datastore: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_DATASTORE"))
+    vsphere_network: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_NETWORK"))
+    vsphere_folder: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_FOLDER"))
+    vsphere_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_TEMPLATE"))
+    vsphere_domain: str = Field(default="local", validation_alias=_env("UMC_VSPHERE_DOMAIN"))
+    customize_timeout: int = Field(default=10, ge=0, validation_alias=_env("UMC_VSPHERE_CUSTOMIZE_TIMEOUT"))
+    """Minutes to wait for guest customization; 0 on the simulator, which never reports completion."""
+    wait_for_guest_net_timeout: int = Field(
+        default=5, ge=0, validation_alias=_env("UMC_VSPHERE_WAIT_FOR_GUEST_NET_TIMEOUT")
+    )
+
+    # -- addresses and guests ---------------------------------------------------------------------
+    ip_pool: str | None = Field(default=None, validation_alias=_env("UMC_IP_POOL"))
+    """Addresses to allocate from, ``first-last`` (e.g. ``10.20.30.10-10.20.30.200``)."""
+    ip_gateway: str = Field(default="", validation_alias=_env("UMC_IP_GATEWAY"))
+    ip_netmask: int = Field(default=24, ge=1, le=32, validation_alias=_env("UMC_IP_NETMASK"))
+    dns_servers: list[str] = Field(default_factory=list, validation_alias=_env("UMC_DNS_SERVERS"))
+    ssh_port: int = Field(default=22, ge=1, le=65535, validation_alias=_env("UMC_SSH_PORT"))
+    python_interpreter: str = Field(default="/usr/bin/python3", validation_alias=_env("UMC_PYTHON_INTERPRETER"))
+    time_sync_service: bool = Field(default=True, validation_alias=_env("UMC_TIME_SYNC_SERVICE"))
+    """Run chronyd on the VMs; false in the sandbox, whose guests cannot set the clock."""
+    ssh_wait_timeout_s: float = Field(default=600, gt=0, validation_alias=_env("UMC_SSH_WAIT_TIMEOUT"))
+    """How long new VMs may take to answer SSH before the playbooks run."""
+    ansible_forks: int = Field(default=20, ge=1, le=500, validation_alias=_env("UMC_ANSIBLE_FORKS"))
+
+    # -- tools ------------------------------------------------------------------------------------
+    terraform_binary: str = Field(default="terraform", validation_alias=_env("UMC_TERRAFORM_BINARY"))
+    provider_mirror: Path | None = Field(default=None, validation_alias=_env("UMC_PROVIDER_MIRROR"))
+    """A Terraform filesystem mirror (air-gapped sites); default: assembled from installed provider packages."""
+    plugin_cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("umc-infra")) / "terraform-plugins",
+        validation_alias=_env("UMC_PLUGIN_CACHE_DIR"),
+    )
+    content_dir: Path | None = Field(default=None, validation_alias=_env("UMC_CONTENT_DIR"))
+    """Where ``blueprints/``, ``modules/`` and ``playbooks/`` live; default: those shipped with umc_infra."""
+    terraform_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_TERRAFORM_TIMEOUT"))
+    ansible_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_ANSIBLE_TIMEOUT"))
+
+    @field_validator("ip_pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        first, sep, last = value.partition("-")
+        try:
+            a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+        except ValueError:
+            raise ValueError("must be 'first-last' IPv4 addresses, e.g. 10.20.30.10-10.20.30.200") from None
+        if not sep or int(b) < int(a):
+            raise ValueError("must be 'first-last' with first <= last")
+        return f"{a}-{b}"
+
+    @field_validator("vsphere_datacenter", "vsphere_datastore", "vsphere_network", "vsphere_folder", "vsphere_template")
+    @classmethod
+    def _inventory_name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and not re.fullmatch(_NAME, value):
+            raise ValueError("must be a vSphere inventory name (letters, digits, space, . _ / -)")
+        return value

@@ -1,0 +1,161 @@
+"""The state backend for what umc_infra shares between machines: records and IP allocations.
+
+``local`` keeps files under the state directory (one machine); ``s3`` keeps objects in the state
+bucket beside Terraform's state (every machine that shares the bucket sees the same). ``create`` is
+atomic on both (``O_EXCL``; S3 ``If-None-Match: *``), which is what makes allocations safe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from umc_infra._errors import UmcInfraError
+from umc_infra._settings import Settings
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+PREFIX = "umc"
+
+
+def _check(key: str) -> str:
+    if not _KEY.fullmatch(key) or ".." in key:
+        raise UmcInfraError(f"invalid state key {key!r}", step="store")
+    return key
+
+
+class StateStore(Protocol):
+    """Small JSON documents by key."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, data: bytes) -> None: ...
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if absent; False if the key exists."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class LocalStore:
+    """Files under ``<root>/``; writes are atomic (write, then rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check(key)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / _check(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+
+class S3Store:
+    """Objects under ``umc/`` in the state bucket."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    def __repr__(self) -> str:
+        return f"S3Store(bucket={self.bucket!r})"
+
+    def _key(self, key: str) -> str:
+        return f"{PREFIX}/{_check(key)}"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self._s3.exceptions.NoSuchKey:
+            return None
+        return body
+
+    def put(self, key: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ServerSideEncryption="AES256")
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                IfNoneMatch="*",
+                ServerSideEncryption="AES256",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            }:
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}/{_check(prefix.rstrip('/'))}/"):
+            keys += [obj["Key"].removeprefix(f"{PREFIX}/") for obj in page.get("Contents", [])]
+        return sorted(keys)
+
+
+def s3_client(settings: Settings) -> Any:
+    """A boto3 S3 client for the state backend (credentials from the usual AWS variables)."""
+    import boto3
+
+    return boto3.session.Session(region_name=settings.s3_region).client("s3", endpoint_url=settings.s3_endpoint)
+
+
+def open_store(settings: Settings) -> StateStore:
+    """The store the settings name.
+
+    Raises:
+        UmcInfraError: The S3 backend is chosen but no bucket is set.
+
+    """
+    if settings.backend == "s3":
+        if not settings.state_bucket:
+            raise UmcInfraError("UMC_BACKEND=s3 needs UMC_STATE_BUCKET", step="store")
+        return S3Store(s3_client(settings), settings.state_bucket)
+    return LocalStore(settings.state_dir / "state")

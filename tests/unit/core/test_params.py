@@ -1,0 +1,129 @@
+"""Parameter validation: every invalid field at once, what is allowed, hostile strings."""
+
+import pytest
+from pydantic import SecretStr
+
+from umc_infra import ParamsError
+from umc_infra._blueprint import Blueprint
+from umc_infra._params import json_schema, validate
+
+BLUEPRINT = Blueprint.model_validate(
+    {
+        "name": "demo",
+        "version": "1.0.0",
+        "description": "d",
+        "params": {
+            "instances": {"type": "integer", "default": 1, "min": 1, "max": 5},
+            "ratio": {"type": "number", "default": 0.5, "min": 0, "max": 1},
+            "debug": {"type": "boolean", "default": False},
+            "size": {"type": "enum", "values": ["small", "large"], "default": "small"},
+            "title": {"type": "string", "default": "x", "max_length": 20},
+            "hostname": {"type": "string", "format": "hostname", "default": "web"},
+            "ips": {"type": "list", "items": "ipv4", "default": [], "max_length": 3},
+            "owner": {"type": "string"},
+            "token": {"type": "string", "secret": True, "default": "s"},
+        },
+        "modules": {"vm": {"source": "x"}},
+    }
+)
+
+
+def ok(**params):
+    return validate(BLUEPRINT, {"owner": "team-x", **params}, "team-x-web")
+
+
+def problems(params, deployment="team-x-web"):
+    with pytest.raises(ParamsError) as info:
+        validate(BLUEPRINT, params, deployment)
+    return {p.field: p for p in info.value.problems}, str(info.value)
+
+
+def test_defaults_fill_in_and_values_are_typed():
+    result = ok(instances=3, ips=["127.0.1.10"])
+    assert result.values["instances"] == 3
+    assert result.values["size"] == "small"
+    assert result.values["ips"] == ["127.0.1.10"]
+    assert isinstance(result.values["token"], SecretStr)
+    assert result.masked()["token"] == "***"
+    assert result.deployment == "team-x-web"
+
+
+def test_every_invalid_field_is_reported_at_once():
+    found, text = problems({"instances": 9, "ratio": "high", "size": "huge", "extra": 1}, deployment="Bad Name")
+    assert set(found) == {
+        "deployment",
+        "params.instances",
+        "params.ratio",
+        "params.size",
+        "params.extra",
+        "params.owner",
+    }
+    assert found["params.instances"].allowed == "integer, from 1 to 5"
+    assert "one of 'small', 'large'" in found["params.size"].allowed
+    assert found["params.extra"].message == "unknown parameter"
+    assert "params of this blueprint: instances" in found["params.extra"].allowed
+    assert found["params.owner"].message == "Field required"
+    assert "params.instances" in text and "allowed: integer, from 1 to 5" in text
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"instances": "2"}, "params.instances"),
+        ({"instances": True}, "params.instances"),
+        ({"instances": 2.0}, "params.instances"),
+        ({"debug": 1}, "params.debug"),
+        ({"debug": "yes"}, "params.debug"),
+        ({"title": "a\nb"}, "params.title"),
+        ({"title": "x" * 21}, "params.title"),
+        ({"title": "nul\x00byte"}, "params.title"),
+        ({"hostname": "../etc"}, "params.hostname"),
+        ({"hostname": "web'; drop"}, "params.hostname"),
+        ({"hostname": "${var.x}"}, "params.hostname"),
+        ({"ips": ["10.0.0.300"]}, "params.ips.0"),
+        ({"ips": "127.0.1.10"}, "params.ips"),
+        ({"ips": ["127.0.1.1"] * 4}, "params.ips"),
+        ({"owner": None}, "params.owner"),
+    ],
+)
+def test_wrong_types_and_hostile_values_are_refused(params, field):
+    found, _ = problems({"owner": "o", **params})
+    assert field in found, found
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    ["", "ab", "Team", "team x", "team_x", "../team", "team-", "-team", "team\n", "t" * 33, "${x}", "%{x}", 5, None],
+)
+def test_bad_deployment_names(deployment):
+    found, _ = problems({"owner": "o"}, deployment=deployment)
+    assert set(found) == {"deployment"}
+    assert "lowercase letters" in found["deployment"].allowed
+
+
+@pytest.mark.parametrize(
+    "text", ["{{ lookup('pipe', 'id') }}", 'it\'s "quoted"', "${var.password}", "%{ if true }x%{ endif }", "a;b|c&"]
+)
+def test_free_text_may_hold_anything_printable(text):
+    assert ok(title=text[:20]).values["title"] == text[:20]
+
+
+def test_a_secret_param_is_never_echoed():
+    secret_blueprint = BLUEPRINT.model_copy(
+        update={"params": {"pin": BLUEPRINT.params["instances"].model_copy(update={"secret": True})}}
+    )
+    with pytest.raises(ParamsError) as info:
+        validate(secret_blueprint, {"pin": 12345678}, "team-x")
+    assert "12345678" not in str(info.value)
+
+
+def test_params_must_be_a_mapping():
+    found, _ = problems(["instances", 2])
+    assert "params" in found
+
+
+def test_json_schema_marks_secrets_write_only():
+    schema = json_schema(BLUEPRINT)
+    assert schema["properties"]["token"]["writeOnly"] is True
+    assert schema["properties"]["instances"]["maximum"] == 5
+    assert "owner" in schema["required"]

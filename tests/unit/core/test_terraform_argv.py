@@ -1,0 +1,97 @@
+"""Terraform argv builders and configuration: pure functions, table-driven."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from umc_infra import UmcInfraError
+from umc_infra._settings import Settings
+from umc_infra._terraform import (
+    _argv,
+    argv_apply,
+    argv_init,
+    argv_output,
+    argv_version,
+    assemble_mirror,
+    backend,
+    cli_config,
+    installed_providers,
+)
+
+TF = "/opt/terraform"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (argv_init(TF, {}), [TF, "init", "-input=false", "-no-color", "-reconfigure"]),
+        (
+            argv_init(TF, {"path": "/s/web.tfstate"}),
+            [TF, "init", "-input=false", "-no-color", "-reconfigure", "-backend-config=path=/s/web.tfstate"],
+        ),
+        (argv_apply(TF), [TF, "apply", "-input=false", "-no-color", "-auto-approve", "-json"]),
+        (
+            argv_apply(TF, destroy=True),
+            [TF, "apply", "-input=false", "-no-color", "-auto-approve", "-json", "-destroy"],
+        ),
+        (argv_output(TF), [TF, "output", "-no-color", "-json"]),
+        (argv_version(TF), [TF, "version", "-json"]),
+    ],
+)
+def test_argv(argv, expected):
+    assert argv == expected
+
+
+def test_no_force_flag_and_no_vars_in_argv():
+    for argv in (argv_apply(TF), argv_apply(TF, destroy=True)):
+        assert "-force" not in argv
+        assert not any(a.startswith("-var") for a in argv)
+
+
+def test_a_map_never_becomes_a_temp_var_file():
+    with pytest.raises(UmcInfraError, match="never argv"):
+        _argv(TF, "apply", var={"password": "x"})
+
+
+def test_local_backend_keeps_state_under_the_state_dir(tmp_path):
+    block, config = backend(Settings(state_dir=tmp_path), deployment="team-x", module="web")
+    assert block == {"terraform": {"backend": {"local": {}}}}
+    assert config == {"path": str(tmp_path / "state" / "terraform" / "team-x" / "web.tfstate")}
+
+
+def test_s3_backend_with_locking_and_a_custom_endpoint():
+    settings = Settings(
+        backend="s3",
+        state_bucket="umc-state",
+        lock_table="umc-locks",
+        s3_endpoint="http://127.0.0.1:18555",
+        s3_region="eu-west-1",
+    )
+    block, config = backend(settings, deployment="team-x", module="web")
+    assert block == {"terraform": {"backend": {"s3": {}}}}
+    assert config["key"] == "deployments/team-x/web.tfstate"
+    assert config["dynamodb_table"] == "umc-locks"
+    assert config["encrypt"] == "true"
+    assert config["force_path_style"] == "true"
+    assert config["endpoint"] == config["dynamodb_endpoint"] == "http://127.0.0.1:18555"
+
+
+def test_cli_config_quotes_paths():
+    text = cli_config(Path('/odd "dir"/mirror'), Path("/cache"))
+    assert json.dumps('/odd "dir"/mirror') in text
+    assert 'plugin_cache_dir = "/cache"' in text
+    assert "direct" not in text  # providers only from the mirror
+
+
+def test_mirror_from_installed_provider_packages(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("terraform-provider-vsphere_v2.0.2_x5", "terraform-provider-null_v2.1.2_x4", "terraform-other"):
+        (lib / name).write_text("#!/bin/true\n")
+    providers = installed_providers([lib])
+    assert set(providers) == {("vsphere", "2.0.2"), ("null", "2.1.2")}
+    mirror = assemble_mirror(tmp_path / "mirror", providers)
+    link = mirror / "registry.terraform.io/hashicorp/vsphere/2.0.2/linux_amd64/terraform-provider-vsphere_v2.0.2_x5"
+    assert link.is_symlink() and link.resolve() == (lib / "terraform-provider-vsphere_v2.0.2_x5").resolve()
+    assemble_mirror(tmp_path / "mirror", providers)  # a second time is fine
