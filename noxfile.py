@@ -30,11 +30,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Bring the sandbox up and show it healthy (provisioning joins when `provision` lands)."""
+    """Bring the sandbox up and provision the web-server blueprint on it (2 VMs, nginx, pages)."""
     session.install("-e", ".[sandbox]")
-    session.run("umc-infra", "sandbox", "up")
-    session.run("umc-infra", "sandbox", "status")
+    session.run("umc-infra", "sandbox", "demo")
     session.log(
-        'The sandbox keeps running: eval "$(umc-infra sandbox env)" to use it, '
-        "umc-infra sandbox down to stop it."
+        'The sandbox keeps running: eval "$(umc-infra sandbox env)" to use it, umc-infra sandbox down to stop it.'
     )

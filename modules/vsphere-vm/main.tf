@@ -9,15 +9,16 @@ provider "vsphere" {
 }
 
 locals {
-  use_cluster = var.cluster != ""
-  use_host    = var.host != ""
+  # null (an explicit JSON null) counts as unset, like "".
+  use_cluster = var.cluster != null && var.cluster != ""
+  use_host    = var.host != null && var.host != ""
   static_ips  = length(var.ipv4_addresses) > 0
 
   # Terraform 1.0 has no preconditions and a validation block only sees its own variable, so
   # cross-variable rules are collected here. A non-empty list stops the plan: tobool() cannot
   # convert the message and Terraform prints it verbatim.
   input_errors = compact([
-    local.use_cluster == local.use_host ? "Set exactly one of cluster or host (cluster = \"${var.cluster}\", host = \"${var.host}\")." : "",
+    local.use_cluster == local.use_host ? "Set exactly one of cluster or host (cluster = ${jsonencode(var.cluster)}, host = ${jsonencode(var.host)})." : "",
     local.static_ips && length(var.ipv4_addresses) != var.instances ? "ipv4_addresses has ${length(var.ipv4_addresses)} entries but instances is ${var.instances}: give one address per instance, or none for DHCP." : "",
     local.static_ips && length(distinct(var.ipv4_addresses)) != length(var.ipv4_addresses) ? "ipv4_addresses contains duplicates." : "",
   ])
@@ -117,7 +118,7 @@ resource "vsphere_virtual_machine" "vm" {
         ipv4_netmask = local.static_ips ? var.ipv4_netmask : null
       }
 
-      ipv4_gateway    = var.ipv4_gateway != "" ? var.ipv4_gateway : null
+      ipv4_gateway    = var.ipv4_gateway != null && var.ipv4_gateway != "" ? var.ipv4_gateway : null
       dns_server_list = var.dns_servers
       dns_suffix_list = var.dns_suffixes
     }

@@ -89,7 +89,9 @@ def ansible_playbook() -> str:
     found = str(beside) if beside.is_file() else shutil.which("ansible-playbook")
     if found is None:
         raise PlaybookError(
-            "ansible-playbook not found; install ansible-core (pip install umc-infra)", playbook="", failures=[],
+            "ansible-playbook not found; install ansible-core (pip install umc-infra)",
+            playbook="",
+            failures=[],
             step="ansible",
         )
     return found

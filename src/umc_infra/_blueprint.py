@@ -37,7 +37,7 @@ SITE_KEYS = frozenset(
     {
         "vsphere_server", "allow_unverified_ssl", "datacenter", "cluster", "host", "datastore", "network",
         "folder", "template", "domain", "ip_gateway", "ip_netmask", "dns_servers", "customize_timeout",
-        "wait_for_guest_net_timeout", "time_sync_service",
+        "wait_for_guest_net_timeout", "time_sync_service", "client_source_addresses",
     }
 )  # fmt: skip
 _REF = re.compile(

@@ -124,6 +124,54 @@ def sandbox_status(
         raise typer.Exit(EXIT_UNHEALTHY)
 
 
+@sandbox_app.command("demo")
+def sandbox_demo(
+    instances: Annotated[int, typer.Option(help="How many web servers.")] = 2,
+    deployment: Annotated[str, typer.Option(help="The deployment's name.")] = "demo",
+) -> None:
+    """Bring the sandbox up, provision the web-server blueprint on it, and show the pages."""
+    import urllib.request
+
+    from umc_infra import provision
+    from umc_infra._events import Event
+
+    sandbox = _sandbox()
+    info = _guarded(sandbox.up)
+
+    def show(event: Event) -> None:
+        if event.kind == "step_finished":
+            mark = "[green]ok[/]" if event.ok else "[red]failed[/]"
+            err.print(f"[dim]•[/] {event.step:<22} {event.seconds:6.1f} s  {mark}", highlight=False)
+        elif event.kind == "resource" and event.status != "started":
+            err.print(f"    {event.module}: {event.address} {event.action} {event.status}", highlight=False)
+
+    result = _guarded(
+        lambda: provision(
+            "web-server", {"instances": instances}, deployment=deployment, settings=info.settings(), on_event=show
+        )
+    )
+    table = Table(
+        "host",
+        "IP",
+        "URL",
+        "answers",
+        title=f"deployment {result.deployment} ({result.blueprint} {result.version})",
+        title_justify="left",
+    )
+    for host in result.hosts:
+        url = f"http://{host.ip}/"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answers = "yes" if host.name in response.read().decode() else "wrong page"
+        except OSError as exc:
+            answers = f"no ({type(exc).__name__})"
+        table.add_row(host.name, host.ip, url, answers)
+    out.print(table)
+    changes = ", ".join(f"{m}: +{c.add} ~{c.change} -{c.remove}" for m, c in result.terraform.items())
+    played = ", ".join(f"{p}: {r.changed} changed" for p, r in result.ansible.items())
+    out.print(f"terraform {changes}; ansible {played}; {sum(result.timings.values()):.1f} s")
+
+
 @sandbox_app.command("env")
 def sandbox_env(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of export lines.")] = False,

@@ -46,6 +46,7 @@ SITE_FIELDS = {
     "customize_timeout": "customize_timeout",
     "wait_for_guest_net_timeout": "wait_for_guest_net_timeout",
     "time_sync_service": "time_sync_service",
+    "client_source_addresses": "client_source_addresses",
 }
 
 
@@ -174,7 +175,8 @@ class Provisioner:
             spec = self.blueprint(blueprint)
         with step_of("params"):
             resolved = _params.validate(spec, dict(params) if isinstance(params, Mapping) else params, deployment)
-        redactor = Redactor(resolved.secret_values())
+        credentials = (self.settings.vault_token, self.settings.vault_secret_id, self.settings.vault_jwt)
+        redactor = Redactor([*resolved.secret_values(), *(c for c in credentials if c is not None)])
         with step_of("secrets"):
             source = self._secret_source or VaultSource(self.settings)
             secrets = _secrets.resolve(spec, resolved, source)

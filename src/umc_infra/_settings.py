@@ -8,12 +8,13 @@ arguments win over both. ``eval "$(umc-infra sandbox env)"`` sets all of them fo
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,200}$"
@@ -21,6 +22,23 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,200}$"
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+def _address_list(value: object) -> object:
+    """``a,b`` or a JSON list, as environment variables give them; lists pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _ip(value: str) -> str:
+    return str(ipaddress.ip_address(value))
+
+
+AddressList = Annotated[list[Annotated[str, AfterValidator(_ip)]], NoDecode, BeforeValidator(_address_list)]
 
 
 class Settings(BaseSettings):
@@ -56,6 +74,13 @@ class Settings(BaseSettings):
     )
     s3_endpoint: str | None = Field(default=None, validation_alias=_env("UMC_S3_ENDPOINT", "AWS_ENDPOINT_URL"))
     s3_region: str = Field(default="eu-west-1", validation_alias=_env("UMC_S3_REGION", "AWS_DEFAULT_REGION"))
+    s3_access_key_id: str | None = Field(
+        default=None, validation_alias=_env("UMC_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("UMC_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    """Without these two, boto3 and Terraform find credentials the usual AWS ways (profile, role)."""
 
     # -- vSphere site -----------------------------------------------------------------------------
     vsphere_server: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_SERVER", "VSPHERE_SERVER"))
@@ -82,7 +107,11 @@ class Settings(BaseSettings):
     """Addresses to allocate from, ``first-last`` (e.g. ``10.20.30.10-10.20.30.200``)."""
     ip_gateway: str = Field(default="", validation_alias=_env("UMC_IP_GATEWAY"))
     ip_netmask: int = Field(default=24, ge=1, le=32, validation_alias=_env("UMC_IP_NETMASK"))
-    dns_servers: list[str] = Field(default_factory=list, validation_alias=_env("UMC_DNS_SERVERS"))
+    dns_servers: AddressList = Field(default_factory=list, validation_alias=_env("UMC_DNS_SERVERS"))
+    client_source_addresses: AddressList = Field(
+        default_factory=list, validation_alias=_env("UMC_CLIENT_SOURCE_ADDRESSES")
+    )
+    """Addresses connections between VMs appear to come from besides their own (NAT); the sandbox: 127.0.0.1."""
     ssh_port: int = Field(default=22, ge=1, le=65535, validation_alias=_env("UMC_SSH_PORT"))
     python_interpreter: str = Field(default="/usr/bin/python3", validation_alias=_env("UMC_PYTHON_INTERPRETER"))
     time_sync_service: bool = Field(default=True, validation_alias=_env("UMC_TIME_SYNC_SERVICE"))

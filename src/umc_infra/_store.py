@@ -144,7 +144,13 @@ def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the state backend (credentials from the usual AWS variables)."""
     import boto3
 
-    return boto3.session.Session(region_name=settings.s3_region).client("s3", endpoint_url=settings.s3_endpoint)
+    secret = settings.s3_secret_access_key
+    session = boto3.session.Session(
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
+    )
+    return session.client("s3", endpoint_url=settings.s3_endpoint)
 
 
 def open_store(settings: Settings) -> StateStore:

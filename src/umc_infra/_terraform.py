@@ -221,6 +221,9 @@ class Terraform:
             "TF_CLI_CONFIG_FILE": str(self.config_file()),
         }
         env.update({k: os.environ[k] for k in _PASS_THROUGH if k in os.environ})
+        if self._settings.s3_access_key_id and self._settings.s3_secret_access_key is not None:
+            env["AWS_ACCESS_KEY_ID"] = self._settings.s3_access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = self._settings.s3_secret_access_key.get_secret_value()
         env.update({f"TF_VAR_{name}": value.get_secret_value() for name, value in secret_inputs.items()})
         return env
 

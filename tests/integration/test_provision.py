@@ -18,7 +18,6 @@ from umc_infra import (
     ParamsError,
     Provisioner,
     SecretError,
-    Settings,
     UmcInfraError,
     provision,
 )
@@ -52,8 +51,7 @@ def site(sandbox, info, tmp_path_factory):
     for name in vms(info):
         if name.startswith(PREFIX):
             destroy_vm(info, name)
-    env = info.environment()
-    return Settings(**env, UMC_STATE_DIR=str(tmp_path_factory.mktemp("state")))
+    return info.settings(state_dir=tmp_path_factory.mktemp("state"))
 
 
 def page(ip: str) -> str:

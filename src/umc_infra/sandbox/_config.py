@@ -16,6 +16,8 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from umc_infra._settings import Settings
+
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -253,6 +255,8 @@ class SandboxInfo(BaseModel):
             "UMC_VSPHERE_CUSTOMIZE_TIMEOUT": "0",
             "UMC_VSPHERE_WAIT_FOR_GUEST_NET_TIMEOUT": "0",
             "UMC_TIME_SYNC_SERVICE": "false",
+            # Guests share the host's network: they reach each other from 127.0.0.1.
+            "UMC_CLIENT_SOURCE_ADDRESSES": '["127.0.0.1"]',
             "UMC_BACKEND": "s3",
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": "sandbox",
@@ -262,6 +266,10 @@ class SandboxInfo(BaseModel):
             "UMC_LOCK_TABLE": inv.lock_table,
             "UMC_SANDBOX_STATE_DIR": str(self.state_dir),
         }
+
+    def settings(self, **overrides: Any) -> Settings:
+        """:class:`umc_infra.Settings` for provisioning on this sandbox; ``overrides`` by field name."""
+        return Settings.model_validate(self.environment()).model_copy(update=overrides)
 
     def export_lines(self) -> list[str]:
         """``export NAME=value`` lines, shell-quoted, for ``eval "$(umc-infra sandbox env)"``."""
