@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from umc_infra._errors import PlaybookError
 from umc_infra._events import EventCallback, OutputLine, TaskResult
 from umc_infra._inventory import Inventory
-from umc_infra._process import Redactor, notify_argv
+from umc_infra._process import Redactor, find_tool, notify_argv
 from umc_infra._settings import Settings
 
 _STATUS = {
@@ -85,8 +84,7 @@ def private_dir_parent() -> str | None:
 
 def ansible_playbook() -> str:
     """``ansible-playbook`` beside this Python (the venv umc_infra runs in), else on PATH."""
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.is_file() else shutil.which("ansible-playbook")
+    found = find_tool("ansible-playbook")
     if found is None:
         raise PlaybookError(
             "ansible-playbook not found; install ansible-core (pip install umc-infra)",
@@ -94,7 +92,7 @@ def ansible_playbook() -> str:
             failures=[],
             step="ansible",
         )
-    return found
+    return str(found)
 
 
 class Ansible:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +38,15 @@ _SHOWN_LINES = 8
 
 # Observers see the argv of every child started here; tests use this to prove no secret reaches argv.
 _argv_observers: list[Callable[[tuple[str, ...]], None]] = []
+
+
+def find_tool(name: str) -> Path | None:
+    """A program installed by a Python package: beside this Python (its venv) first, then on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return beside
+    found = shutil.which(name)
+    return Path(found) if found else None
 
 
 def notify_argv(args: tuple[str, ...]) -> None:

@@ -230,3 +230,65 @@ def test_approle_and_jwt_logins_work_for_provisioning_secrets(sandbox, site, inf
     assert VaultSource(approle).read(ref).get_secret_value() == info.vsphere_user
     jwt = site.model_copy(update={"vault_token": None, "vault_role_id": None, "vault_jwt": sandbox.ci_jwt()})
     assert VaultSource(jwt).read(ref).get_secret_value() == info.vsphere_user
+
+
+def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
+    """Real ansible-playbook against an address where nothing listens: unreachable, typed, cleaned up."""
+    from pydantic import SecretStr
+
+    from umc_infra import PlaybookError
+    from umc_infra._ansible import Ansible
+    from umc_infra._blueprint import Content
+    from umc_infra._inventory import Host, Inventory
+    from umc_infra._process import Redactor
+
+    key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-canary\n-----END OPENSSH PRIVATE KEY-----")
+    ansible = Ansible(
+        site, Content.locate().playbooks, on_event=lambda e: None, redactor=Redactor([key]), deployment="itest-fail"
+    )
+    inventory = Inventory(hosts=(Host(name="itest-gone-1", ip="127.0.1.253", groups=("web",), module="web"),))
+    before = set(Path("/dev/shm").glob("umc-ansible-*"))
+    with pytest.raises(PlaybookError) as error:
+        ansible.run(
+            "base",
+            inventory=inventory,
+            hosts="all",
+            user="root",
+            ssh_key=key,
+            variables={"umc_deployment": "itest-fail", "umc_admin_ssh_key": "ssh-ed25519 AAAA x"},
+        )
+    assert error.value.playbook == "base"
+    assert [host for host, _, _ in error.value.failures] == ["itest-gone-1"]
+    assert "itest-gone-1" in str(error.value)
+    assert "not-a-real-key-canary" not in str(error.value)
+    assert set(Path("/dev/shm").glob("umc-ansible-*")) == before
+
+
+def test_an_old_terraform_is_refused(site, tmp_path):
+    from umc_infra import TerraformError
+    from umc_infra._process import Redactor
+    from umc_infra._terraform import Terraform
+
+    fake = tmp_path / "terraform"
+    fake.write_text('#!/bin/sh\necho \'{"terraform_version": "0.14.11"}\'\n')
+    fake.chmod(0o755)
+    terraform = Terraform(
+        site.model_copy(update={"terraform_binary": str(fake)}),
+        on_event=lambda e: None,
+        redactor=Redactor(),
+        deployment="itest-old",
+    )
+    with pytest.raises(UmcInfraError, match=r"Terraform 0\.14\.11 is too old"):
+        terraform.check_version()
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\necho 'crashed' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    terraform = Terraform(
+        site.model_copy(update={"terraform_binary": str(broken)}),
+        on_event=lambda e: None,
+        redactor=Redactor(),
+        deployment="itest-old",
+    )
+    with pytest.raises(TerraformError, match="crashed") as error:
+        terraform.check_version()
+    assert error.value.returncode == 3

