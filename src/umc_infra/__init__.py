@@ -7,7 +7,8 @@ Terraform (vSphere provider) builds the VMs, Ansible configures them, Vault supp
     result = provision("web-server", {"instances": 2}, deployment="team-x-web")
     print([(h.name, h.ip) for h in result.hosts])
 
-The local sandbox (:mod:`umc_infra.sandbox`) runs the whole stack on one machine.
+``plan``, ``destroy``, ``drift``, ``deployments`` and ``status`` complete a deployment's lifecycle. The
+local sandbox (:mod:`umc_infra.sandbox`) runs the whole stack on one machine.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -19,10 +20,15 @@ from umc_infra._errors import (
     BlueprintError,
     BlueprintNotFound,
     BuildFailed,
+    Cancelled,
     ComponentFailed,
+    DeploymentLocked,
+    DeploymentNotFound,
+    DestroyNotAllowed,
     MissingDependency,
     ParamProblem,
     ParamsError,
+    PlanChanged,
     PlaybookError,
     PortInUse,
     ProcessError,
@@ -34,10 +40,25 @@ from umc_infra._errors import (
 )
 from umc_infra._events import Event, OutputLine, ResourceChanged, StepFinished, StepStarted, TaskResult
 from umc_infra._inventory import Host
-from umc_infra._provision import Provisioner, ProvisionResult, provision
+from umc_infra._lock import LockInfo
+from umc_infra._provision import (
+    ConfigChange,
+    DestroyResult,
+    DriftReport,
+    PlanResult,
+    Provisioner,
+    ProvisionResult,
+    deployments,
+    destroy,
+    drift,
+    plan,
+    provision,
+    status,
+)
+from umc_infra._records import Actor, DeploymentRecord, RunRecord
 from umc_infra._secrets import SecretSource
 from umc_infra._settings import Settings
-from umc_infra._terraform import ChangeCounts
+from umc_infra._terraform import AttributeChange, ChangeCounts, ResourceChange
 
 try:
     __version__ = version("umc-infra")
@@ -45,20 +66,33 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
 
 __all__ = [
+    "Actor",
     "AddressError",
+    "AttributeChange",
     "Blueprint",
     "BlueprintError",
     "BlueprintNotFound",
     "BuildFailed",
+    "Cancelled",
     "ChangeCounts",
     "ComponentFailed",
+    "ConfigChange",
+    "DeploymentLocked",
+    "DeploymentNotFound",
+    "DeploymentRecord",
+    "DestroyNotAllowed",
+    "DestroyResult",
+    "DriftReport",
     "Event",
     "Host",
     "HostStats",
+    "LockInfo",
     "MissingDependency",
     "OutputLine",
     "ParamProblem",
     "ParamsError",
+    "PlanChanged",
+    "PlanResult",
     "PlaybookError",
     "PlaybookResult",
     "PortInUse",
@@ -66,7 +100,9 @@ __all__ = [
     "ProcessTimeout",
     "ProvisionResult",
     "Provisioner",
+    "ResourceChange",
     "ResourceChanged",
+    "RunRecord",
     "SandboxError",
     "SecretError",
     "SecretSource",
@@ -77,5 +113,10 @@ __all__ = [
     "TerraformError",
     "UmcInfraError",
     "__version__",
+    "deployments",
+    "destroy",
+    "drift",
+    "plan",
     "provision",
+    "status",
 ]

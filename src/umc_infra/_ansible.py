@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra._errors import PlaybookError
+from umc_infra._errors import Cancelled, PlaybookError
 from umc_infra._events import EventCallback, OutputLine, TaskResult
 from umc_infra._inventory import Inventory
 from umc_infra._process import Redactor, find_tool, notify_argv
@@ -52,6 +53,8 @@ class PlaybookResult(BaseModel):
     playbook: str
     hosts: dict[str, HostStats]
     seconds: float
+    changed_tasks: tuple[tuple[str, str], ...] = ()
+    """``(host, task)`` for every task that changed (in check mode: would change)."""
 
     @property
     def changed(self) -> int:
@@ -106,7 +109,9 @@ class Ansible:
         on_event: EventCallback,
         redactor: Redactor,
         deployment: str,
+        cancel: threading.Event | None = None,
     ) -> None:
+        self._cancel = cancel or threading.Event()
         self._settings = settings
         self._playbooks = playbooks_dir
         self._on_event = on_event
@@ -133,6 +138,7 @@ class Ansible:
         user: str,
         ssh_key: SecretStr,
         variables: Mapping[str, Any],
+        check: bool = False,
     ) -> PlaybookResult:
         """Run ``playbooks/<playbook>.yml`` on group ``hosts``.
 
@@ -144,9 +150,10 @@ class Ansible:
 
         import ansible_runner
 
-        step = f"ansible.{playbook}"
+        step = f"ansible.{'check.' if check else ''}{playbook}"
         started = time.monotonic()
         failures: list[tuple[str, str, str]] = []
+        changed_tasks: list[tuple[str, str]] = []
         private = Path(tempfile.mkdtemp(prefix="umc-ansible-", dir=private_dir_parent()))
         try:
             private.chmod(0o700)
@@ -192,6 +199,8 @@ class Ansible:
                     host = str(data.get("host", "?"))
                     task = self._redact(str(data.get("task", "?")))
                     changed = bool(data.get("res", {}).get("changed")) if isinstance(data.get("res"), dict) else False
+                    if status == "ok" and changed:
+                        changed_tasks.append((host, task))
                     if status in ("failed", "unreachable") and not data.get("ignore_errors"):
                         res = data.get("res", {}) if isinstance(data.get("res"), dict) else {}
                         message = str(res.get("msg") or res.get("stderr") or status)
@@ -213,7 +222,7 @@ class Ansible:
                 playbook=f"{playbook}.yml",
                 inventory=str(inventory_file),
                 limit=hosts,
-                cmdline=f"--extra-vars @{vars_file}",
+                cmdline=f"--extra-vars @{vars_file}" + (" --check --diff" if check else ""),
                 envvars=envvars,
                 quiet=True,
                 suppress_env_files=True,
@@ -221,8 +230,13 @@ class Ansible:
             )
             config.prepare()
             notify_argv(tuple(config.command))
-            runner = ansible_runner.Runner(config=config, event_handler=on_runner_event)
+            # ansible-runner stops ansible-playbook when cancel_callback returns True.
+            runner = ansible_runner.Runner(
+                config=config, event_handler=on_runner_event, cancel_callback=self._cancel.is_set
+            )
             runner.run()
+            if runner.status == "canceled":
+                raise Cancelled(f"playbook {playbook!r} was cancelled", step=step)
             stats = runner.stats or {}
             per_host: dict[str, HostStats] = {}
             for host in inventory.in_group(hosts):
@@ -242,6 +256,9 @@ class Ansible:
                     failures=failures,
                     step=step,
                 )
-            return PlaybookResult(playbook=playbook, hosts=per_host, seconds=time.monotonic() - started)
+            return PlaybookResult(
+                playbook=playbook, hosts=per_host, seconds=time.monotonic() - started,
+                changed_tasks=tuple(changed_tasks),
+            )  # fmt: skip
         finally:
             shutil.rmtree(private, ignore_errors=True)

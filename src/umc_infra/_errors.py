@@ -8,6 +8,11 @@ Every error the library raises on purpose derives from :class:`UmcInfraError`::
     ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
     ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
     ├── AddressError                the IPv4 pool is exhausted or an address is taken
+    ├── DeploymentLocked            another run holds the deployment (names the holder and since when)
+    ├── DeploymentNotFound          no record of that deployment
+    ├── DestroyNotAllowed           the change would delete or replace VMs (lists them); pass allow_destroy
+    ├── PlanChanged                 the world moved since the reviewed plan (lists what differs)
+    ├── Cancelled                   cancelled from another thread, or a step ran past its timeout
     ├── ProcessError                a child process failed (argv redacted, exit code, output tail)
     │   ├── ProcessTimeout          ... or ran past its timeout and was stopped
     │   └── TerraformError          terraform init/apply/output failed (step, exit code, redacted tail)
@@ -23,6 +28,8 @@ built from names and redacted output only.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -117,6 +124,40 @@ class SecretError(UmcInfraError):
 
 class AddressError(UmcInfraError):
     """No free address in the pool, or a requested address belongs to another deployment."""
+
+
+class DeploymentLocked(UmcInfraError):
+    """Another run holds the deployment's lock.
+
+    Attributes:
+        holder: Who holds it (``user@host pid N``, or the CI job).
+        since: When they took it.
+    """
+
+    def __init__(self, message: str, *, holder: str, since: datetime, step: str = "lock") -> None:
+        super().__init__(message, step=step)
+        self.holder = holder
+        self.since = since
+
+
+class DeploymentNotFound(UmcInfraError):
+    """No record of that deployment in the state backend."""
+
+
+class DestroyNotAllowed(UmcInfraError):
+    """The change would delete or replace resources; ``resources`` lists them. Pass ``allow_destroy=True``."""
+
+    def __init__(self, message: str, *, resources: list[str], step: str) -> None:
+        super().__init__(message, step=step)
+        self.resources = tuple(resources)
+
+
+class PlanChanged(UmcInfraError):
+    """What would change now differs from the reviewed plan; nothing was applied."""
+
+
+class Cancelled(UmcInfraError):
+    """The run was cancelled, or a step ran past its timeout; the record says where."""
 
 
 class TerraformError(ProcessError):

@@ -47,9 +47,16 @@ def claims(store: StateStore) -> dict[str, Claim]:
 
 
 def allocate(
-    store: StateStore, *, pool: str | None, deployment: str, module: str, count: int, given: list[str]
+    store: StateStore,
+    *,
+    pool: str | None,
+    deployment: str,
+    module: str,
+    count: int,
+    given: list[str],
+    dry_run: bool = False,
 ) -> list[str]:
-    """Addresses for ``count`` VMs of ``module`` in ``deployment``.
+    """Addresses for ``count`` VMs of ``module`` in ``deployment`` (``dry_run``: which, without claiming).
 
     Raises:
         AddressError: A given address belongs to another deployment, too few were given,
@@ -64,6 +71,9 @@ def allocate(
                 step="addresses",
             )
         for index, address in enumerate(given):
+            owner = held.get(address)
+            if dry_run and (owner is None or owner.deployment == deployment):
+                continue
             _claim(store, held, address, Claim(deployment=deployment, module=module, index=index))
         return list(given)
 
@@ -83,6 +93,10 @@ def allocate(
             address = str(candidate)
             if address in held:
                 continue
+            if dry_run:
+                held[address] = Claim(deployment=deployment, module=module, index=index)
+                result.append(address)
+                break
             if store.create(_key(address), _doc(Claim(deployment=deployment, module=module, index=index))):
                 held[address] = Claim(deployment=deployment, module=module, index=index)
                 result.append(address)
@@ -102,6 +116,16 @@ def _claim(store: StateStore, held: dict[str, Claim], address: str, claim: Claim
         raise AddressError(
             f"{address} belongs to deployment {owner.deployment!r}; choose another address", step="addresses"
         )
+
+
+def release_extra(store: StateStore, *, deployment: str, module: str, keep: int) -> list[str]:
+    """Free a module's addresses beyond its first ``keep`` VMs (after a scale-down)."""
+    freed = [
+        a for a, c in claims(store).items() if c.deployment == deployment and c.module == module and c.index >= keep
+    ]
+    for address in freed:
+        store.delete(_key(address))
+    return freed
 
 
 def release(store: StateStore, *, deployment: str) -> list[str]:

@@ -27,7 +27,7 @@ from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra._errors import ProcessError, ProcessTimeout, UmcInfraError
+from umc_infra._errors import Cancelled, ProcessError, ProcessTimeout, UmcInfraError
 
 Stream = Literal["stdout", "stderr"]
 LineCallback = Callable[[Stream, str], None]
@@ -120,6 +120,7 @@ def run(
     check: bool = True,
     stdin_text: str | None = None,
     interrupt_grace_s: float = 30.0,
+    cancel: threading.Event | None = None,
 ) -> ProcessResult:
     """Run a child process to completion, streaming its output.
 
@@ -134,6 +135,8 @@ def run(
         check: Raise :class:`ProcessError` on a non-zero exit status.
         stdin_text: Text written to the child's standard input (e.g. a secret), then closed.
         interrupt_grace_s: How long the child may take to stop after SIGINT before SIGTERM.
+        cancel: When set (from another thread), the child is stopped the same way and
+            :class:`Cancelled` raised.
 
     Returns:
         The redacted result.
@@ -182,15 +185,19 @@ def run(
     out: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
     deadline = None if timeout is None else started + timeout
     open_streams = len(readers)
-    timed_out = False
+    timed_out = cancelled = False
     with _forward_termination(proc, interrupt_grace_s):
         while open_streams:
+            if cancel is not None and cancel.is_set() and not cancelled:
+                cancelled = True
+                _stop(proc, interrupt_grace_s)
+                deadline = time.monotonic() + 10
             wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
             try:
                 stream, line = lines.get(timeout=wait)
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
-                    if timed_out:  # stopped, but something still holds its output open
+                    if timed_out or cancelled:  # stopped, but something still holds its output open
                         break
                     # Stop it, then keep reading a while: what it prints while stopping matters most.
                     timed_out = True
@@ -216,6 +223,8 @@ def run(
         duration_s=time.monotonic() - started,
     )
     tail = tuple(line for line in (out["stderr"] or out["stdout"]) if line.strip())[-_TAIL_LINES:]
+    if cancelled:
+        raise Cancelled(f"{Path(args[0]).name} was cancelled and stopped", step=step)
     if timed_out:
         raise ProcessTimeout(
             f"{args[0]} did not finish within {timeout:.0f} s and was stopped",

@@ -1,32 +1,48 @@
-"""The orchestrator: sequences the stages, nothing more.
+"""The orchestrator: sequences the stages for plan, provision, destroy and drift; nothing more.
 
-``blueprint -> params -> secrets -> addresses -> terraform per module -> inventory -> ssh -> playbooks
--> record -> ProvisionResult``. Each stage is its own module with a typed interface.
+``blueprint -> params -> lock -> secrets -> addresses -> terraform plan per module -> policy ->
+terraform apply -> inventory -> ssh -> playbooks -> record -> result``. Each stage is its own module
+with a typed interface; this one only decides the order, keeps the record, and cleans up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import shutil
 import socket
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra import _blueprint, _inventory, _ipam, _params, _secrets
-from umc_infra._ansible import Ansible, PlaybookResult
+from umc_infra import _blueprint, _inventory, _ipam, _lock, _params, _secrets
+from umc_infra._ansible import Ansible, PlaybookResult, private_dir_parent
 from umc_infra._blueprint import Blueprint, Content, Format, Literal_, Value
-from umc_infra._errors import ComponentFailed, UmcInfraError
-from umc_infra._events import EventCallback, StepFinished, StepStarted, ignore
+from umc_infra._errors import (
+    Cancelled,
+    ComponentFailed,
+    DeploymentNotFound,
+    DestroyNotAllowed,
+    PlanChanged,
+    UmcInfraError,
+)
+from umc_infra._events import Event, EventCallback, StepFinished, StepStarted, ignore
 from umc_infra._inventory import Host, Inventory
+from umc_infra._lock import LockInfo
 from umc_infra._params import MASK, ResolvedParams
 from umc_infra._process import Redactor
+from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
 from umc_infra._settings import Settings
 from umc_infra._store import StateStore, open_store
-from umc_infra._terraform import ChangeCounts, Terraform
+from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, counts_of
 
 # site.<key> -> Settings field
 SITE_FIELDS = {
@@ -73,6 +89,80 @@ class ProvisionResult(BaseModel):
         return any(c != ChangeCounts() for c in self.terraform.values()) or any(
             p.changed for p in self.ansible.values()
         )
+
+
+class ConfigChange(BaseModel):
+    """A task Ansible check mode says would change on a host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    playbook: str
+    host: str
+    task: str
+
+
+class PlanResult(BaseModel):
+    """What ``provision`` would change; nothing was changed to find out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    blueprint: str
+    version: str
+    params: dict[str, Any]
+    exists: bool
+    """The deployment exists (an update), or would be created."""
+    previous_version: str | None
+    resources: tuple[ResourceChange, ...]
+    configuration: tuple[ConfigChange, ...]
+    """For existing hosts: tasks that would change (Ansible check mode with diff)."""
+    fingerprint: str
+    """Identifies exactly these changes; ``provision(plan=...)`` refuses if the world moved since."""
+
+    @property
+    def counts(self) -> dict[str, ChangeCounts]:
+        """Add/change/remove per module."""
+        modules = dict.fromkeys(r.module for r in self.resources)
+        return {m: counts_of([r for r in self.resources if r.module == m]) for m in modules}
+
+    @property
+    def destroys(self) -> list[str]:
+        """Resources that would be deleted or replaced."""
+        return [f"{r.module}: {r.address} ({r.action})" for r in self.resources if r.action in ("delete", "replace")]
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything would change."""
+        return bool(self.resources or self.configuration)
+
+
+class DestroyResult(BaseModel):
+    """What ``destroy`` did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    already_destroyed: bool
+    terraform: dict[str, ChangeCounts]
+    released_addresses: tuple[str, ...]
+
+
+class DriftReport(BaseModel):
+    """Differences between what a deployment should be and what it is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    compute: tuple[ResourceChange, ...]
+    """Changed outside Terraform, e.g. a VM's memory changed in vCenter."""
+    configuration: tuple[ConfigChange, ...]
+    """Managed configuration changed on a host, e.g. a file edited by hand."""
+    checked_at: datetime
+
+    @property
+    def has_drift(self) -> bool:
+        """Whether anything drifted."""
+        return bool(self.compute or self.configuration)
 
 
 class _Run:
@@ -126,16 +216,29 @@ class _Run:
             )
         return setting
 
+    def inputs(self, spec: Blueprint, module: str) -> dict[str, Any]:
+        return {key: self.value(value) for key, value in spec.modules[module].inputs.items()}
+
+
+def _split(inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, SecretStr]]:
+    plain = {k: v for k, v in inputs.items() if not isinstance(v, SecretStr)}
+    return plain, {k: v for k, v in inputs.items() if isinstance(v, SecretStr)}
+
+
+def _fingerprint(params: Mapping[str, Any], resources: list[ResourceChange]) -> str:
+    data = {"params": params, "resources": [r.model_dump(mode="json") for r in resources]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
 
 class Provisioner:
-    """Turns a blueprint and parameters into configured VMs.
+    """Plans, provisions, destroys and checks deployments from blueprints.
 
     Args:
         settings: Site settings; default from the environment (``UMC_*``, ``VAULT_*``).
         secret_source: Where secrets come from; default Vault through hvac.
-        store: The state backend for records and IP allocations; default from the settings.
+        store: The state backend for records, locks and IP allocations; default from the settings.
         on_event: Called with each typed progress event.
-
+        cancel: Set it (from any thread) to stop the run at the next step, or the running tool gracefully.
     """
 
     def __init__(
@@ -145,139 +248,146 @@ class Provisioner:
         secret_source: SecretSource | None = None,
         store: StateStore | None = None,
         on_event: EventCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.content = Content.locate(self.settings.content_dir)
         self._secret_source = secret_source
         self._store = store
         self._on_event = on_event or ignore
+        self.cancel = cancel or threading.Event()
 
     def __repr__(self) -> str:
         return f"Provisioner(content={str(self.content.root)!r}, backend={self.settings.backend!r})"
+
+    @property
+    def store(self) -> StateStore:
+        """The state backend (opened on first use)."""
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    @property
+    def records(self) -> Records:
+        """Deployment records in the state backend."""
+        return Records(self.store)
 
     def blueprint(self, name: str) -> Blueprint:
         """Load and check a blueprint."""
         return _blueprint.load(name, self.content)
 
-    def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str) -> ProvisionResult:
-        """Create or converge ``deployment`` from ``blueprint`` with ``params``.
+    # -- records ------------------------------------------------------------------------------------
+
+    def deployments(self) -> list[DeploymentRecord]:
+        """Every deployment's record, destroyed ones included."""
+        return self.records.all()
+
+    def status(self, deployment: str) -> DeploymentRecord:
+        """A deployment's record.
+
+        Raises:
+            DeploymentNotFound: No record in this backend.
+        """
+        record = self.records.get(deployment) if isinstance(deployment, str) else None
+        if record is None:
+            raise DeploymentNotFound(
+                f"no deployment {deployment!r} in the {self.settings.backend} backend", step="records"
+            )
+        return record
+
+    def break_lock(self, deployment: str) -> LockInfo | None:
+        """Remove a stale deployment lock (its holder is gone); returns who held it."""
+        return _lock.break_lock(self.store, deployment)
+
+    # -- plan and provision -------------------------------------------------------------------------
+
+    def plan(self, blueprint: str, params: Mapping[str, Any], *, deployment: str) -> PlanResult:
+        """What ``provision`` would change, per resource and (for existing hosts) per task. Changes nothing."""
+        with self._session(blueprint, params, deployment, action=None) as session:
+            return session.plan(check_configuration=True)
+
+    def provision(
+        self,
+        blueprint: str,
+        params: Mapping[str, Any],
+        *,
+        deployment: str,
+        plan: PlanResult | None = None,
+        allow_destroy: bool = False,
+        on_failure: Literal["keep", "destroy"] = "keep",
+        lock_timeout_s: float | None = None,
+    ) -> ProvisionResult:
+        """Create, update or converge ``deployment``.
+
+        Args:
+            blueprint: The blueprint's name.
+            params: Its parameters.
+            deployment: The deployment's name.
+            plan: A reviewed :class:`PlanResult`: apply exactly that, or refuse with :class:`PlanChanged`.
+            allow_destroy: Let the change delete or replace VMs (scale down, a replacing change).
+            on_failure: ``destroy`` rolls back a brand-new deployment that fails; ``keep`` keeps what exists.
+            lock_timeout_s: How long to wait for another run on the same deployment (default from settings).
 
         Raises:
             BlueprintNotFound, BlueprintError, ParamsError: before anything is created.
-            SecretError, AddressError, TerraformError, PlaybookError: naming the step that failed.
-
+            DeploymentLocked: another run kept the deployment for the whole timeout.
+            DestroyNotAllowed, PlanChanged: before anything is applied.
+            SecretError, AddressError, TerraformError, PlaybookError, Cancelled: naming the failed step.
         """
-        started_at = datetime.now(UTC)
-        timings: dict[str, float] = {}
-        step_of = self._stepper(str(deployment), timings)
+        with self._session(blueprint, params, deployment, action="provision", lock_timeout_s=lock_timeout_s) as s:
+            return s.provision(plan=plan, allow_destroy=allow_destroy, on_failure=on_failure)
 
-        with step_of("blueprint"):
-            spec = self.blueprint(blueprint)
-        with step_of("params"):
-            resolved = _params.validate(spec, dict(params) if isinstance(params, Mapping) else params, deployment)
-        credentials = (self.settings.vault_token, self.settings.vault_secret_id, self.settings.vault_jwt)
-        redactor = Redactor([*resolved.secret_values(), *(c for c in credentials if c is not None)])
-        with step_of("secrets"):
-            source = self._secret_source or VaultSource(self.settings)
-            secrets = _secrets.resolve(spec, resolved, source)
-        redactor.add(*secrets.all())
-        run = _Run(self.settings, resolved, secrets)
-        store = self._store or open_store(self.settings)
+    def destroy(self, deployment: str, *, lock_timeout_s: float | None = None) -> DestroyResult:
+        """Remove everything a deployment made; the record stays, marked destroyed. Again: a no-op.
 
-        with step_of("addresses"):
-            for name, module in spec.modules.items():
-                if module.addresses is not None:
-                    count = int(run.value(module.addresses.count))
-                    given = run.value(module.addresses.given) if module.addresses.given else []
-                    run.addresses[name] = _ipam.allocate(
-                        store, pool=self.settings.ip_pool, deployment=resolved.deployment, module=name,
-                        count=count, given=[str(a) for a in given],
-                    )  # fmt: skip
+        Raises:
+            DeploymentNotFound: No record of it.
+        """
+        record = self.status(deployment)
+        if record.state == "destroyed":
+            return DestroyResult(deployment=deployment, already_destroyed=True, terraform={}, released_addresses=())
+        params = {k: v for k, v in record.params.items() if v != MASK}
+        with self._session(record.blueprint, params, deployment, action="destroy", lock_timeout_s=lock_timeout_s,
+                           recorded=True) as session:  # fmt: skip
+            return session.destroy()
 
-        terraform = Terraform(self.settings, on_event=self._on_event, redactor=redactor, deployment=resolved.deployment)
-        changes: dict[str, ChangeCounts] = {}
-        with step_of("terraform.version"):
-            terraform.check_version()
-        for name, module in spec.modules.items():
-            with step_of(f"terraform.{name}"):
-                inputs = {key: run.value(value) for key, value in module.inputs.items()}
-                workdir = self.settings.state_dir / "work" / resolved.deployment / name
-                terraform.prepare(
-                    self.content.modules / module.source, workdir, module=name,
-                    inputs={k: v for k, v in inputs.items() if not isinstance(v, SecretStr)},
-                )  # fmt: skip
-                terraform.init(workdir, module=name)
-                changes[name] = terraform.apply(
-                    workdir,
-                    module=name,
-                    secret_inputs={k: v for k, v in inputs.items() if isinstance(v, SecretStr)},
-                )
-                raw = terraform.outputs(workdir, module=name)
-                redactor.add(*(str(o["value"]) for o in raw.values() if o.get("sensitive") and o.get("value")))
-                run.outputs[name] = {
-                    k: SecretStr(str(o["value"])) if o.get("sensitive") else o["value"] for k, o in raw.items()
+    def drift(self, deployment: str) -> DriftReport:
+        """Compute drift (Terraform refresh) and configuration drift (Ansible check mode), in one report."""
+        record = self.status(deployment)
+        if record.state == "destroyed":
+            raise DeploymentNotFound(f"deployment {deployment!r} is destroyed", step="drift")
+        params = {k: v for k, v in record.params.items() if v != MASK}
+        with self._session(record.blueprint, params, deployment, action=None, recorded=True) as session:
+            return session.drift(record)
+
+    @contextlib.contextmanager
+    def _session(
+        self,
+        blueprint: str,
+        params: Mapping[str, Any],
+        deployment: str,
+        *,
+        action: Literal["provision", "destroy"] | None,
+        lock_timeout_s: float | None = None,
+        recorded: bool = False,
+    ) -> Iterator[_Session]:
+        session = _Session(self, str(deployment))
+        with session.step("blueprint"):
+            session.spec = self.blueprint(blueprint)
+        with session.step("params"):
+            if recorded:  # secret params are never stored: fill them with placeholders
+                params = dict(params) | {
+                    n: "recorded-secret-placeholder" for n, p in session.spec.params.items() if p.secret
                 }
-
-        with step_of("inventory"):
-            run.inventory = _inventory.build(spec, run.outputs)
-        played: dict[str, PlaybookResult] = {}
-        if spec.playbooks and spec.ansible is not None:
-            with step_of("ssh"):
-                self._wait_for_ssh(run.inventory)
-            ansible = Ansible(
-                self.settings,
-                self.content.playbooks,
-                on_event=self._on_event,
-                redactor=redactor,
-                deployment=resolved.deployment,
+            session.params = _params.validate(
+                session.spec, dict(params) if isinstance(params, Mapping) else params, deployment
             )
-            ssh_key = run.value(spec.ansible.ssh_private_key)
-            for play in spec.playbooks:
-                with step_of(f"ansible.{play.playbook}"):
-                    played[play.playbook] = ansible.run(
-                        play.playbook,
-                        inventory=run.inventory,
-                        hosts=play.hosts,
-                        user=spec.ansible.user,
-                        ssh_key=ssh_key,
-                        variables={var: run.value(value) for var, value in play.vars.items()},
-                    )
-
-        outputs = {name: MASK if out.sensitive else _mask(run.value(out.value)) for name, out in spec.outputs.items()}
-        result = ProvisionResult(
-            deployment=resolved.deployment,
-            blueprint=spec.name,
-            version=spec.version,
-            params=resolved.masked(),
-            hosts=run.inventory.hosts,
-            outputs=outputs,
-            terraform=changes,
-            ansible=played,
-            timings=timings,
-            started_at=started_at,
-            finished_at=datetime.now(UTC),
-        )
-        with step_of("record"):
-            store.put(f"deployments/{resolved.deployment}/record.json", result.model_dump_json(indent=2).encode())
-        return result
-
-    def _stepper(self, deployment: str, timings: dict[str, float]) -> Any:
-        on_event = self._on_event
-
-        @contextlib.contextmanager
-        def step(name: str) -> Iterator[None]:
-            on_event(StepStarted(deployment=deployment, step=name))
-            started = time.monotonic()
-            ok = False
-            try:
-                yield
-                ok = True
-            finally:
-                seconds = time.monotonic() - started
-                timings[name] = round(seconds, 3)
-                on_event(StepFinished(deployment=deployment, step=name, seconds=seconds, ok=ok))
-
-        return step
+        if action is None:
+            yield session
+            return
+        timeout = self.settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        with _lock.locked(self.store, session.params.deployment, operation=action, timeout_s=timeout):
+            yield session
 
     def _wait_for_ssh(self, inventory: Inventory) -> None:
         """Wait until every host answers with an SSH banner."""
@@ -285,10 +395,7 @@ class Provisioner:
         waiting = {h.name: h.ip for h in inventory.hosts}
         while waiting:
             for name, ip in list(waiting.items()):
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection((ip, self.settings.ssh_port), 2) as sock,
-                ):
+                with contextlib.suppress(OSError), socket.create_connection((ip, self.settings.ssh_port), 2) as sock:
                     sock.settimeout(2)
                     if sock.recv(4).startswith(b"SSH-"):
                         del waiting[name]
@@ -302,6 +409,368 @@ class Provisioner:
                 time.sleep(0.5)
 
 
+class _Session:
+    """One run on one deployment: its secrets, redactor, working dirs, record and timings."""
+
+    spec: Blueprint
+    params: ResolvedParams
+
+    def __init__(self, provisioner: Provisioner, deployment: str) -> None:
+        self.p = provisioner
+        self.settings = provisioner.settings
+        self.deployment = deployment
+        self.timings: dict[str, float] = {}
+        self.started_at = datetime.now(UTC)
+        self.redactor = Redactor(
+            c for c in (self.settings.vault_token, self.settings.vault_secret_id, self.settings.vault_jwt) if c
+        )
+        self._run: _Run | None = None
+        self._terraform: Terraform | None = None
+        self.step_name = "start"
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        self.p._on_event(event)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if self.p.cancel.is_set():
+            raise Cancelled(f"cancelled before step {name!r} of deployment {self.deployment!r}", step=name)
+        self.step_name = name
+        self.emit(StepStarted(deployment=self.deployment, step=name))
+        started = time.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            seconds = time.monotonic() - started
+            self.timings[name] = round(seconds, 3)
+            self.emit(StepFinished(deployment=self.deployment, step=name, seconds=seconds, ok=ok))
+
+    @property
+    def run(self) -> _Run:
+        if self._run is None:
+            with self.step("secrets"):
+                source = self.p._secret_source or VaultSource(self.settings)
+                secrets = _secrets.resolve(self.spec, self.params, source)
+            self.redactor.add(*self.params.secret_values(), *secrets.all())
+            self._run = _Run(self.settings, self.params, secrets)
+        return self._run
+
+    @property
+    def terraform(self) -> Terraform:
+        if self._terraform is None:
+            self._terraform = Terraform(self.settings, on_event=self.p._on_event, redactor=self.redactor,
+                                        deployment=self.deployment, cancel=self.p.cancel)  # fmt: skip
+            with self.step("terraform.version"):
+                self._terraform.check_version()
+        return self._terraform
+
+    def workdir(self, module: str) -> Path:
+        return self.settings.state_dir / "work" / self.deployment / module
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private directory in memory for plan files (they hold variable values, secrets too)."""
+        directory = Path(tempfile.mkdtemp(prefix="umc-plan-", dir=private_dir_parent()))
+        try:
+            directory.chmod(0o700)
+            yield directory
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def addresses(self, *, release_extra: bool = False, dry_run: bool = False) -> None:
+        with self.step("addresses"):
+            for name, module in self.spec.modules.items():
+                if module.addresses is None:
+                    continue
+                count = int(self.run.value(module.addresses.count))
+                given = self.run.value(module.addresses.given) if module.addresses.given else []
+                self.run.addresses[name] = _ipam.allocate(
+                    self.p.store, pool=self.settings.ip_pool, deployment=self.deployment, module=name,
+                    count=count, given=[str(a) for a in given], dry_run=dry_run,
+                )  # fmt: skip
+                if release_extra:
+                    _ipam.release_extra(self.p.store, deployment=self.deployment, module=name, keep=count)
+
+    def prepare(self, module: str) -> tuple[Path, dict[str, SecretStr]]:
+        """Working dir with the module, vars and backend, initialised; returns it and the secret inputs."""
+        plain, secret = _split(self.run.inputs(self.spec, module))
+        workdir = self.workdir(module)
+        self.terraform.prepare(self.p.content.modules / self.spec.modules[module].source, workdir, module=module,
+                               inputs=plain)  # fmt: skip
+        self.terraform.init(workdir, module=module)
+        return workdir, secret
+
+    def read_outputs(self, module: str, workdir: Path) -> None:
+        raw = self.terraform.outputs(workdir, module=module)
+        self.redactor.add(*(str(o["value"]) for o in raw.values() if o.get("sensitive") and o.get("value")))
+        self.run.outputs[module] = {
+            k: SecretStr(str(o["value"])) if o.get("sensitive") else o["value"] for k, o in raw.items()
+        }
+
+    def playbook_vars(self, play: Any) -> dict[str, Any]:
+        return {var: self.run.value(value) for var, value in play.vars.items()}
+
+    def ansible(self) -> Ansible:
+        return Ansible(self.settings, self.p.content.playbooks, on_event=self.p._on_event, redactor=self.redactor,
+                       deployment=self.deployment, cancel=self.p.cancel)  # fmt: skip
+
+    # -- plan ---------------------------------------------------------------------------------------
+
+    def plan(self, *, check_configuration: bool) -> PlanResult:
+        record = self.p.records.get(self.deployment)
+        exists = record is not None and record.state != "destroyed"
+        self.addresses_preview()
+        resources: list[ResourceChange] = []
+        with self.scratch() as scratch:
+            for module in self.spec.modules:
+                with self.step(f"terraform.plan.{module}"):
+                    workdir, secret = self.prepare(module)
+                    resources += self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
+                                                     secret_inputs=secret)  # fmt: skip
+                    self.read_outputs(module, workdir)
+        configuration: list[ConfigChange] = []
+        if check_configuration and exists and record is not None and record.hosts and self.spec.ansible:
+            configuration = self.check_configuration(Inventory(hosts=record.hosts))
+        return PlanResult(
+            deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version,
+            params=self.params.masked(), exists=exists, previous_version=record.version if record else None,
+            resources=tuple(resources), configuration=tuple(configuration),
+            fingerprint=_fingerprint(self.params.masked(), resources),
+        )  # fmt: skip
+
+    def addresses_preview(self) -> None:
+        """Addresses for a plan: the deployment's own claims, and pool addresses it would claim (not claimed)."""
+        self.addresses(dry_run=True)
+
+    def check_configuration(self, inventory: Inventory) -> list[ConfigChange]:
+        assert self.spec.ansible is not None
+        self.run.inventory = inventory
+        ansible = self.ansible()
+        key = self.run.value(self.spec.ansible.ssh_private_key)
+        changes: list[ConfigChange] = []
+        for play in self.spec.playbooks:
+            if not inventory.in_group(play.hosts):
+                continue
+            with self.step(f"ansible.check.{play.playbook}"):
+                result = ansible.run(play.playbook, inventory=inventory, hosts=play.hosts, user=self.spec.ansible.user,
+                                     ssh_key=key, variables=self.playbook_vars(play), check=True)  # fmt: skip
+            changes += [ConfigChange(playbook=play.playbook, host=h, task=t) for h, t in result.changed_tasks]
+        return changes
+
+    # -- provision ----------------------------------------------------------------------------------
+
+    def provision(
+        self, *, plan: PlanResult | None, allow_destroy: bool, on_failure: Literal["keep", "destroy"]
+    ) -> ProvisionResult:
+        records = self.p.records
+        now = datetime.now(UTC)
+        existing = records.get(self.deployment)
+        brand_new = existing is None or existing.state == "destroyed"
+        record = existing or DeploymentRecord(
+            deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version, state="provisioning",
+            params=self.params.masked(), created_at=now, updated_at=now,
+        )  # fmt: skip
+        run = RunRecord(action="provision", outcome="running", actor=Actor.from_environment(), started_at=now,
+                        blueprint_version=self.spec.version)  # fmt: skip
+        record = records.update_run(record, run, state="provisioning" if brand_new else record.state)
+        changes: dict[str, ChangeCounts] = {}
+        applied: list[str] = []
+        try:
+            result = self._provision(plan, allow_destroy, changes, applied)
+        except BaseException as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt | Cancelled)
+            outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled" if interrupted else "failed"
+            message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
+            state = "interrupted" if interrupted else "failed"
+            if on_failure == "destroy" and brand_new and not interrupted and applied:
+                with contextlib.suppress(UmcInfraError):
+                    self._destroy_modules(applied)
+                    _ipam.release(self.p.store, deployment=self.deployment)
+                    state = "destroyed"
+            finished = run.model_copy(update={
+                "outcome": outcome, "finished_at": datetime.now(UTC), "failed_step": self.step_name,
+                "error": message, "timings": self.timings, "changes": changes,
+            })  # fmt: skip
+            records.update_run(record, finished, state=state if brand_new or state == "interrupted" else record.state)
+            raise
+        finished = run.model_copy(update={
+            "outcome": "succeeded", "finished_at": result.finished_at, "timings": result.timings, "changes": changes,
+        })  # fmt: skip
+        with self.step("record"):
+            records.update_run(
+                record, finished, state="active", version=self.spec.version, blueprint=self.spec.name,
+                params=result.params, hosts=result.hosts, outputs=result.outputs, modules=tuple(self.spec.modules),
+            )  # fmt: skip
+        return result
+
+    def _provision(
+        self, reviewed: PlanResult | None, allow_destroy: bool, changes: dict[str, ChangeCounts], applied: list[str]
+    ) -> ProvisionResult:
+        self.addresses()
+        with self.scratch() as scratch:
+            # Plan every module first: the destroy policy and a reviewed plan are checked before anything applies.
+            planned: dict[str, tuple[Path, dict[str, Any], list[ResourceChange]]] = {}
+            for module in self.spec.modules:
+                try:
+                    inputs = self.run.inputs(self.spec, module)
+                except KeyError:
+                    continue  # reads outputs of a module not applied yet: planned after it
+                with self.step(f"terraform.plan.{module}"):
+                    workdir, secret = self.prepare(module)
+                    planfile = scratch / f"{module}.tfplan"
+                    planned[module] = (planfile, inputs, self.terraform.plan(workdir, planfile, module=module,
+                                                                             secret_inputs=secret))  # fmt: skip
+            everything = [c for _, _, found in planned.values() for c in found]
+            self.check_policy(everything, reviewed, allow_destroy)
+            for module in self.spec.modules:
+                with self.step(f"terraform.apply.{module}"):
+                    inputs = self.run.inputs(self.spec, module)
+                    workdir = self.workdir(module)
+                    if module not in planned or planned[module][1] != inputs:
+                        workdir, secret = self.prepare(module)
+                        found = self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
+                                                    secret_inputs=secret)  # fmt: skip
+                        self.check_policy(found, None, allow_destroy)
+                        planned[module] = (scratch / f"{module}.tfplan", inputs, found)
+                    planfile, _, found = planned[module]
+                    applied.append(module)
+                    changes[module] = (
+                        self.terraform.apply_plan(workdir, planfile, module=module) if found else ChangeCounts()
+                    )
+                    self.read_outputs(module, workdir)
+        self.addresses(release_extra=True)
+
+        with self.step("inventory"):
+            self.run.inventory = _inventory.build(self.spec, self.run.outputs)
+        played: dict[str, PlaybookResult] = {}
+        if self.spec.playbooks and self.spec.ansible is not None:
+            with self.step("ssh"):
+                self.p._wait_for_ssh(self.run.inventory)
+            ansible = self.ansible()
+            key = self.run.value(self.spec.ansible.ssh_private_key)
+            for play in self.spec.playbooks:
+                with self.step(f"ansible.{play.playbook}"):
+                    played[play.playbook] = ansible.run(
+                        play.playbook, inventory=self.run.inventory, hosts=play.hosts, user=self.spec.ansible.user,
+                        ssh_key=key, variables=self.playbook_vars(play),
+                    )  # fmt: skip
+        outputs = {
+            name: MASK if out.sensitive else _mask(self.run.value(out.value)) for name, out in self.spec.outputs.items()
+        }
+        return ProvisionResult(
+            deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version,
+            params=self.params.masked(), hosts=self.run.inventory.hosts, outputs=outputs, terraform=changes,
+            ansible=played, timings=self.timings, started_at=self.started_at, finished_at=datetime.now(UTC),
+        )  # fmt: skip
+
+    def check_policy(self, found: list[ResourceChange], reviewed: PlanResult | None, allow_destroy: bool) -> None:
+        if reviewed is not None:
+            now = _fingerprint(self.params.masked(), found)
+            if reviewed.deployment != self.deployment or now != reviewed.fingerprint:
+                before = {(r.module, r.address, r.action) for r in reviewed.resources}
+                after = {(r.module, r.address, r.action) for r in found}
+                differs = sorted(before ^ after)
+                raise PlanChanged(
+                    f"deployment {self.deployment!r} changed since the plan was reviewed; nothing was applied. "
+                    + ("Differences: " + ", ".join(f"{m}: {a} {c}" for m, a, c in differs) if differs
+                       else "The same resources, with other attribute changes or params.")
+                    + " Plan and review again.",
+                    step="plan",
+                )  # fmt: skip
+        doomed = [f"{r.module}: {r.address} ({r.action})" for r in found if r.action in ("delete", "replace")]
+        if doomed and not allow_destroy:
+            raise DestroyNotAllowed(
+                f"this change would delete or replace {len(doomed)} resource(s) in deployment {self.deployment!r}: "
+                + ", ".join(doomed)
+                + "; nothing was applied. Pass allow_destroy=True if that is intended.",
+                resources=doomed,
+                step="plan",
+            )
+
+    # -- destroy ------------------------------------------------------------------------------------
+
+    def destroy(self) -> DestroyResult:
+        records = self.p.records
+        record = records.get(self.deployment)
+        assert record is not None
+        now = datetime.now(UTC)
+        run = RunRecord(action="destroy", outcome="running", actor=Actor.from_environment(), started_at=now,
+                        blueprint_version=record.version)  # fmt: skip
+        record = records.update_run(record, run)
+        try:
+            counts = self._destroy_modules(list(record.modules or self.spec.modules))
+            with self.step("addresses"):
+                released = _ipam.release(self.p.store, deployment=self.deployment)
+        except BaseException as exc:
+            message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
+            records.update_run(record, run.model_copy(update={
+                "outcome": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                "finished_at": datetime.now(UTC), "failed_step": self.step_name, "error": message,
+                "timings": self.timings,
+            }))  # fmt: skip
+            raise
+        records.update_run(
+            record,
+            run.model_copy(update={"outcome": "succeeded", "finished_at": datetime.now(UTC), "timings": self.timings,
+                                   "changes": counts}),
+            state="destroyed", hosts=(), outputs={},
+        )  # fmt: skip
+        shutil.rmtree(self.settings.state_dir / "work" / self.deployment, ignore_errors=True)
+        return DestroyResult(deployment=self.deployment, already_destroyed=False, terraform=counts,
+                             released_addresses=tuple(released))  # fmt: skip
+
+    def _destroy_modules(self, modules: list[str]) -> dict[str, ChangeCounts]:
+        """Destroy modules in reverse order, each with the inputs it was last applied with."""
+        own = {n: sorted(a for a, c in _ipam.claims(self.p.store).items()
+                         if c.deployment == self.deployment and c.module == n)
+               for n in self.spec.modules}  # fmt: skip
+        counts: dict[str, ChangeCounts] = {}
+        for module in reversed(modules):
+            if module not in self.spec.modules:
+                continue
+            with self.step(f"terraform.destroy.{module}"):
+                self.run.addresses[module] = own.get(module, [])
+                try:
+                    inputs = self.run.inputs(self.spec, module)
+                except KeyError as missing:
+                    raise UmcInfraError(
+                        f"cannot work out the inputs of module {module!r} to destroy it (needs {missing})",
+                        step="destroy",
+                    ) from None
+                plain, secret = _split(inputs)
+                workdir = self.workdir(module)
+                self.terraform.prepare(self.p.content.modules / self.spec.modules[module].source, workdir,
+                                       module=module, inputs=plain)  # fmt: skip
+                self.terraform.init(workdir, module=module)
+                counts[module] = self.terraform.apply(workdir, module=module, secret_inputs=secret, destroy=True)
+        return counts
+
+    # -- drift --------------------------------------------------------------------------------------
+
+    def drift(self, record: DeploymentRecord) -> DriftReport:
+        own = {n: [a for a, c in sorted(_ipam.claims(self.p.store).items(), key=lambda i: i[1].index)
+                   if c.deployment == self.deployment and c.module == n]
+               for n in self.spec.modules}  # fmt: skip
+        compute: list[ResourceChange] = []
+        with self.scratch() as scratch:
+            for module in self.spec.modules:
+                self.run.addresses[module] = own.get(module, [])
+                with self.step(f"terraform.drift.{module}"):
+                    workdir, secret = self.prepare(module)
+                    compute += self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
+                                                   secret_inputs=secret, refresh_only=True)  # fmt: skip
+                    self.read_outputs(module, workdir)
+        configuration: list[ConfigChange] = []
+        if record.hosts and self.spec.ansible is not None:
+            configuration = self.check_configuration(Inventory(hosts=record.hosts))
+        return DriftReport(deployment=self.deployment, compute=tuple(compute), configuration=tuple(configuration),
+                           checked_at=datetime.now(UTC))  # fmt: skip
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return MASK
@@ -312,6 +781,10 @@ def _mask(value: Any) -> Any:
     return value
 
 
+def _provisioner(settings: Settings | None, on_event: EventCallback | None) -> Provisioner:
+    return Provisioner(settings=settings, on_event=on_event)
+
+
 def provision(
     blueprint: str,
     params: Mapping[str, Any],
@@ -319,12 +792,52 @@ def provision(
     deployment: str,
     settings: Settings | None = None,
     on_event: EventCallback | None = None,
+    plan: PlanResult | None = None,
+    allow_destroy: bool = False,
+    on_failure: Literal["keep", "destroy"] = "keep",
+    lock_timeout_s: float | None = None,
 ) -> ProvisionResult:
-    """Provision ``deployment`` from a named blueprint: sugar over :class:`Provisioner`.
+    """Provision ``deployment`` from a named blueprint: sugar over :meth:`Provisioner.provision`.
 
     Example:
         >>> result = provision("web-server", {"instances": 2}, deployment="team-x-web")  # doctest: +SKIP
         >>> [h.ip for h in result.hosts]                                               # doctest: +SKIP
-
     """
-    return Provisioner(settings=settings, on_event=on_event).provision(blueprint, params, deployment=deployment)
+    return _provisioner(settings, on_event).provision(
+        blueprint, params, deployment=deployment, plan=plan, allow_destroy=allow_destroy, on_failure=on_failure,
+        lock_timeout_s=lock_timeout_s,
+    )  # fmt: skip
+
+
+def plan(
+    blueprint: str,
+    params: Mapping[str, Any],
+    *,
+    deployment: str,
+    settings: Settings | None = None,
+    on_event: EventCallback | None = None,
+) -> PlanResult:
+    """What ``provision`` would change: sugar over :meth:`Provisioner.plan`."""
+    return _provisioner(settings, on_event).plan(blueprint, params, deployment=deployment)
+
+
+def destroy(
+    deployment: str, *, settings: Settings | None = None, on_event: EventCallback | None = None
+) -> DestroyResult:
+    """Remove a deployment's VMs and addresses; the record stays, marked destroyed."""
+    return _provisioner(settings, on_event).destroy(deployment)
+
+
+def drift(deployment: str, *, settings: Settings | None = None, on_event: EventCallback | None = None) -> DriftReport:
+    """Compute and configuration drift of a deployment."""
+    return _provisioner(settings, on_event).drift(deployment)
+
+
+def deployments(*, settings: Settings | None = None) -> list[DeploymentRecord]:
+    """Every deployment's record in the state backend."""
+    return _provisioner(settings, None).deployments()
+
+
+def status(deployment: str, *, settings: Settings | None = None) -> DeploymentRecord:
+    """A deployment's record."""
+    return _provisioner(settings, None).status(deployment)

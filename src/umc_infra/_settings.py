@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     )
     content_dir: Path | None = Field(default=None, validation_alias=_env("UMC_CONTENT_DIR"))
     """Where ``blueprints/``, ``modules/`` and ``playbooks/`` live; default: those shipped with umc_infra."""
+    lock_timeout_s: float = Field(default=300, ge=0, validation_alias=_env("UMC_LOCK_TIMEOUT"))
+    """How long a run waits for another run on the same deployment before DeploymentLocked."""
     terraform_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_TERRAFORM_TIMEOUT"))
     ansible_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_ANSIBLE_TIMEOUT"))
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,10 @@ _STATUS_OF: dict[str, Literal["started", "complete", "errored"]] = {
 BACKEND_FILE = "umc_backend.tf.json"
 
 
+MASK = "***"
+UNKNOWN = "(known after apply)"
+
+
 class ChangeCounts(BaseModel):
     """What an apply did."""
 
@@ -53,6 +58,90 @@ class ChangeCounts(BaseModel):
     add: int = 0
     change: int = 0
     remove: int = 0
+
+
+class AttributeChange(BaseModel):
+    """One attribute's old and new value (``***`` if sensitive)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    before: Any = None
+    after: Any = None
+
+
+class ResourceChange(BaseModel):
+    """What Terraform would do to one resource, or what drifted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    module: str
+    address: str
+    action: Literal["create", "update", "replace", "delete", "read"]
+    attributes: dict[str, AttributeChange] = {}
+
+
+def _action(actions: list[str]) -> str | None:
+    if actions in (["delete", "create"], ["create", "delete"]):
+        return "replace"
+    if len(actions) == 1 and actions[0] in ("create", "update", "delete", "read"):
+        return actions[0]
+    return None  # no-op
+
+
+def _sensitive(marks: Any, key: str) -> bool:
+    return marks is True or (isinstance(marks, dict) and bool(marks.get(key)))
+
+
+def resource_changes(module: str, entries: list[dict[str, Any]]) -> list[ResourceChange]:
+    """Changes from ``resource_changes`` or ``resource_drift`` of ``terraform show -json``, sensitive masked."""
+    found: list[ResourceChange] = []
+    for entry in entries:
+        change = entry.get("change", {})
+        action = _action(change.get("actions", []))
+        if action is None:
+            continue
+        attributes: dict[str, AttributeChange] = {}
+        if action in ("update", "replace"):
+            before, after = change.get("before") or {}, change.get("after") or {}
+            unknown = change.get("after_unknown") or {}
+            for key in sorted(set(before) | set(after)):
+                if before.get(key) == after.get(key) and not unknown.get(key):
+                    continue
+                hidden = _sensitive(change.get("before_sensitive"), key) or _sensitive(
+                    change.get("after_sensitive"), key
+                )
+                attributes[key] = AttributeChange(
+                    before=MASK if hidden else before.get(key),
+                    after=MASK if hidden else UNKNOWN if unknown.get(key) else after.get(key),
+                )
+        found.append(
+            ResourceChange(
+                module=module,
+                address=str(entry.get("address")),
+                action=action,  # type: ignore[arg-type]
+                attributes=attributes,
+            )
+        )
+    return found
+
+
+def counts_of(changes: list[ResourceChange]) -> ChangeCounts:
+    """Add/change/remove counts the way Terraform reports them (a replace is one add and one remove)."""
+    return ChangeCounts(
+        add=sum(c.action in ("create", "replace") for c in changes),
+        change=sum(c.action == "update" for c in changes),
+        remove=sum(c.action in ("delete", "replace") for c in changes),
+    )
+
+
+def _sensitive_values(change: Mapping[str, Any]) -> list[Any]:
+    """Values of attributes marked sensitive in a change, to add to the redactor."""
+    values = []
+    for side, marks in (("before", change.get("before_sensitive")), ("after", change.get("after_sensitive"))):
+        data = change.get(side) or {}
+        if isinstance(marks, dict) and isinstance(data, dict):
+            values += [data[k] for k, v in marks.items() if v is True and data.get(k) not in (None, "")]
+    return values
 
 
 # -- argv builders (pure) -------------------------------------------------------------------------
@@ -84,6 +173,24 @@ def argv_apply(binary: str, *, destroy: bool = False) -> list[str]:
         binary, "apply", input=False, no_color=IsFlagged, auto_approve=IsFlagged, json=IsFlagged,
         destroy=IsFlagged if destroy else None,
     )  # fmt: skip
+
+
+def argv_plan(binary: str, out: Path, *, destroy: bool = False, refresh_only: bool = False) -> list[str]:
+    """``terraform plan`` into a plan file (kept in memory by the caller and removed after use)."""
+    return _argv(
+        binary, "plan", input=False, no_color=IsFlagged, out=str(out),
+        destroy=IsFlagged if destroy else None, refresh_only=IsFlagged if refresh_only else None,
+    )  # fmt: skip
+
+
+def argv_apply_plan(binary: str, planfile: Path) -> list[str]:
+    """``terraform apply`` of a saved plan (exactly what was planned, or nothing if state moved)."""
+    return _argv(binary, "apply", str(planfile), input=False, no_color=IsFlagged, json=IsFlagged)
+
+
+def argv_show(binary: str, planfile: Path) -> list[str]:
+    """``terraform show -json`` of a plan file."""
+    return _argv(binary, "show", str(planfile), no_color=IsFlagged, json=IsFlagged)
 
 
 def argv_output(binary: str) -> list[str]:
@@ -162,7 +269,16 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
 class Terraform:
     """Runs Terraform for one module instance of one deployment."""
 
-    def __init__(self, settings: Settings, *, on_event: EventCallback, redactor: Redactor, deployment: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_event: EventCallback,
+        redactor: Redactor,
+        deployment: str,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._cancel = cancel
         self._settings = settings
         self._on_event = on_event
         self._redact = redactor
@@ -252,7 +368,13 @@ class Terraform:
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
 
     def apply(
-        self, workdir: Path, *, module: str, secret_inputs: Mapping[str, SecretStr], destroy: bool = False
+        self,
+        workdir: Path,
+        *,
+        module: str,
+        secret_inputs: Mapping[str, SecretStr],
+        destroy: bool = False,
+        argv: list[str] | None = None,
     ) -> ChangeCounts:
         """``terraform apply`` (or destroy); streams resource events and returns the change counts."""
         counts = ChangeCounts()
@@ -283,7 +405,7 @@ class Terraform:
 
         try:
             self._run(
-                argv_apply(self.binary, destroy=destroy),
+                argv or argv_apply(self.binary, destroy=destroy),
                 step=step,
                 workdir=workdir,
                 env_secrets=secret_inputs,
@@ -301,6 +423,35 @@ class Terraform:
                 ) from None
             raise
         return counts
+
+    def plan(
+        self,
+        workdir: Path,
+        planfile: Path,
+        *,
+        module: str,
+        secret_inputs: Mapping[str, SecretStr],
+        destroy: bool = False,
+        refresh_only: bool = False,
+    ) -> list[ResourceChange]:
+        """Plan into ``planfile``; the changes (or, with ``refresh_only``, the drift) it holds."""
+        kind = "drift" if refresh_only else "plan"
+        self._run(
+            argv_plan(self.binary, planfile, destroy=destroy, refresh_only=refresh_only),
+            step=f"terraform.{kind}.{module}", workdir=workdir, env_secrets=secret_inputs,
+        )  # fmt: skip
+        shown = json.loads(
+            self._run(argv_show(self.binary, planfile), step=f"terraform.show.{module}", workdir=workdir,
+                      env_secrets={}, stream=False)
+        )  # fmt: skip
+        for entry in (shown.get("resource_changes") or []) + (shown.get("resource_drift") or []):
+            change = entry.get("change", {})
+            self._redact.add(*(str(v) for v in _sensitive_values(change)))
+        return resource_changes(module, shown.get("resource_drift" if refresh_only else "resource_changes") or [])
+
+    def apply_plan(self, workdir: Path, planfile: Path, *, module: str) -> ChangeCounts:
+        """Apply a saved plan; streams resource events and returns the change counts."""
+        return self.apply(workdir, module=module, secret_inputs={}, argv=argv_apply_plan(self.binary, planfile))
 
     def outputs(self, workdir: Path, *, module: str) -> dict[str, dict[str, Any]]:
         """``terraform output -json``: name -> {value, sensitive, type}."""
@@ -342,7 +493,7 @@ class Terraform:
         try:
             result = run(
                 argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd, timeout=self._settings.terraform_timeout_s,
-                on_line=on_line if stream else None, redactor=self._redact,
+                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel,
             )  # fmt: skip
         except ProcessError as exc:
             raise TerraformError(

@@ -1,0 +1,150 @@
+"""Deployment records: what was made, from which blueprint and version, by whom, and every run's outcome.
+
+Stored in the state backend beside Terraform's state (``deployments/<name>/record.json``), so every
+machine that shares the backend sees the same records. Secret params and sensitive outputs are masked
+before a record is written.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from umc_infra._inventory import Host
+from umc_infra._store import StateStore
+from umc_infra._terraform import ChangeCounts
+
+Outcome = Literal["running", "succeeded", "failed", "interrupted", "cancelled"]
+State = Literal["provisioning", "active", "failed", "interrupted", "destroyed"]
+
+
+class Actor(BaseModel):
+    """Who ran it: a person on a machine, or a CI job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    host: str
+    ci_job_id: str | None = None
+    ci_pipeline_id: str | None = None
+    ci_project: str | None = None
+    ci_job_url: str | None = None
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> Actor:
+        """GitLab CI (``CI_JOB_ID`` ...), GitHub Actions (``GITHUB_RUN_ID`` ...), else the local user."""
+        env = os.environ if env is None else env
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        if env.get("GITLAB_CI") or env.get("CI_JOB_ID"):
+            return cls(
+                user=env.get("GITLAB_USER_LOGIN", user),
+                host=socket.gethostname(),
+                ci_job_id=env.get("CI_JOB_ID"),
+                ci_pipeline_id=env.get("CI_PIPELINE_ID"),
+                ci_project=env.get("CI_PROJECT_PATH"),
+                ci_job_url=env.get("CI_JOB_URL"),
+            )
+        if env.get("GITHUB_RUN_ID"):
+            return cls(
+                user=env.get("GITHUB_ACTOR", user),
+                host=socket.gethostname(),
+                ci_job_id=env.get("GITHUB_JOB"),
+                ci_pipeline_id=env.get("GITHUB_RUN_ID"),
+                ci_project=env.get("GITHUB_REPOSITORY"),
+            )
+        return cls(user=user, host=socket.gethostname())
+
+
+class RunRecord(BaseModel):
+    """One provision, destroy or repair run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Literal["provision", "destroy"]
+    outcome: Outcome
+    actor: Actor
+    started_at: datetime
+    finished_at: datetime | None = None
+    blueprint_version: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    """The error's message (already free of secret values)."""
+    timings: dict[str, float] = Field(default_factory=dict)
+    changes: dict[str, ChangeCounts] = Field(default_factory=dict)
+
+
+class DeploymentRecord(BaseModel):
+    """Everything known about a deployment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    blueprint: str
+    version: str
+    state: State
+    params: dict[str, Any]
+    hosts: tuple[Host, ...] = ()
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    modules: tuple[str, ...] = ()
+    """Terraform module instances, in apply order (destroy goes in reverse)."""
+    created_at: datetime
+    updated_at: datetime
+    runs: tuple[RunRecord, ...] = ()
+
+    @property
+    def last_run(self) -> RunRecord | None:
+        """The newest run."""
+        return self.runs[-1] if self.runs else None
+
+
+def _key(deployment: str) -> str:
+    return f"deployments/{deployment}/record.json"
+
+
+class Records:
+    """Read and write deployment records in a state store."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"Records({self._store!r})"
+
+    def get(self, deployment: str) -> DeploymentRecord | None:
+        """The record of ``deployment``, or None if it was never provisioned here."""
+        data = self._store.get(_key(deployment))
+        return DeploymentRecord.model_validate_json(data) if data is not None else None
+
+    def put(self, record: DeploymentRecord) -> None:
+        """Write (replace) a record."""
+        self._store.put(_key(record.deployment), record.model_dump_json(indent=2).encode())
+
+    def all(self) -> list[DeploymentRecord]:
+        """Every deployment's record, by name."""
+        found = []
+        for key in self._store.list("deployments"):
+            if key.endswith("/record.json"):
+                record = self.get(key.split("/")[1])
+                if record is not None:
+                    found.append(record)
+        return sorted(found, key=lambda r: r.deployment)
+
+    def update_run(self, record: DeploymentRecord, run: RunRecord, **changes: Any) -> DeploymentRecord:
+        """The record with its last run replaced by ``run`` (or ``run`` appended if it is new), saved."""
+        runs = list(record.runs)
+        if runs and runs[-1].started_at == run.started_at and runs[-1].action == run.action:
+            runs[-1] = run
+        else:
+            runs.append(run)
+        updated = record.model_copy(update={"runs": tuple(runs), "updated_at": datetime.now(UTC), **changes})
+        self.put(updated)
+        return updated
