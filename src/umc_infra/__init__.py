@@ -35,6 +35,7 @@ from umc_infra._errors import (
     ProcessTimeout,
     SandboxError,
     SecretError,
+    StateBackendError,
     TerraformError,
     UmcInfraError,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "SecretError",
     "SecretSource",
     "Settings",
+    "StateBackendError",
     "StepFinished",
     "StepStarted",
     "TaskResult",

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`UmcInfraError`::
     ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
     ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
     ├── AddressError                the IPv4 pool is exhausted or an address is taken
+    ├── StateBackendError           the state backend (S3 bucket or local directory) cannot be reached or used
     ├── DeploymentLocked            another run holds the deployment (names the holder and since when)
     ├── DeploymentNotFound          no record of that deployment
     ├── DestroyNotAllowed           the change would delete or replace VMs (lists them); pass allow_destroy
@@ -120,6 +121,10 @@ class SecretError(UmcInfraError):
     def __init__(self, message: str, *, reference: str | None = None, step: str = "secrets") -> None:
         super().__init__(message, step=step)
         self.reference = reference
+
+
+class StateBackendError(UmcInfraError):
+    """The state backend cannot be reached or refused a request (names the bucket or directory)."""
 
 
 class AddressError(UmcInfraError):

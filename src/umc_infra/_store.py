@@ -7,13 +7,15 @@ atomic on both (``O_EXCL``; S3 ``If-None-Match: *``), which is what makes alloca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from umc_infra._errors import UmcInfraError
+from umc_infra._errors import StateBackendError, UmcInfraError
 from umc_infra._settings import Settings
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
@@ -93,6 +95,23 @@ class LocalStore:
         )
 
 
+@contextlib.contextmanager
+def _s3_errors(bucket: str, key: str) -> Iterator[None]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        raise StateBackendError(f"S3 bucket {bucket!r} refused {key!r}: {code}", step="store") from None
+    except BotoCoreError as exc:
+        raise StateBackendError(
+            f"S3 state backend unreachable for bucket {bucket!r} ({type(exc).__name__}); check AWS_ENDPOINT_URL "
+            "and credentials",
+            step="store",
+        ) from None
+
+
 class S3Store:
     """Objects under ``umc/`` in the state bucket."""
 
@@ -107,43 +126,41 @@ class S3Store:
         return f"{PREFIX}/{_check(key)}"
 
     def get(self, key: str) -> bytes | None:
-        try:
-            body: bytes = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self._s3.exceptions.NoSuchKey:
-            return None
-        return body
+        with _s3_errors(self.bucket, key):
+            try:
+                body: bytes = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            except self._s3.exceptions.NoSuchKey:
+                return None
+            return body
 
     def put(self, key: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ServerSideEncryption="AES256")
+        with _s3_errors(self.bucket, key):
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ServerSideEncryption="AES256")
 
     def create(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Body=data,
-                IfNoneMatch="*",
-                ServerSideEncryption="AES256",
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {
-                "PreconditionFailed",
-                "ConditionalRequestConflict",
-            }:
-                return False
-            raise
-        return True
+        with _s3_errors(self.bucket, key):
+            try:
+                self._s3.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*", ServerSideEncryption="AES256"
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                    return False
+                raise
+            return True
 
     def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with _s3_errors(self.bucket, key):
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}/{_check(prefix.rstrip('/'))}/"):
-            keys += [obj["Key"].removeprefix(f"{PREFIX}/") for obj in page.get("Contents", [])]
+        with _s3_errors(self.bucket, prefix):
+            paginator = self._s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}/{_check(prefix.rstrip('/'))}/"):
+                keys += [obj["Key"].removeprefix(f"{PREFIX}/") for obj in page.get("Contents", [])]
         return sorted(keys)
 
 

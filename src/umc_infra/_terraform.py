@@ -88,6 +88,17 @@ def _action(actions: list[str]) -> str | None:
     return None  # no-op
 
 
+def _normalized(value: Any) -> Any:
+    """A value with empty parts dropped: a refresh reports ``None`` where the config says ``{}`` or ``[]``."""
+    if isinstance(value, dict):
+        kept = {k: n for k, v in value.items() if (n := _normalized(v)) is not None}
+        return kept or None
+    if isinstance(value, list):
+        items = [_normalized(v) for v in value]
+        return items if any(i is not None for i in items) else None
+    return None if value == "" else value
+
+
 def _sensitive(marks: Any, key: str) -> bool:
     return marks is True or (isinstance(marks, dict) and bool(marks.get(key)))
 
@@ -105,7 +116,7 @@ def resource_changes(module: str, entries: list[dict[str, Any]]) -> list[Resourc
             before, after = change.get("before") or {}, change.get("after") or {}
             unknown = change.get("after_unknown") or {}
             for key in sorted(set(before) | set(after)):
-                if before.get(key) == after.get(key) and not unknown.get(key):
+                if _normalized(before.get(key)) == _normalized(after.get(key)) and not unknown.get(key):
                     continue
                 hidden = _sensitive(change.get("before_sensitive"), key) or _sensitive(
                     change.get("after_sensitive"), key

@@ -47,6 +47,7 @@ def test_top_level_exports_are_pinned():
         "SecretError",
         "SecretSource",
         "Settings",
+        "StateBackendError",
         "StepFinished",
         "StepStarted",
         "TaskResult",

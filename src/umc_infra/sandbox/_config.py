@@ -269,7 +269,7 @@ class SandboxInfo(BaseModel):
 
     def settings(self, **overrides: Any) -> Settings:
         """:class:`umc_infra.Settings` for provisioning on this sandbox; ``overrides`` by field name."""
-        return Settings.model_validate(self.environment()).model_copy(update=overrides)
+        return Settings.model_validate({**self.environment(), **overrides})
 
     def export_lines(self) -> list[str]:
         """``export NAME=value`` lines, shell-quoted, for ``eval "$(umc-infra sandbox env)"``."""

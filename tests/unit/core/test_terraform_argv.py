@@ -95,3 +95,28 @@ def test_mirror_from_installed_provider_packages(tmp_path):
     link = mirror / "registry.terraform.io/hashicorp/vsphere/2.0.2/linux_amd64/terraform-provider-vsphere_v2.0.2_x5"
     assert link.is_symlink() and link.resolve() == (lib / "terraform-provider-vsphere_v2.0.2_x5").resolve()
     assemble_mirror(tmp_path / "mirror", providers)  # a second time is fine
+
+
+def test_resource_changes_mask_sensitive_values_and_ignore_empty_noise():
+    from umc_infra._terraform import counts_of, resource_changes
+
+    entries = [
+        {"address": "vm[0]", "change": {
+            "actions": ["update"],
+            "before": {"memory": 2048, "tags": None, "clone": [{"customize": [{"admin": "old"}]}], "name": "a"},
+            "after": {"memory": 4096, "tags": [], "clone": [{"customize": [{"admin": "new-secret"}]}], "name": "a"},
+            "after_unknown": {}, "before_sensitive": {"clone": True}, "after_sensitive": {"clone": True},
+        }},
+        {"address": "vm[1]", "change": {"actions": ["delete", "create"], "before": {"id": "x"}, "after": {},
+                                        "after_unknown": {"id": True}}},
+        {"address": "vm[2]", "change": {"actions": ["no-op"], "before": {}, "after": {}}},
+        {"address": "vm[3]", "change": {"actions": ["create"], "before": None, "after": {"name": "n"}}},
+    ]  # fmt: skip
+    changes = resource_changes("web", entries)
+    assert [(c.address, c.action) for c in changes] == [("vm[0]", "update"), ("vm[1]", "replace"), ("vm[3]", "create")]
+    first = changes[0].attributes
+    assert set(first) == {"memory", "clone"}
+    assert (first["memory"].before, first["memory"].after) == (2048, 4096)
+    assert first["clone"].after == "***" and "new-secret" not in changes[0].model_dump_json()
+    assert changes[1].attributes["id"].after == "(known after apply)"
+    assert counts_of(changes).model_dump() == {"add": 2, "change": 1, "remove": 1}
