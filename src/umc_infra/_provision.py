@@ -426,7 +426,7 @@ class _Session:
         )
         self._run: _Run | None = None
         self._terraform: Terraform | None = None
-        self.step_name = "start"
+        self.failed_step: str | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -437,7 +437,6 @@ class _Session:
     def step(self, name: str) -> Iterator[None]:
         if self.p.cancel.is_set():
             raise Cancelled(f"cancelled before step {name!r} of deployment {self.deployment!r}", step=name)
-        self.step_name = name
         self.emit(StepStarted(deployment=self.deployment, step=name))
         started = time.monotonic()
         ok = False
@@ -445,6 +444,8 @@ class _Session:
             yield
             ok = True
         finally:
+            if not ok and self.failed_step is None:  # the innermost step an error passes through
+                self.failed_step = name
             seconds = time.monotonic() - started
             self.timings[name] = round(seconds, 3)
             self.emit(StepFinished(deployment=self.deployment, step=name, seconds=seconds, ok=ok))
@@ -592,8 +593,8 @@ class _Session:
                     _ipam.release(self.p.store, deployment=self.deployment)
                     state = "destroyed"
             finished = run.model_copy(update={
-                "outcome": outcome, "finished_at": datetime.now(UTC), "failed_step": self.step_name,
-                "error": message, "timings": self.timings, "changes": changes,
+                "outcome": outcome, "finished_at": datetime.now(UTC), "error": message, "timings": self.timings,
+                "failed_step": self.failed_step or getattr(exc, "step", None), "changes": changes,
             })  # fmt: skip
             records.update_run(record, finished, state=state if brand_new or state == "interrupted" else record.state)
             raise
@@ -624,8 +625,8 @@ class _Session:
                     planfile = scratch / f"{module}.tfplan"
                     planned[module] = (planfile, inputs, self.terraform.plan(workdir, planfile, module=module,
                                                                              secret_inputs=secret))  # fmt: skip
-            everything = [c for _, _, found in planned.values() for c in found]
-            self.check_policy(everything, reviewed, allow_destroy)
+            with self.step("policy"):
+                self.check_policy([c for _, _, found in planned.values() for c in found], reviewed, allow_destroy)
             for module in self.spec.modules:
                 with self.step(f"terraform.apply.{module}"):
                     inputs = self.run.inputs(self.spec, module)
@@ -638,10 +639,14 @@ class _Session:
                         planned[module] = (scratch / f"{module}.tfplan", inputs, found)
                     planfile, _, found = planned[module]
                     applied.append(module)
-                    changes[module] = (
-                        self.terraform.apply_plan(workdir, planfile, module=module) if found else ChangeCounts()
-                    )
-                    self.read_outputs(module, workdir)
+                    changes[module] = ChangeCounts()
+                    if not found:
+                        self.read_outputs(module, workdir)
+                    # Nothing to change, but an interrupted apply can leave outputs unwritten: apply then too.
+                    declared = _blueprint.module_interface(self.p.content.modules / self.spec.modules[module].source)[1]
+                    if found or not declared <= set(self.run.outputs.get(module, {})):
+                        changes[module] = self.terraform.apply_plan(workdir, planfile, module=module)
+                        self.read_outputs(module, workdir)
         self.addresses(release_extra=True)
 
         with self.step("inventory"):
@@ -709,8 +714,8 @@ class _Session:
             message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
             records.update_run(record, run.model_copy(update={
                 "outcome": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                "finished_at": datetime.now(UTC), "failed_step": self.step_name, "error": message,
-                "timings": self.timings,
+                "finished_at": datetime.now(UTC), "error": message, "timings": self.timings,
+                "failed_step": self.failed_step or getattr(exc, "step", None),
             }))  # fmt: skip
             raise
         records.update_run(

@@ -125,6 +125,8 @@ def resource_changes(module: str, entries: list[dict[str, Any]]) -> list[Resourc
                     before=MASK if hidden else before.get(key),
                     after=MASK if hidden else UNKNOWN if unknown.get(key) else after.get(key),
                 )
+            if action == "update" and not attributes:
+                continue  # only empty-vs-missing noise (a refresh of the simulator reports such)
         found.append(
             ResourceChange(
                 module=module,

@@ -269,7 +269,8 @@ class SandboxInfo(BaseModel):
 
     def settings(self, **overrides: Any) -> Settings:
         """:class:`umc_infra.Settings` for provisioning on this sandbox; ``overrides`` by field name."""
-        return Settings.model_validate({**self.environment(), **overrides})
+        # By field name, after the environment names are resolved: an alias would win over a field name.
+        return Settings.model_validate(Settings.model_validate(self.environment()).model_dump() | overrides)
 
     def export_lines(self) -> list[str]:
         """``export NAME=value`` lines, shell-quoted, for ``eval "$(umc-infra sandbox env)"``."""
