@@ -118,6 +118,12 @@ def _claim(store: StateStore, held: dict[str, Claim], address: str, claim: Claim
         )
 
 
+def held(store: StateStore, *, deployment: str, module: str) -> list[str]:
+    """The addresses a module of a deployment holds, in VM order."""
+    mine = sorted((c.index, a) for a, c in claims(store).items() if c.deployment == deployment and c.module == module)
+    return [address for _, address in mine]
+
+
 def release_extra(store: StateStore, *, deployment: str, module: str, keep: int) -> list[str]:
     """Free a module's addresses beyond its first ``keep`` VMs (after a scale-down)."""
     freed = [

@@ -146,15 +146,7 @@ def validate(blueprint: Blueprint, params: object, deployment: object) -> Resolv
         ParamsError: Every invalid field, with what is allowed.
 
     """
-    problems: list[ParamProblem] = []
-    if not isinstance(deployment, str) or not re.fullmatch(DEPLOYMENT, deployment):
-        problems.append(
-            ParamProblem(
-                field="deployment",
-                message=f"{_show(deployment)} is not a valid deployment name",
-                allowed=f"3 to 32 characters, lowercase letters, digits and '-', matching {DEPLOYMENT}",
-            )
-        )
+    problems = check_deployment(deployment)
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
         problems.append(
             ParamProblem(
@@ -190,6 +182,19 @@ def validate(blueprint: Blueprint, params: object, deployment: object) -> Resolv
     if problems:
         raise ParamsError(problems, blueprint=blueprint.name)
     return ResolvedParams(blueprint=blueprint.name, deployment=str(deployment), values=values)
+
+
+def check_deployment(deployment: object) -> list[ParamProblem]:
+    """The problem with a deployment name, if any (as a list, to join the params' problems)."""
+    if isinstance(deployment, str) and re.fullmatch(DEPLOYMENT, deployment):
+        return []
+    return [
+        ParamProblem(
+            field="deployment",
+            message=f"{_show(deployment)} is not a valid deployment name",
+            allowed=f"3 to 32 characters, lowercase letters, digits and '-', matching {DEPLOYMENT}",
+        )
+    ]
 
 
 def _show(value: object) -> str:

@@ -30,6 +30,7 @@ from umc_infra._errors import (
     ComponentFailed,
     DeploymentNotFound,
     DestroyNotAllowed,
+    ParamsError,
     PlanChanged,
     UmcInfraError,
 )
@@ -288,7 +289,10 @@ class Provisioner:
         Raises:
             DeploymentNotFound: No record in this backend.
         """
-        record = self.records.get(deployment) if isinstance(deployment, str) else None
+        problems = _params.check_deployment(deployment)
+        if problems:
+            raise ParamsError(problems, blueprint="-", step="records")
+        record = self.records.get(deployment)
         if record is None:
             raise DeploymentNotFound(
                 f"no deployment {deployment!r} in the {self.settings.backend} backend", step="records"
@@ -524,7 +528,7 @@ class _Session:
     def plan(self, *, check_configuration: bool) -> PlanResult:
         record = self.p.records.get(self.deployment)
         exists = record is not None and record.state != "destroyed"
-        self.addresses_preview()
+        self.addresses(dry_run=True)  # the addresses it would claim, unclaimed
         resources: list[ResourceChange] = []
         with self.scratch() as scratch:
             for module in self.spec.modules:
@@ -542,10 +546,6 @@ class _Session:
             resources=tuple(resources), configuration=tuple(configuration),
             fingerprint=_fingerprint(self.params.masked(), resources),
         )  # fmt: skip
-
-    def addresses_preview(self) -> None:
-        """Addresses for a plan: the deployment's own claims, and pool addresses it would claim (not claimed)."""
-        self.addresses(dry_run=True)
 
     def check_configuration(self, inventory: Inventory) -> list[ConfigChange]:
         assert self.spec.ansible is not None
@@ -730,15 +730,12 @@ class _Session:
 
     def _destroy_modules(self, modules: list[str]) -> dict[str, ChangeCounts]:
         """Destroy modules in reverse order, each with the inputs it was last applied with."""
-        own = {n: sorted(a for a, c in _ipam.claims(self.p.store).items()
-                         if c.deployment == self.deployment and c.module == n)
-               for n in self.spec.modules}  # fmt: skip
         counts: dict[str, ChangeCounts] = {}
         for module in reversed(modules):
             if module not in self.spec.modules:
                 continue
             with self.step(f"terraform.destroy.{module}"):
-                self.run.addresses[module] = own.get(module, [])
+                self.run.addresses[module] = _ipam.held(self.p.store, deployment=self.deployment, module=module)
                 try:
                     inputs = self.run.inputs(self.spec, module)
                 except KeyError as missing:
@@ -757,13 +754,10 @@ class _Session:
     # -- drift --------------------------------------------------------------------------------------
 
     def drift(self, record: DeploymentRecord) -> DriftReport:
-        own = {n: [a for a, c in sorted(_ipam.claims(self.p.store).items(), key=lambda i: i[1].index)
-                   if c.deployment == self.deployment and c.module == n]
-               for n in self.spec.modules}  # fmt: skip
         compute: list[ResourceChange] = []
         with self.scratch() as scratch:
             for module in self.spec.modules:
-                self.run.addresses[module] = own.get(module, [])
+                self.run.addresses[module] = _ipam.held(self.p.store, deployment=self.deployment, module=module)
                 with self.step(f"terraform.drift.{module}"):
                     workdir, secret = self.prepare(module)
                     compute += self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,

@@ -127,3 +127,15 @@ def test_json_schema_marks_secrets_write_only():
     assert schema["properties"]["token"]["writeOnly"] is True
     assert schema["properties"]["instances"]["maximum"] == 5
     assert "owner" in schema["required"]
+
+
+@pytest.mark.parametrize("name", ["../etc", "x\ny", "${x}", "it's", "A"])
+def test_status_destroy_and_drift_refuse_hostile_deployment_names(tmp_path, name):
+    from umc_infra import Provisioner, Settings
+
+    provisioner = Provisioner(settings=Settings(state_dir=tmp_path, backend="local"))
+    for call in (provisioner.status, provisioner.destroy, provisioner.drift):
+        with pytest.raises(ParamsError) as info:
+            call(name)
+        assert [p.field for p in info.value.problems] == ["deployment"]
+    assert not any(tmp_path.rglob("*"))

@@ -78,3 +78,20 @@ def test_parallel_deployments_never_share_an_address(store):
     addresses = [a for v in results.values() for a in v]
     assert len(addresses) == 32
     assert len(set(addresses)) == 32
+
+
+def test_held_addresses_come_in_vm_order_not_string_order(store):
+    pool = "127.0.1.8-127.0.1.12"
+    assert allocate(store, pool=pool, deployment="a", module="web", count=3, given=[]) == [
+        "127.0.1.8", "127.0.1.9", "127.0.1.10",
+    ]  # fmt: skip
+    from umc_infra._ipam import held
+
+    assert held(store, deployment="a", module="web") == ["127.0.1.8", "127.0.1.9", "127.0.1.10"]
+
+
+def test_a_dry_run_claims_nothing(store):
+    assert allocate(store, pool=POOL, deployment="a", module="web", count=2, given=[], dry_run=True) == [
+        "127.0.1.10", "127.0.1.11",
+    ]  # fmt: skip
+    assert claims(store) == {}
