@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,7 @@ class Ansible:
         ssh_key: SecretStr,
         variables: Mapping[str, Any],
         check: bool = False,
+        only: Sequence[str] | None = None,
     ) -> PlaybookResult:
         """Run ``playbooks/<playbook>.yml`` on group ``hosts``.
 
@@ -221,7 +222,7 @@ class Ansible:
                 project_dir=str(self._playbooks),
                 playbook=f"{playbook}.yml",
                 inventory=str(inventory_file),
-                limit=hosts,
+                limit=",".join(only) if only else hosts,
                 cmdline=f"--extra-vars @{vars_file}" + (" --check --diff" if check else ""),
                 envvars=envvars,
                 quiet=True,
@@ -240,6 +241,8 @@ class Ansible:
             stats = runner.stats or {}
             per_host: dict[str, HostStats] = {}
             for host in inventory.in_group(hosts):
+                if only and host.name not in only:
+                    continue
                 per_host[host.name] = HostStats(
                     ok=stats.get("ok", {}).get(host.name, 0),
                     changed=stats.get("changed", {}).get(host.name, 0),

@@ -320,6 +320,7 @@ class Provisioner:
         allow_destroy: bool = False,
         on_failure: Literal["keep", "destroy"] = "keep",
         lock_timeout_s: float | None = None,
+        retry: Literal["failed", "all"] = "failed",
     ) -> ProvisionResult:
         """Create, update or converge ``deployment``.
 
@@ -331,6 +332,8 @@ class Provisioner:
             allow_destroy: Let the change delete or replace VMs (scale down, a replacing change).
             on_failure: ``destroy`` rolls back a brand-new deployment that fails; ``keep`` keeps what exists.
             lock_timeout_s: How long to wait for another run on the same deployment (default from settings).
+            retry: After a run whose playbook failed on some hosts, ``failed`` resumes at that playbook on
+                those hosts (when Terraform changes nothing); ``all`` runs every playbook on every host.
 
         Raises:
             BlueprintNotFound, BlueprintError, ParamsError: before anything is created.
@@ -339,7 +342,7 @@ class Provisioner:
             SecretError, AddressError, TerraformError, PlaybookError, Cancelled: naming the failed step.
         """
         with self._session(blueprint, params, deployment, action="provision", lock_timeout_s=lock_timeout_s) as s:
-            return s.provision(plan=plan, allow_destroy=allow_destroy, on_failure=on_failure)
+            return s.provision(plan=plan, allow_destroy=allow_destroy, on_failure=on_failure, retry=retry)
 
     def destroy(self, deployment: str, *, lock_timeout_s: float | None = None) -> DestroyResult:
         """Remove everything a deployment made; the record stays, marked destroyed. Again: a no-op.
@@ -431,6 +434,7 @@ class _Session:
         self._run: _Run | None = None
         self._terraform: Terraform | None = None
         self.failed_step: str | None = None
+        self.previous_run: RunRecord | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -565,12 +569,18 @@ class _Session:
     # -- provision ----------------------------------------------------------------------------------
 
     def provision(
-        self, *, plan: PlanResult | None, allow_destroy: bool, on_failure: Literal["keep", "destroy"]
+        self,
+        *,
+        plan: PlanResult | None,
+        allow_destroy: bool,
+        on_failure: Literal["keep", "destroy"],
+        retry: Literal["failed", "all"],
     ) -> ProvisionResult:
         records = self.p.records
         now = datetime.now(UTC)
         existing = records.get(self.deployment)
         brand_new = existing is None or existing.state == "destroyed"
+        self.previous_run = existing.last_run if existing else None
         record = existing or DeploymentRecord(
             deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version, state="provisioning",
             params=self.params.masked(), created_at=now, updated_at=now,
@@ -581,7 +591,7 @@ class _Session:
         changes: dict[str, ChangeCounts] = {}
         applied: list[str] = []
         try:
-            result = self._provision(plan, allow_destroy, changes, applied)
+            result = self._provision(plan, allow_destroy, changes, applied, retry)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt | Cancelled)
             outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled" if interrupted else "failed"
@@ -595,6 +605,7 @@ class _Session:
             finished = run.model_copy(update={
                 "outcome": outcome, "finished_at": datetime.now(UTC), "error": message, "timings": self.timings,
                 "failed_step": self.failed_step or getattr(exc, "step", None), "changes": changes,
+                "failed_hosts": tuple(dict.fromkeys(h for h, _, _ in getattr(exc, "failures", ()))),
             })  # fmt: skip
             records.update_run(record, finished, state=state if brand_new or state == "interrupted" else record.state)
             raise
@@ -609,7 +620,12 @@ class _Session:
         return result
 
     def _provision(
-        self, reviewed: PlanResult | None, allow_destroy: bool, changes: dict[str, ChangeCounts], applied: list[str]
+        self,
+        reviewed: PlanResult | None,
+        allow_destroy: bool,
+        changes: dict[str, ChangeCounts],
+        applied: list[str],
+        retry: str,
     ) -> ProvisionResult:
         self.addresses()
         with self.scratch() as scratch:
@@ -657,11 +673,17 @@ class _Session:
                 self.p._wait_for_ssh(self.run.inventory)
             ansible = self.ansible()
             key = self.run.value(self.spec.ansible.ssh_private_key)
+            resume = self.resume_point(changes, retry)
             for play in self.spec.playbooks:
+                only: tuple[str, ...] | None = None
+                if resume is not None:
+                    if play.playbook != resume[0]:
+                        continue  # it succeeded everywhere in the failed run, and nothing changed since
+                    only, resume = resume[1], None
                 with self.step(f"ansible.{play.playbook}"):
                     played[play.playbook] = ansible.run(
                         play.playbook, inventory=self.run.inventory, hosts=play.hosts, user=self.spec.ansible.user,
-                        ssh_key=key, variables=self.playbook_vars(play),
+                        ssh_key=key, variables=self.playbook_vars(play), only=only,
                     )  # fmt: skip
         outputs = {
             name: MASK if out.sensitive else _mask(self.run.value(out.value)) for name, out in self.spec.outputs.items()
@@ -671,6 +693,23 @@ class _Session:
             params=self.params.masked(), hosts=self.run.inventory.hosts, outputs=outputs, terraform=changes,
             ansible=played, timings=self.timings, started_at=self.started_at, finished_at=datetime.now(UTC),
         )  # fmt: skip
+
+    def resume_point(self, changes: dict[str, ChangeCounts], retry: str) -> tuple[str, tuple[str, ...]] | None:
+        """Where a retry of failed hosts starts: the failed playbook and its failed hosts, or None.
+
+        Only when the previous run failed in a playbook and Terraform changed nothing since.
+        """
+        previous = self.previous_run
+        if (
+            retry != "failed" or previous is None or previous.outcome != "failed" or not previous.failed_hosts
+            or not (previous.failed_step or "").startswith("ansible.")
+            or any(c != ChangeCounts() for c in changes.values())
+        ):  # fmt: skip
+            return None
+        playbook = (previous.failed_step or "").removeprefix("ansible.")
+        if playbook not in [p.playbook for p in self.spec.playbooks]:
+            return None
+        return playbook, previous.failed_hosts
 
     def check_policy(self, found: list[ResourceChange], reviewed: PlanResult | None, allow_destroy: bool) -> None:
         if reviewed is not None:
@@ -795,6 +834,7 @@ def provision(
     allow_destroy: bool = False,
     on_failure: Literal["keep", "destroy"] = "keep",
     lock_timeout_s: float | None = None,
+    retry: Literal["failed", "all"] = "failed",
 ) -> ProvisionResult:
     """Provision ``deployment`` from a named blueprint: sugar over :meth:`Provisioner.provision`.
 
@@ -804,7 +844,7 @@ def provision(
     """
     return _provisioner(settings, on_event).provision(
         blueprint, params, deployment=deployment, plan=plan, allow_destroy=allow_destroy, on_failure=on_failure,
-        lock_timeout_s=lock_timeout_s,
+        lock_timeout_s=lock_timeout_s, retry=retry,
     )  # fmt: skip
 
 

@@ -76,6 +76,8 @@ class RunRecord(BaseModel):
     finished_at: datetime | None = None
     blueprint_version: str | None = None
     failed_step: str | None = None
+    failed_hosts: tuple[str, ...] = ()
+    """Hosts a playbook failed on (a later run with ``retry="failed"`` resumes there)."""
     error: str | None = None
     """The error's message (already free of secret values)."""
     timings: dict[str, float] = Field(default_factory=dict)

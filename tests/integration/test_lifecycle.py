@@ -310,3 +310,22 @@ def test_vcsim_killed_mid_apply_then_restarted_converges(tmp_path, sandbox):
     finally:
         second.down(purge=True)
     assert not Path(tmp_path / "faults").exists()
+
+
+def test_a_rerun_retries_only_the_failed_hosts_or_all(sandbox, site, info):
+    d = "life-retry"
+    first = provision("linux-server", {"instances": 2}, deployment=d, settings=site)
+    bad = first.hosts[1]
+    python = sandbox.guest_root(bad.ip) / "usr" / "bin" / "python3"
+    python.rename(python.with_name("python3.moved"))  # Ansible cannot run modules on that host now
+    try:
+        with pytest.raises(PlaybookError) as failed:
+            provision("linux-server", {"instances": 2}, deployment=d, settings=site, retry="all")
+        assert [h for h, _, _ in failed.value.failures] == [bad.name]
+        assert status(d, settings=site).last_run.failed_hosts == (bad.name,)
+    finally:
+        python.with_name("python3.moved").rename(python)
+    retried = provision("linux-server", {"instances": 2}, deployment=d, settings=site)
+    assert list(retried.ansible["base"].hosts) == [bad.name]  # only the host that failed
+    everything = provision("linux-server", {"instances": 2}, deployment=d, settings=site, retry="all")
+    assert sorted(everything.ansible["base"].hosts) == sorted(h.name for h in first.hosts)
