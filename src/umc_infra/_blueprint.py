@@ -29,17 +29,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from umc_infra._errors import BlueprintError, BlueprintNotFound
+from umc_infra._settings import SITE_FIELDS
 
 IDENT = r"^[a-z][a-z0-9_]{0,62}$"
 BLUEPRINT_NAME = r"^[a-z][a-z0-9-]{0,48}[a-z0-9]$"
 SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-SITE_KEYS = frozenset(
-    {
-        "vsphere_server", "allow_unverified_ssl", "datacenter", "cluster", "host", "datastore", "network",
-        "folder", "template", "domain", "ip_gateway", "ip_netmask", "dns_servers", "customize_timeout",
-        "wait_for_guest_net_timeout", "time_sync_service", "client_source_addresses",
-    }
-)  # fmt: skip
+SITE_KEYS = frozenset(SITE_FIELDS)
 _REF = re.compile(
     r"^(?:deployment|params\.[a-z][a-z0-9_]*|secrets\.[a-z][a-z0-9_]*|site\.[a-z][a-z0-9_]*"
     r"|addresses\.[a-z][a-z0-9_]*|modules\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*|hosts\.[a-z][a-z0-9_]*\.ips)"

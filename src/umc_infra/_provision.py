@@ -41,30 +41,9 @@ from umc_infra._params import MASK, ResolvedParams
 from umc_infra._process import Redactor
 from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
-from umc_infra._settings import Settings
+from umc_infra._settings import SITE_FIELDS, Settings
 from umc_infra._store import StateStore, open_store
 from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, counts_of
-
-# site.<key> -> Settings field
-SITE_FIELDS = {
-    "vsphere_server": "vsphere_server",
-    "allow_unverified_ssl": "vsphere_allow_unverified_ssl",
-    "datacenter": "vsphere_datacenter",
-    "cluster": "vsphere_cluster",
-    "host": "vsphere_host",
-    "datastore": "vsphere_datastore",
-    "network": "vsphere_network",
-    "folder": "vsphere_folder",
-    "template": "vsphere_template",
-    "domain": "vsphere_domain",
-    "ip_gateway": "ip_gateway",
-    "ip_netmask": "ip_netmask",
-    "dns_servers": "dns_servers",
-    "customize_timeout": "customize_timeout",
-    "wait_for_guest_net_timeout": "wait_for_guest_net_timeout",
-    "time_sync_service": "time_sync_service",
-    "client_source_addresses": "client_source_addresses",
-}
 
 
 class ProvisionResult(BaseModel):

@@ -41,6 +41,28 @@ def _ip(value: str) -> str:
 AddressList = Annotated[list[Annotated[str, AfterValidator(_ip)]], NoDecode, BeforeValidator(_address_list)]
 
 
+# ``site.<key>`` in blueprints -> the Settings field it reads
+SITE_FIELDS = {
+    "vsphere_server": "vsphere_server",
+    "allow_unverified_ssl": "vsphere_allow_unverified_ssl",
+    "datacenter": "vsphere_datacenter",
+    "cluster": "vsphere_cluster",
+    "host": "vsphere_host",
+    "datastore": "vsphere_datastore",
+    "network": "vsphere_network",
+    "folder": "vsphere_folder",
+    "template": "vsphere_template",
+    "domain": "vsphere_domain",
+    "ip_gateway": "ip_gateway",
+    "ip_netmask": "ip_netmask",
+    "dns_servers": "dns_servers",
+    "customize_timeout": "customize_timeout",
+    "wait_for_guest_net_timeout": "wait_for_guest_net_timeout",
+    "time_sync_service": "time_sync_service",
+    "client_source_addresses": "client_source_addresses",
+}
+
+
 class Settings(BaseSettings):
     """Everything umc_infra needs to know about the site it provisions on."""
 
