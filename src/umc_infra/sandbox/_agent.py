@@ -12,6 +12,7 @@ import ipaddress
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
@@ -56,10 +57,25 @@ def list_vms(si: Any) -> list[dict[str, Any]]:
     return [{prop.name: prop.val for prop in obj.propSet} for obj in result]
 
 
-def desired_guests(vms: list[dict[str, Any]], network: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, GuestVM]:
-    """The guests that should run: powered-on, non-template VMs with a guest IP in ``network``."""
+def desired_guests(
+    vms: list[dict[str, Any]],
+    network: ipaddress.IPv4Network,
+    running: Mapping[ipaddress.IPv4Address, str] | None = None,
+) -> dict[ipaddress.IPv4Address, GuestVM]:
+    """The guests that should run: powered-on, non-template VMs with a guest IP in ``network``.
+
+    Two VMs with one address (a misconfiguration) never make the guest flip between them: the VM whose
+    guest already runs (``running``: address -> VM uuid) keeps it, else the first by name.
+    """
+    running = running or {}
     wanted: dict[ipaddress.IPv4Address, GuestVM] = {}
-    for vm in sorted(vms, key=lambda v: str(v.get("name"))):
+
+    def order(vm: dict[str, Any]) -> tuple[bool, str]:
+        ip = str(vm.get("guest.ipAddress"))
+        owner = next((uuid for address, uuid in running.items() if str(address) == ip), None)
+        return (owner != str(vm.get("config.instanceUuid")), str(vm.get("name")))
+
+    for vm in sorted(vms, key=order):
         raw_ip = vm.get("guest.ipAddress")
         if not raw_ip or vm.get("config.template") or vm.get("runtime.powerState") != "poweredOn":
             continue
@@ -74,7 +90,8 @@ def desired_guests(vms: list[dict[str, Any]], network: ipaddress.IPv4Network) ->
 
 def reconcile(settings: SandboxSettings, paths: SandboxPaths, vms: list[dict[str, Any]]) -> None:
     """Start, stop and remove guests so they match the VMs."""
-    wanted = desired_guests(vms, settings.guest_network)
+    running = {g.vm.ip: g.vm.uuid for g in _guests.guests(paths) if g.running}
+    wanted = desired_guests(vms, settings.guest_network, running)
     existing_uuids = {str(vm.get("config.instanceUuid")) for vm in vms}
     for guest in _guests.guests(paths):
         target = wanted.get(guest.vm.ip)

@@ -168,9 +168,13 @@ class SandboxPaths(BaseModel):
 
 
 def pool_addresses(network: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    """First and last address to hand to VMs: .10 to the last usable, .1 is the gateway."""
+    """The pool the sandbox hands out: the first 60 % of the network from .10 (.1 is the gateway).
+
+    The rest stays free for VMs given fixed addresses, and for tests whose separate state backend
+    allocates from a range of its own.
+    """
     hosts = list(network.hosts())
-    return hosts[9], hosts[-1]
+    return hosts[9], hosts[9 + (len(hosts) - 9) * 6 // 10]
 
 
 def gateway(network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:

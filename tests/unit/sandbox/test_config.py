@@ -103,7 +103,7 @@ def test_paths_live_under_state_and_cache(tmp_path):
 
 def test_pool_and_gateway():
     net = ipaddress.IPv4Network("127.0.1.0/24")
-    assert pool_addresses(net) == (ipaddress.IPv4Address("127.0.1.10"), ipaddress.IPv4Address("127.0.1.254"))
+    assert pool_addresses(net) == (ipaddress.IPv4Address("127.0.1.10"), ipaddress.IPv4Address("127.0.1.157"))
     assert gateway(net) == ipaddress.IPv4Address("127.0.1.1")
 
 
@@ -121,7 +121,7 @@ def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(
     assert env["VAULT_ADDR"] == "http://127.0.0.1:18200"
     assert env["VAULT_TOKEN"] == "read-token-canary"
     assert env["VSPHERE_SERVER"] == "127.0.0.1:18989"
-    assert env["UMC_IP_POOL"] == "127.0.1.10-127.0.1.254"
+    assert env["UMC_IP_POOL"] == "127.0.1.10-127.0.1.157"
     assert env["UMC_VSPHERE_TEMPLATE"] == "templates/umc-linux-template"
     assert "vs-password-canary" not in json.dumps(env)
     assert all(not k.startswith("VSPHERE_PASSWORD") for k in env)

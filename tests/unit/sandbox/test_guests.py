@@ -67,3 +67,10 @@ def test_guests_are_read_from_their_records(tmp_path):
     assert recorded_vm(paths, record.ip) == record
     found = guests(paths)
     assert [(g.vm, g.running) for g in found] == [(record, False)]
+
+
+def test_a_running_guest_keeps_its_address_when_another_vm_claims_it():
+    ip = ipaddress.IPv4Address("127.0.1.10")
+    vms = [vm("a-first-by-name", "127.0.1.10", uuid="u-a"), vm("b-running", "127.0.1.10", uuid="u-b")]
+    assert desired_guests(vms, NET)[ip].name == "a-first-by-name"
+    assert desired_guests(vms, NET, {ip: "u-b"})[ip].name == "b-running"
