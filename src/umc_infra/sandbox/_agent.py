@@ -104,9 +104,9 @@ def reconcile(settings: SandboxSettings, paths: SandboxPaths, vms: list[dict[str
                 flush=True,
             )
             _guests.stop_guest(paths, guest.vm.ip, remove=gone)
-    running = {g.vm.ip for g in _guests.guests(paths) if g.running}
+    still_running = {g.vm.ip for g in _guests.guests(paths) if g.running}
     for ip, vm in wanted.items():
-        if ip not in running:
+        if ip not in still_running:
             print(f"guest {ip} ({vm.name}): starting", flush=True)
             _guests.start_guest(settings, paths, vm)
 
