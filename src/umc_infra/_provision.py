@@ -469,7 +469,7 @@ class _Session:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def addresses(self, *, release_extra: bool = False, dry_run: bool = False) -> None:
+    def addresses(self, *, dry_run: bool = False) -> None:
         with self.step("addresses"):
             for name, module in self.spec.modules.items():
                 if module.addresses is None:
@@ -480,8 +480,14 @@ class _Session:
                     self.p.store, pool=self.settings.ip_pool, deployment=self.deployment, module=name,
                     count=count, given=[str(a) for a in given], dry_run=dry_run,
                 )  # fmt: skip
-                if release_extra:
-                    _ipam.release_extra(self.p.store, deployment=self.deployment, module=name, keep=count)
+
+    def release_removed_addresses(self) -> None:
+        """After a scale-down: free the addresses of the VMs that are gone."""
+        with self.step("addresses.release"):
+            for name, module in self.spec.modules.items():
+                if module.addresses is not None:
+                    keep = len(self.run.addresses[name])
+                    _ipam.release_extra(self.p.store, deployment=self.deployment, module=name, keep=keep)
 
     def prepare(self, module: str) -> tuple[Path, dict[str, SecretStr]]:
         """Working dir with the module, vars and backend, initialised; returns it and the secret inputs."""
@@ -642,7 +648,7 @@ class _Session:
                     if found or not declared <= set(self.run.outputs.get(module, {})):
                         changes[module] = self.terraform.apply_plan(workdir, planfile, module=module)
                         self.read_outputs(module, workdir)
-        self.addresses(release_extra=True)
+        self.release_removed_addresses()
 
         with self.step("inventory"):
             self.run.inventory = _inventory.build(self.spec, self.run.outputs)

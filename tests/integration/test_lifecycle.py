@@ -32,6 +32,8 @@ from umc_infra import (
     provision,
     status,
 )
+from umc_infra._ipam import held
+from umc_infra._store import open_store
 from umc_infra.sandbox import Sandbox, SandboxSettings, _vcsim
 
 from .conftest import destroy_vm, free_port
@@ -91,6 +93,7 @@ def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):
     down = provision("linux-server", {"instances": 2}, deployment=d, settings=site, allow_destroy=True)
     assert down.terraform["vm"].remove == 1
     assert vm_names(info, d) == [f"{d}-1", f"{d}-2"]
+    assert held(open_store(site), deployment=d, module="vm") == [h.ip for h in first.hosts]  # the third freed
 
     bigger = provision("linux-server", {"instances": 2, "cpu": 4}, deployment=d, settings=site)
     assert bigger.terraform["vm"].model_dump() == {"add": 0, "change": 2, "remove": 0}  # in place
