@@ -1,7 +1,7 @@
-"""The ``umc-infra`` command line.
+"""The ``umc-infra`` command line: the sandbox commands here, blueprints and deployments in ``_cli_deploy``.
 
-Exit codes: 0 ok; 1 an umc_infra error (one line on stderr says what, where and how to fix);
-2 wrong usage; 3 the sandbox is unhealthy (``sandbox status``); 130 interrupted.
+Exit codes are listed in :mod:`umc_infra._cli_deploy` (0 ok; 1 error; 2 bad input; ... 9 sandbox
+unhealthy; 130 interrupted). Errors print one line on stderr: what, where and how to fix.
 """
 
 from __future__ import annotations
@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from umc_infra import __version__
+from umc_infra._cli_deploy import Exit, register, show_progress, state
 from umc_infra._errors import UmcInfraError
 
 if TYPE_CHECKING:
     from umc_infra.sandbox import Sandbox
 
-EXIT_ERROR = 1
-EXIT_UNHEALTHY = 3
-EXIT_INTERRUPTED = 130
+EXIT_ERROR = int(Exit.ERROR)
+EXIT_UNHEALTHY = int(Exit.UNHEALTHY)
+EXIT_INTERRUPTED = int(Exit.INTERRUPTED)
 
 app = typer.Typer(
     name="umc-infra",
@@ -36,6 +38,15 @@ sandbox_app = typer.Typer(
     help="The local sandbox: vCenter simulator, Vault, S3 state backend, SSH guests.", no_args_is_help=True
 )
 app.add_typer(sandbox_app, name="sandbox")
+register(app)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    state["debug"] = debug
+
 
 err = Console(stderr=True)
 out = Console()
@@ -61,7 +72,7 @@ def _guarded(action: Callable[[], T]) -> T:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
 
@@ -105,7 +116,7 @@ def sandbox_down(
 def sandbox_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Show each component's health from a real client call; exit 3 if any is unhealthy."""
+    """Show each component's health from a real client call; exit 9 if any is unhealthy."""
     sandbox = _sandbox()
     status = _guarded(sandbox.status)
     if as_json:
@@ -133,21 +144,17 @@ def sandbox_demo(
     import urllib.request
 
     from umc_infra import provision
-    from umc_infra._events import Event
 
     sandbox = _sandbox()
     info = _guarded(sandbox.up)
 
-    def show(event: Event) -> None:
-        if event.kind == "step_finished":
-            mark = "[green]ok[/]" if event.ok else "[red]failed[/]"
-            err.print(f"[dim]•[/] {event.step:<22} {event.seconds:6.1f} s  {mark}", highlight=False)
-        elif event.kind == "resource" and event.status != "started":
-            err.print(f"    {event.module}: {event.address} {event.action} {event.status}", highlight=False)
-
     result = _guarded(
         lambda: provision(
-            "web-server", {"instances": instances}, deployment=deployment, settings=info.settings(), on_event=show
+            "web-server",
+            {"instances": instances},
+            deployment=deployment,
+            settings=info.settings(),
+            on_event=show_progress,
         )
     )
     table = Table(

@@ -103,9 +103,10 @@ class ParamProblem(BaseModel):
 class ParamsError(UmcInfraError):
     """The parameters do not fit the blueprint; ``problems`` lists every invalid field at once."""
 
-    def __init__(self, problems: list[ParamProblem], *, blueprint: str, step: str = "params") -> None:
+    def __init__(self, problems: list[ParamProblem], *, blueprint: str | None, step: str = "params") -> None:
         lines = "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
-        super().__init__(f"invalid parameters for blueprint {blueprint!r}: {lines}", step=step)
+        where = f" for blueprint {blueprint!r}" if blueprint else ""
+        super().__init__(f"invalid parameters{where}: {lines}", step=step)
         self.problems = tuple(problems)
         self.blueprint = blueprint
 

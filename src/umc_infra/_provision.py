@@ -270,7 +270,7 @@ class Provisioner:
         """
         problems = _params.check_deployment(deployment)
         if problems:
-            raise ParamsError(problems, blueprint="-", step="records")
+            raise ParamsError(problems, blueprint=None, step="records")
         record = self.records.get(deployment)
         if record is None:
             raise DeploymentNotFound(

@@ -1,0 +1,396 @@
+"""``umc-infra`` commands for blueprints and deployments: the Python API, for CI pipelines and people.
+
+``--output json`` prints one JSON document on stdout (the result model, or ``{"error": ...}``) and
+everything else on stderr. Exit codes, for CI:
+
+==== ==========================================================================
+0    ok
+1    any other umc_infra error
+2    bad parameters, blueprint or usage (nothing was created)
+3    the deployment is locked by another run
+4    Terraform failed
+5    Ansible failed
+6    drift found (``drift``)
+7    refused: the change would delete or replace VMs, or the reviewed plan changed
+8    a secret could not be read from Vault
+9    the sandbox is unhealthy (``sandbox status``)
+130  interrupted or cancelled
+==== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from umc_infra._errors import (
+    BlueprintError,
+    BlueprintNotFound,
+    Cancelled,
+    DeploymentLocked,
+    DeploymentNotFound,
+    DestroyNotAllowed,
+    ParamProblem,
+    ParamsError,
+    PlanChanged,
+    PlaybookError,
+    SecretError,
+    TerraformError,
+    UmcInfraError,
+)
+
+if TYPE_CHECKING:
+    from umc_infra._blueprint import Blueprint
+    from umc_infra._events import Event
+    from umc_infra._provision import Provisioner
+
+
+class Exit(IntEnum):
+    """The documented exit codes."""
+
+    OK = 0
+    ERROR = 1
+    BAD_INPUT = 2
+    LOCKED = 3
+    TERRAFORM = 4
+    ANSIBLE = 5
+    DRIFT = 6
+    REFUSED = 7
+    SECRETS = 8
+    UNHEALTHY = 9
+    INTERRUPTED = 130
+
+
+_CODES: list[tuple[type[BaseException], Exit]] = [
+    (ParamsError, Exit.BAD_INPUT),
+    (BlueprintNotFound, Exit.BAD_INPUT),
+    (BlueprintError, Exit.BAD_INPUT),
+    (DeploymentNotFound, Exit.BAD_INPUT),
+    (DeploymentLocked, Exit.LOCKED),
+    (TerraformError, Exit.TERRAFORM),
+    (PlaybookError, Exit.ANSIBLE),
+    (DestroyNotAllowed, Exit.REFUSED),
+    (PlanChanged, Exit.REFUSED),
+    (SecretError, Exit.SECRETS),
+    (Cancelled, Exit.INTERRUPTED),
+]
+
+Output = Literal["text", "json"]
+err = Console(stderr=True)
+out = Console()
+state = {"debug": False}
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for CI (stdout).")]
+DeploymentOption = Annotated[str, typer.Option("--deployment", "-d", help="The deployment's name.")]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="KEY=VALUE, typed by the blueprint (lists as JSON); repeatable."),
+]
+ParamsFileOption = Annotated[
+    Path | None, typer.Option("--params-file", help="A YAML or JSON mapping of params (-p wins).", exists=True)
+]
+
+
+def exit_code(exc: BaseException) -> Exit:
+    """The exit code of an error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return Exit.INTERRUPTED
+    return next((code for kind, code in _CODES if isinstance(exc, kind)), Exit.ERROR)
+
+
+def fail(exc: BaseException, output: Output) -> NoReturn:
+    """One line on stderr (and a JSON error document in json mode), then the exit code."""
+    code = exit_code(exc)
+    message = str(exc) if isinstance(exc, UmcInfraError) else f"interrupted ({type(exc).__name__})"
+    if output == "json":
+        error: dict[str, Any] = {"type": type(exc).__name__, "message": message, "exit_code": int(code)}
+        if isinstance(exc, UmcInfraError):
+            error["step"] = exc.step
+        if isinstance(exc, ParamsError):
+            error["problems"] = [p.model_dump() for p in exc.problems]
+        sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    if state["debug"]:
+        err.print_exception()
+    raise typer.Exit(int(code))
+
+
+def emit(model: BaseModel | list[Any], output: Output) -> None:
+    """The result as JSON on stdout."""
+    if isinstance(model, list):
+        sys.stdout.write(json.dumps([m.model_dump(mode="json") for m in model], indent=2) + "\n")
+    else:
+        sys.stdout.write(model.model_dump_json(indent=2) + "\n")
+
+
+def provisioner(*, progress: bool) -> Provisioner:
+    from umc_infra._provision import Provisioner
+
+    return Provisioner(on_event=show_progress if progress else None)
+
+
+def show_progress(event: Event) -> None:
+    """Steps, Terraform resources and failed Ansible tasks on stderr (colour only on a terminal)."""
+    if event.kind == "step_finished":
+        mark = "[green]ok[/]" if event.ok else "[red]failed[/]"
+        err.print(f"[dim]•[/] {event.step:<24} {event.seconds:6.1f} s  {mark}", highlight=False)
+    elif event.kind == "resource" and event.status != "started":
+        err.print(f"    {event.module}: {event.address} {event.action} {event.status}", highlight=False)
+    elif event.kind == "task" and event.status in ("failed", "unreachable"):
+        err.print(f"    [red]{event.host}: {event.task} {event.status}[/]", highlight=False)
+
+
+def typed_params(blueprint: Blueprint, pairs: list[str], params_file: Path | None) -> dict[str, Any]:
+    """Params from a file and ``KEY=VALUE`` flags (flags win), each value typed by the blueprint.
+
+    Raises:
+        ParamsError: A flag is not KEY=VALUE, a value does not convert, or the file is not a mapping.
+    """
+    params: dict[str, Any] = {}
+    problems: list[ParamProblem] = []
+    if params_file is not None:
+        loaded = yaml.safe_load(params_file.read_text())
+        if not isinstance(loaded, dict):
+            problems.append(ParamProblem(field="params-file", message=f"{params_file} is not a mapping",
+                                         allowed="a YAML or JSON mapping of param names to values"))  # fmt: skip
+        else:
+            params.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        spec = blueprint.params.get(key)
+        if not sep or not key:
+            problems.append(ParamProblem(field="param", message=f"{pair!r} is not KEY=VALUE", allowed="-p cpu=2"))
+        else:
+            # A value that does not convert stays text: validation then reports it with every other problem.
+            params[key] = raw if spec is None else _convert(spec.type, raw)
+    if problems:
+        raise ParamsError(problems, blueprint=blueprint.name)
+    return params
+
+
+def _convert(kind: str, raw: str) -> Any:
+    """The flag's text as the param's type; the text itself if it is not one (validation says so)."""
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind == "list":
+            value = json.loads(raw)
+            return value if isinstance(value, list) else raw
+    except ValueError:
+        return raw
+    if kind == "boolean":
+        return {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False,
+                "off": False}.get(raw.lower(), raw)  # fmt: skip
+    return raw
+
+
+blueprints_app = typer.Typer(help="The blueprints there are, what they take, and their JSON Schema.",
+                             no_args_is_help=True)  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    """Add the blueprint and deployment commands to the ``umc-infra`` app."""
+    app.add_typer(blueprints_app, name="blueprints")
+    for command in (plan, provision, destroy, drift, status, deployments):
+        app.command()(command)
+
+
+@blueprints_app.command("list")
+def blueprints_list(output: OutputOption = "text") -> None:
+    """List the blueprints with their version and description."""
+    try:
+        p = provisioner(progress=False)
+        from umc_infra._blueprint import available
+
+        found = [p.blueprint(name) for name in available(p.content)]
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(found, output)
+        return
+    table = Table("blueprint", "version", "description", title="blueprints", title_justify="left")
+    for b in found:
+        table.add_row(b.name, b.version, b.description)
+    out.print(table)
+
+
+@blueprints_app.command("show")
+def blueprints_show(name: str, output: OutputOption = "text") -> None:
+    """Show a blueprint (as YAML, or JSON)."""
+    try:
+        blueprint = provisioner(progress=False).blueprint(name)
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(blueprint, output)
+    else:
+        sys.stdout.write(yaml.safe_dump(blueprint.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+
+
+@blueprints_app.command("schema")
+def blueprints_schema(name: str) -> None:
+    """The blueprint's params as JSON Schema (secret params marked writeOnly), for a self-service portal."""
+    from umc_infra._params import json_schema
+
+    try:
+        schema = json_schema(provisioner(progress=False).blueprint(name))
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, "json")
+    sys.stdout.write(json.dumps(schema, indent=2) + "\n")
+
+
+def plan(
+    blueprint: str,
+    deployment: DeploymentOption,
+    param: ParamOption = None,
+    params_file: ParamsFileOption = None,
+    output: OutputOption = "text",
+) -> None:
+    """Show what provision would change (Terraform per resource, Ansible check mode per host)."""
+    try:
+        p = provisioner(progress=True)
+        params = typed_params(p.blueprint(blueprint), param or [], params_file)
+        result = p.plan(blueprint, params, deployment=deployment)
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(result, output)
+        return
+    table = Table("module", "resource", "action", "changes", title=f"plan for {deployment}", title_justify="left")
+    for r in result.resources:
+        changes = ", ".join(f"{k}: {v.before!r} -> {v.after!r}" for k, v in r.attributes.items())
+        table.add_row(r.module, r.address, r.action, changes)
+    for c in result.configuration:
+        table.add_row(c.playbook, c.host, "configure", c.task)
+    out.print(table if result.changed else "nothing to change")
+
+
+def provision(
+    blueprint: str,
+    deployment: DeploymentOption,
+    param: ParamOption = None,
+    params_file: ParamsFileOption = None,
+    allow_destroy: Annotated[bool, typer.Option(help="Let the change delete or replace VMs.")] = False,
+    on_failure: Annotated[str, typer.Option(help="keep, or destroy a brand-new deployment that fails.")] = "keep",
+    retry: Annotated[str, typer.Option(help="failed: resume at the failed hosts; all: everything.")] = "failed",
+    lock_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for another run.")] = None,
+    output: OutputOption = "text",
+) -> None:
+    """Create, update or converge a deployment from a blueprint."""
+    try:
+        if on_failure not in ("keep", "destroy") or retry not in ("failed", "all"):
+            raise ParamsError(
+                [ParamProblem(field="--on-failure/--retry", message=f"{on_failure!r}/{retry!r}",
+                              allowed="--on-failure keep|destroy, --retry failed|all")],
+                blueprint=blueprint,
+            )  # fmt: skip
+        p = provisioner(progress=True)
+        params = typed_params(p.blueprint(blueprint), param or [], params_file)
+        result = p.provision(
+            blueprint, params, deployment=deployment, allow_destroy=allow_destroy, lock_timeout_s=lock_timeout,
+            on_failure=on_failure,  # type: ignore[arg-type]
+            retry=retry,  # type: ignore[arg-type]
+        )  # fmt: skip
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(result, output)
+        return
+    table = Table("host", "IP", "groups", title=f"{result.deployment} ({result.blueprint} {result.version})",
+                  title_justify="left")  # fmt: skip
+    for host in result.hosts:
+        table.add_row(host.name, host.ip, ", ".join(host.groups))
+    out.print(table)
+    for name, value in result.outputs.items():
+        out.print(f"{name}: {value}", highlight=False)
+    changes = ", ".join(f"{m}: +{c.add} ~{c.change} -{c.remove}" for m, c in result.terraform.items())
+    played = ", ".join(f"{name}: {run.changed} changed" for name, run in result.ansible.items())
+    out.print(f"terraform {changes}; ansible {played or 'none'}; {sum(result.timings.values()):.1f} s", highlight=False)
+
+
+def destroy(
+    deployment: Annotated[str, typer.Argument(help="The deployment to destroy.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Remove a deployment's VMs and addresses (the record stays, marked destroyed)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            refused = ParamProblem(field="--yes", message="destroy asks first, and there is no terminal to ask on",
+                                   allowed="--yes")  # fmt: skip
+            fail(ParamsError([refused], blueprint=None, step="destroy"), output)
+        typer.confirm(f"Destroy every VM of deployment {deployment!r}?", abort=True)
+    try:
+        result = provisioner(progress=True).destroy(deployment)
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(result, output)
+    elif result.already_destroyed:
+        out.print(f"{deployment} was already destroyed")
+    else:
+        out.print(f"{deployment} destroyed; released {', '.join(result.released_addresses) or 'no addresses'}")
+
+
+def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
+    """Compare a deployment with vCenter and its hosts; exit 6 if anything drifted."""
+    try:
+        report = provisioner(progress=True).drift(deployment)
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(report, output)
+    else:
+        for change in report.compute:
+            for key, value in change.attributes.items():
+                out.print(f"compute: {change.address} {key}: recorded {value.before!r}, now {value.after!r}")
+        for config in report.configuration:
+            out.print(f"configuration: {config.host}: {config.playbook}: {config.task}")
+        out.print("drift found" if report.has_drift else "no drift")
+    if report.has_drift:
+        raise typer.Exit(int(Exit.DRIFT))
+
+
+def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
+    """A deployment's record: state, hosts, outputs and every run."""
+    try:
+        record = provisioner(progress=False).status(deployment)
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(record, output)
+        return
+    out.print(f"{record.deployment}: {record.state} ({record.blueprint} {record.version})", highlight=False)
+    table = Table("action", "outcome", "who", "started", "failed step", title="runs", title_justify="left")
+    for run in record.runs:
+        who = run.actor.user + (f" (CI job {run.actor.ci_job_id})" if run.actor.ci_job_id else "")
+        table.add_row(run.action, run.outcome, who, f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.failed_step or "")
+    out.print(table)
+
+
+def deployments(output: OutputOption = "text") -> None:
+    """Every deployment in the state backend."""
+    try:
+        records = provisioner(progress=False).deployments()
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
+    if output == "json":
+        emit(records, output)
+        return
+    table = Table("deployment", "state", "blueprint", "hosts", "updated", title="deployments", title_justify="left")
+    for r in records:
+        table.add_row(r.deployment, r.state, f"{r.blueprint} {r.version}", str(len(r.hosts)),
+                      f"{r.updated_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    out.print(table)
