@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,6 +44,19 @@ def test_python_example_runs(sandbox, where, code, tmp_path):
     )
     assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
     assert "**********" in result.stdout or result.stdout.strip()
+
+
+def test_cli_walkthrough_runs(sandbox, tmp_path):
+    """docs/cli.md's shell block, top to bottom, on the sandbox."""
+    (code,) = [c for where, c in blocks("bash") if where.startswith("docs/cli.md")]
+    env = dict(os.environ)
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", UMC_STATE_DIR=str(tmp_path / "state"))
+    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], capture_output=True, text=True, timeout=600,
+                            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "result.json").read_text())["deployment"] == "docs-cli"
+    assert json.loads((tmp_path / "web-server.schema.json").read_text())["properties"]["instances"]
+    assert "no drift" in result.stdout and "docs-cli destroyed" in result.stdout
 
 
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
