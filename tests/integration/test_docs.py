@@ -77,3 +77,38 @@ def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "sandbox down and purged" in result.stderr
     assert not (tmp_path / "walkthrough").exists()
+
+
+def test_gitlab_ci_example_logs_in_with_the_pipeline_jwt(sandbox, info, tmp_path):
+    import yaml
+
+    (text,) = [c for where, c in blocks("yaml") if where.startswith("docs/cli.md")]
+    job = yaml.safe_load(text)["provision-team-x"]
+    assert job["id_tokens"]["VAULT_ID_TOKEN"]["aud"] == info.inventory.jwt_audience
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "UMC_VAULT_"))}
+    site = {k: v for k, v in info.environment().items() if k not in ("VAULT_TOKEN", "UMC_VAULT_ROLE_ID",
+                                                                        "UMC_VAULT_SECRET_ID")}  # fmt: skip
+    env.update(site)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        UMC_STATE_DIR=str(tmp_path / "state"),
+        VAULT_ID_TOKEN=sandbox.ci_jwt(subject="project_path:umc/platform:ref_type:branch:ref:main",
+                                      claims={"project_path": "umc/platform"}).get_secret_value(),
+        CI_JOB_ID="4711", CI_PIPELINE_ID="815", CI_PROJECT_PATH="umc/platform", GITLAB_CI="true",
+        GITLAB_USER_LOGIN="ci-user",
+        **job["variables"],
+    )  # fmt: skip
+    script = "set -euo pipefail\n" + "\n".join(job["script"])
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600, env=env,
+                            cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "result.json").read_text())["deployment"] == "team-x-ci"
+    run = json.loads((tmp_path / "status.json").read_text())["runs"][-1]
+    assert (run["actor"]["ci_job_id"], run["actor"]["ci_pipeline_id"], run["actor"]["user"]) == (
+        "4711",
+        "815",
+        "ci-user",
+    )
+    from umc_infra import destroy
+
+    destroy("team-x-ci", settings=info.settings())
