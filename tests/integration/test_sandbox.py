@@ -357,3 +357,17 @@ def test_a_failed_simulator_build_is_a_clear_error(monkeypatch, tmp_path):
     assert "notDefinedAnywhere" in str(info.value)
     assert "apt-get install -y golang-github-vmware-govmomi-dev golang-go" in str(info.value)
     assert not list((tmp_path / "cache" / "bin").glob("umc-vcsim-*"))
+
+
+def test_an_interrupted_rootfs_build_leaves_no_mount_behind(tmp_path):
+    """debootstrap skips unmounting a busy /proc; the sandbox unmounts whatever is left (deepest first)."""
+    from umc_infra.sandbox._guests import unmount_under
+
+    target = tmp_path / "rootfs with space"
+    (target / "proc").mkdir(parents=True)
+    run(["mount", "-t", "tmpfs", "tmpfs", str(target)], step="t", env={"PATH": "/usr/bin:/bin"})
+    (target / "proc").mkdir()
+    run(["mount", "-t", "proc", "proc", str(target / "proc")], step="t", env={"PATH": "/usr/bin:/bin"})
+    unmount_under(target)
+    assert str(target) not in Path("/proc/self/mounts").read_text().replace("\\040", " ")
+    shutil.rmtree(target)

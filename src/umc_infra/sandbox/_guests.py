@@ -59,7 +59,9 @@ def ensure_rootfs(settings: SandboxSettings, paths: SandboxPaths, *, on_progress
     )
     on_progress(f"building the guest root with debootstrap ({settings.debian_suite}, once, about a minute)")
     partial = root.with_name(f"{root.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    for leftover in (partial, root):  # an interrupted build; a mount in it would make rmtree fail
+        unmount_under(leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     run(
         ["debootstrap", "--variant=minbase", f"--include={_PACKAGES}", settings.debian_suite, str(partial),
@@ -68,6 +70,8 @@ def ensure_rootfs(settings: SandboxSettings, paths: SandboxPaths, *, on_progress
         env=_host.host_env(),
         timeout=1800,
     )  # fmt: skip
+    # debootstrap unmounts the target's /proc at exit, but skips it silently when it is busy.
+    unmount_under(partial)
     # Every guest makes its own host key; none may share the one debootstrap generated.
     for key in (partial / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()
@@ -79,6 +83,18 @@ def ensure_rootfs(settings: SandboxSettings, paths: SandboxPaths, *, on_progress
     (partial / _READY).write_text("")
     partial.rename(root)
     return root
+
+
+def unmount_under(path: Path) -> None:
+    """Lazily unmount every mount at or below ``path`` in this mount namespace, deepest first."""
+    prefix = str(path.absolute())
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].encode().decode("unicode_escape")  # the kernel escapes spaces as \040
+        if point == prefix or point.startswith(prefix + "/"):
+            mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        run(["umount", "-l", point], step="sandbox.guests", env=_host.host_env(), timeout=60)
 
 
 def require_root() -> None:
