@@ -74,3 +74,23 @@ def test_provision_plan_drift_status_destroy_round_trip(run, sandbox):
     gone = json.loads(run("destroy", d, "--yes", "-o", "json").stdout)
     assert gone["already_destroyed"] is False
     assert json.loads(run("destroy", d, "--yes", "-o", "json").stdout)["already_destroyed"] is True
+
+
+def test_progress_and_summary_in_a_terminal(sandbox, info, tmp_path):
+    """A person at a terminal: step lines while it runs, then the summary table (checked in a pty)."""
+    import pexpect
+
+    env = dict(os.environ) | info.environment()
+    env.update(UMC_STATE_DIR=str(tmp_path / "state"), PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+               TERM="xterm-256color", COLUMNS="120", LINES="40")  # fmt: skip
+    child = pexpect.spawn("umc-infra", ["provision", "linux-server", "-d", "cli-pty", "-p", "instances=1"], env=env,
+                          encoding="utf-8", timeout=300, dimensions=(40, 120))  # fmt: skip
+    child.expect(r"terraform\.apply\.vm\s+[\d.]+ s")  # progress while it runs
+    child.expect(r"cli-pty-1\s+.\s+127\.0\.1\.\d+")  # the summary table's host row
+    child.expect(r"terraform vm: \+1 ~0 -0; ansible base: \d+ changed")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    from umc_infra import destroy
+
+    destroy("cli-pty", settings=info.settings(state_dir=tmp_path / "state"))
