@@ -9,24 +9,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from umc_infra import __version__
-from umc_infra._cli_deploy import Exit, register, show_progress, state
-from umc_infra._errors import UmcInfraError
+from umc_infra._cli_deploy import Exit, fail, guarded, register, show_progress, state
+from umc_infra._errors import SandboxError
 
 if TYPE_CHECKING:
     from umc_infra.sandbox import Sandbox
 
 EXIT_ERROR = int(Exit.ERROR)
 EXIT_UNHEALTHY = int(Exit.UNHEALTHY)
-EXIT_INTERRUPTED = int(Exit.INTERRUPTED)
 
 app = typer.Typer(
     name="umc-infra",
@@ -55,25 +53,15 @@ T = TypeVar("T")
 
 
 def _guarded(action: Callable[[], T]) -> T:
-    """Run an action; turn umc_infra errors into one line on stderr and an exit code."""
+    """Run a sandbox action: errors become one line on stderr and an exit code, like every command's."""
     try:
-        return action()
-    except UmcInfraError as exc:
-        _fail(str(exc))
+        return guarded(action, "text")
     except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
         problems = "; ".join(
             f"UMC_SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        _fail(f"invalid sandbox setting: {problems}")
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_ERROR)
+        fail(SandboxError(f"invalid sandbox setting: {problems}"), "text")
 
 
 def _sandbox() -> Sandbox:

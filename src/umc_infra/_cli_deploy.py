@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -86,6 +87,7 @@ _CODES: list[tuple[type[BaseException], Exit]] = [
 ]
 
 Output = Literal["text", "json"]
+T = TypeVar("T")
 err = Console(stderr=True)
 out = Console()
 state = {"debug": False}
@@ -123,6 +125,14 @@ def fail(exc: BaseException, output: Output) -> NoReturn:
     if state["debug"]:
         err.print_exception()
     raise typer.Exit(int(code))
+
+
+def guarded(action: Callable[[], T], output: Output) -> T:
+    """Run an action; an umc_infra error or an interrupt becomes one line, the JSON error, and its exit code."""
+    try:
+        return action()
+    except (UmcInfraError, KeyboardInterrupt) as exc:
+        fail(exc, output)
 
 
 def emit(model: BaseModel | list[Any], output: Output) -> None:
@@ -229,10 +239,7 @@ def blueprints_list(output: OutputOption = "text") -> None:
 @blueprints_app.command("show")
 def blueprints_show(name: str, output: OutputOption = "text") -> None:
     """Show a blueprint (as YAML, or JSON)."""
-    try:
-        blueprint = provisioner(progress=False).blueprint(name)
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+    blueprint = guarded(lambda: provisioner(progress=False).blueprint(name), output)
     if output == "json":
         emit(blueprint, output)
     else:
@@ -244,10 +251,7 @@ def blueprints_schema(name: str) -> None:
     """The blueprint's params as JSON Schema (secret params marked writeOnly), for a self-service portal."""
     from umc_infra._params import json_schema
 
-    try:
-        schema = json_schema(provisioner(progress=False).blueprint(name))
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, "json")
+    schema = guarded(lambda: json_schema(provisioner(progress=False).blueprint(name)), "json")
     sys.stdout.write(json.dumps(schema, indent=2) + "\n")
 
 
@@ -332,10 +336,7 @@ def destroy(
                                    allowed="--yes")  # fmt: skip
             fail(ParamsError([refused], blueprint=None, step="destroy"), output)
         typer.confirm(f"Destroy every VM of deployment {deployment!r}?", abort=True)
-    try:
-        result = provisioner(progress=True).destroy(deployment)
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+    result = guarded(lambda: provisioner(progress=True).destroy(deployment), output)
     if output == "json":
         emit(result, output)
     elif result.already_destroyed:
@@ -346,10 +347,7 @@ def destroy(
 
 def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
     """Compare a deployment with vCenter and its hosts; exit 6 if anything drifted."""
-    try:
-        report = provisioner(progress=True).drift(deployment)
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+    report = guarded(lambda: provisioner(progress=True).drift(deployment), output)
     if output == "json":
         emit(report, output)
     else:
@@ -365,10 +363,7 @@ def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "
 
 def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
     """A deployment's record: state, hosts, outputs and every run."""
-    try:
-        record = provisioner(progress=False).status(deployment)
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+    record = guarded(lambda: provisioner(progress=False).status(deployment), output)
     if output == "json":
         emit(record, output)
         return
@@ -382,10 +377,7 @@ def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = 
 
 def deployments(output: OutputOption = "text") -> None:
     """Every deployment in the state backend."""
-    try:
-        records = provisioner(progress=False).deployments()
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+    records = guarded(lambda: provisioner(progress=False).deployments(), output)
     if output == "json":
         emit(records, output)
         return

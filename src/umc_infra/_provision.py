@@ -332,7 +332,7 @@ class Provisioner:
         record = self.status(deployment)
         if record.state == "destroyed":
             return DestroyResult(deployment=deployment, already_destroyed=True, terraform={}, released_addresses=())
-        params = {k: v for k, v in record.params.items() if v != MASK}
+        params = _recorded_params(record)
         with self._session(record.blueprint, params, deployment, action="destroy", lock_timeout_s=lock_timeout_s,
                            recorded=True) as session:  # fmt: skip
             return session.destroy()
@@ -342,7 +342,7 @@ class Provisioner:
         record = self.status(deployment)
         if record.state == "destroyed":
             raise DeploymentNotFound(f"deployment {deployment!r} is destroyed", step="drift")
-        params = {k: v for k, v in record.params.items() if v != MASK}
+        params = _recorded_params(record)
         with self._session(record.blueprint, params, deployment, action=None, recorded=True) as session:
             return session.drift(record)
 
@@ -792,6 +792,11 @@ class _Session:
             configuration = self.check_configuration(Inventory(hosts=record.hosts))
         return DriftReport(deployment=self.deployment, compute=tuple(compute), configuration=tuple(configuration),
                            checked_at=datetime.now(UTC))  # fmt: skip
+
+
+def _recorded_params(record: DeploymentRecord) -> dict[str, Any]:
+    """The params a deployment was made with, less the secret ones (never recorded)."""
+    return {k: v for k, v in record.params.items() if v != MASK}
 
 
 def _mask(value: Any) -> Any:
