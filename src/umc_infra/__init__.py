@@ -35,6 +35,7 @@ from umc_infra._errors import (
     ProcessTimeout,
     SandboxError,
     SecretError,
+    SettingsError,
     StateBackendError,
     TerraformError,
     UmcInfraError,
@@ -58,7 +59,7 @@ from umc_infra._provision import (
 )
 from umc_infra._records import Actor, DeploymentRecord, RunRecord
 from umc_infra._secrets import SecretSource
-from umc_infra._settings import Settings
+from umc_infra._settings import Settings, load_settings
 from umc_infra._terraform import AttributeChange, ChangeCounts, ResourceChange
 
 try:
@@ -108,6 +109,7 @@ __all__ = [
     "SecretError",
     "SecretSource",
     "Settings",
+    "SettingsError",
     "StateBackendError",
     "StepFinished",
     "StepStarted",
@@ -118,6 +120,7 @@ __all__ = [
     "deployments",
     "destroy",
     "drift",
+    "load_settings",
     "plan",
     "provision",
     "status",

@@ -26,6 +26,7 @@ from umc_infra._process import Redactor, find_tool, notify_argv
 from umc_infra._settings import Settings
 
 _STATUS = {
+    "runner_on_start": "started",
     "runner_on_ok": "ok",
     "runner_on_failed": "failed",
     "runner_on_unreachable": "unreachable",

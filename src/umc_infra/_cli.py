@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from umc_infra import __version__
-from umc_infra._cli_deploy import Exit, fail, guarded, register, show_progress, state
-from umc_infra._errors import SandboxError
+from umc_infra._cli_deploy import Exit, fail, guarded, register, state
+from umc_infra._cli_progress import progress
+from umc_infra._settings import invalid_settings
 
 if TYPE_CHECKING:
+    from umc_infra import ProvisionResult
     from umc_infra.sandbox import Sandbox
 
 EXIT_ERROR = int(Exit.ERROR)
@@ -39,11 +42,44 @@ app.add_typer(sandbox_app, name="sandbox")
 register(app)
 
 
+def _secret_file(path: Path | None) -> SecretStr | None:
+    """A credential read from a file: never from argv, where every process on the machine could see it."""
+    return None if path is None else SecretStr(path.read_text().strip())
+
+
+_SETTING = "Settings (flags win over UMC_* variables)"
+
+
+def _setting(help: str, *, file: bool = False) -> Any:
+    return typer.Option(help=help, rich_help_panel=_SETTING, show_default=False, exists=file, dir_okay=not file)
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    vault_addr: Annotated[str | None, _setting("Vault URL [UMC_VAULT_ADDR, VAULT_ADDR].")] = None,
+    vault_namespace: Annotated[str | None, _setting("Vault namespace [UMC_VAULT_NAMESPACE].")] = None,
+    vault_role_id: Annotated[str | None, _setting("AppRole role id [UMC_VAULT_ROLE_ID].")] = None,
+    vault_secret_id_file: Annotated[Path | None, _setting("A file holding the AppRole secret id.", file=True)] = None,
+    vault_token_file: Annotated[Path | None, _setting("A file holding a Vault token.", file=True)] = None,
+    vault_jwt_file: Annotated[Path | None, _setting("A file holding a CI job's ID token.", file=True)] = None,
+    vault_jwt_role: Annotated[str | None, _setting("Vault JWT role [UMC_VAULT_JWT_ROLE].")] = None,
+    backend: Annotated[str | None, _setting("State backend: local or s3 [UMC_BACKEND].")] = None,
+    state_dir: Annotated[Path | None, _setting("Working (and local backend) directory [UMC_STATE_DIR].")] = None,
+    state_bucket: Annotated[str | None, _setting("S3 bucket for state and records [UMC_STATE_BUCKET].")] = None,
+    lock_table: Annotated[str | None, _setting("DynamoDB table for Terraform's lock [UMC_LOCK_TABLE].")] = None,
+    s3_endpoint: Annotated[str | None, _setting("S3/DynamoDB endpoint URL [UMC_S3_ENDPOINT].")] = None,
+    s3_region: Annotated[str | None, _setting("S3 region [UMC_S3_REGION].")] = None,
+    vsphere_server: Annotated[str | None, _setting("vCenter server [UMC_VSPHERE_SERVER].")] = None,
 ) -> None:
-    state["debug"] = debug
+    state.debug = debug
+    state.settings = {
+        "vault_addr": vault_addr, "vault_namespace": vault_namespace, "vault_role_id": vault_role_id,
+        "vault_token": _secret_file(vault_token_file), "vault_secret_id": _secret_file(vault_secret_id_file),
+        "vault_jwt": _secret_file(vault_jwt_file), "vault_jwt_role": vault_jwt_role, "backend": backend,
+        "state_dir": state_dir, "state_bucket": state_bucket, "lock_table": lock_table, "s3_endpoint": s3_endpoint,
+        "s3_region": s3_region, "vsphere_server": vsphere_server,
+    }  # fmt: skip
 
 
 err = Console(stderr=True)
@@ -57,11 +93,7 @@ def _guarded(action: Callable[[], T]) -> T:
     try:
         return guarded(action, "text")
     except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
-        problems = "; ".join(
-            f"UMC_SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        fail(SandboxError(f"invalid sandbox setting: {problems}"), "text")
+        fail(invalid_settings(exc, lambda name: f"UMC_SANDBOX_{name.upper()}"), "text")
 
 
 def _sandbox() -> Sandbox:
@@ -136,15 +168,12 @@ def sandbox_demo(
     sandbox = _sandbox()
     info = _guarded(sandbox.up)
 
-    result = _guarded(
-        lambda: provision(
-            "web-server",
-            {"instances": instances},
-            deployment=deployment,
-            settings=info.settings(),
-            on_event=show_progress,
-        )
-    )
+    def run() -> ProvisionResult:
+        with progress(err) as on_event:
+            return provision("web-server", {"instances": instances}, deployment=deployment,
+                             settings=info.settings(), on_event=on_event)  # fmt: skip
+
+    result = _guarded(run)
     table = Table(
         "host",
         "IP",

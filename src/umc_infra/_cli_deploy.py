@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
@@ -34,6 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from umc_infra._cli_progress import progress
 from umc_infra._errors import (
     BlueprintError,
     BlueprintNotFound,
@@ -46,14 +48,15 @@ from umc_infra._errors import (
     PlanChanged,
     PlaybookError,
     SecretError,
+    SettingsError,
     TerraformError,
     UmcInfraError,
 )
 
 if TYPE_CHECKING:
     from umc_infra._blueprint import Blueprint
-    from umc_infra._events import Event
-    from umc_infra._provision import Provisioner
+    from umc_infra._events import EventCallback
+    from umc_infra._provision import PlanResult, Provisioner, ProvisionResult
 
 
 class Exit(IntEnum):
@@ -76,6 +79,7 @@ _CODES: list[tuple[type[BaseException], Exit]] = [
     (ParamsError, Exit.BAD_INPUT),
     (BlueprintNotFound, Exit.BAD_INPUT),
     (BlueprintError, Exit.BAD_INPUT),
+    (SettingsError, Exit.BAD_INPUT),
     (DeploymentNotFound, Exit.BAD_INPUT),
     (DeploymentLocked, Exit.LOCKED),
     (TerraformError, Exit.TERRAFORM),
@@ -90,7 +94,17 @@ Output = Literal["text", "json"]
 T = TypeVar("T")
 err = Console(stderr=True)
 out = Console()
-state = {"debug": False}
+
+
+@dataclass
+class _State:
+    """What the global options set: ``--debug``, and settings that win over the environment."""
+
+    debug: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+state = _State()
 
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for CI (stdout).")]
 DeploymentOption = Annotated[str, typer.Option("--deployment", "-d", help="The deployment's name.")]
@@ -118,11 +132,11 @@ def fail(exc: BaseException, output: Output) -> NoReturn:
         error: dict[str, Any] = {"type": type(exc).__name__, "message": message, "exit_code": int(code)}
         if isinstance(exc, UmcInfraError):
             error["step"] = exc.step
-        if isinstance(exc, ParamsError):
+        if isinstance(exc, ParamsError | SettingsError):
             error["problems"] = [p.model_dump() for p in exc.problems]
         sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
-    if state["debug"]:
+    if state.debug:
         err.print_exception()
     raise typer.Exit(int(code))
 
@@ -143,21 +157,23 @@ def emit(model: BaseModel | list[Any], output: Output) -> None:
         sys.stdout.write(model.model_dump_json(indent=2) + "\n")
 
 
-def provisioner(*, progress: bool) -> Provisioner:
+def flag(name: str) -> str:
+    """The command-line flag of a settings field (``state_bucket`` -> ``--state-bucket``)."""
+    return "--" + name.replace("_", "-")
+
+
+def provisioner(on_event: EventCallback | None = None) -> Provisioner:
+    """A Provisioner with the environment's settings, the global flags winning."""
     from umc_infra._provision import Provisioner
+    from umc_infra._settings import load_settings
 
-    return Provisioner(on_event=show_progress if progress else None)
+    return Provisioner(settings=load_settings(state.settings, argument_name=flag), on_event=on_event)
 
 
-def show_progress(event: Event) -> None:
-    """Steps, Terraform resources and failed Ansible tasks on stderr (colour only on a terminal)."""
-    if event.kind == "step_finished":
-        mark = "[green]ok[/]" if event.ok else "[red]failed[/]"
-        err.print(f"[dim]•[/] {event.step:<24} {event.seconds:6.1f} s  {mark}", highlight=False)
-    elif event.kind == "resource" and event.status != "started":
-        err.print(f"    {event.module}: {event.address} {event.action} {event.status}", highlight=False)
-    elif event.kind == "task" and event.status in ("failed", "unreachable"):
-        err.print(f"    [red]{event.host}: {event.task} {event.status}[/]", highlight=False)
+def with_progress(action: Callable[[Provisioner], T]) -> T:
+    """Run an action on a Provisioner while the progress display follows it on stderr."""
+    with progress(err) as on_event:
+        return action(provisioner(on_event))
 
 
 def typed_params(blueprint: Blueprint, pairs: list[str], params_file: Path | None) -> dict[str, Any]:
@@ -220,13 +236,14 @@ def register(app: typer.Typer) -> None:
 @blueprints_app.command("list")
 def blueprints_list(output: OutputOption = "text") -> None:
     """List the blueprints with their version and description."""
-    try:
-        p = provisioner(progress=False)
+
+    def load() -> list[Blueprint]:
         from umc_infra._blueprint import available
 
-        found = [p.blueprint(name) for name in available(p.content)]
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+        p = provisioner()
+        return [p.blueprint(name) for name in available(p.content)]
+
+    found = guarded(load, output)
     if output == "json":
         emit(found, output)
         return
@@ -239,7 +256,7 @@ def blueprints_list(output: OutputOption = "text") -> None:
 @blueprints_app.command("show")
 def blueprints_show(name: str, output: OutputOption = "text") -> None:
     """Show a blueprint (as YAML, or JSON)."""
-    blueprint = guarded(lambda: provisioner(progress=False).blueprint(name), output)
+    blueprint = guarded(lambda: provisioner().blueprint(name), output)
     if output == "json":
         emit(blueprint, output)
     else:
@@ -251,7 +268,7 @@ def blueprints_schema(name: str) -> None:
     """The blueprint's params as JSON Schema (secret params marked writeOnly), for a self-service portal."""
     from umc_infra._params import json_schema
 
-    schema = guarded(lambda: json_schema(provisioner(progress=False).blueprint(name)), "json")
+    schema = guarded(lambda: json_schema(provisioner().blueprint(name)), "json")
     sys.stdout.write(json.dumps(schema, indent=2) + "\n")
 
 
@@ -263,12 +280,12 @@ def plan(
     output: OutputOption = "text",
 ) -> None:
     """Show what provision would change (Terraform per resource, Ansible check mode per host)."""
-    try:
-        p = provisioner(progress=True)
+
+    def run(p: Provisioner) -> PlanResult:
         params = typed_params(p.blueprint(blueprint), param or [], params_file)
-        result = p.plan(blueprint, params, deployment=deployment)
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+        return p.plan(blueprint, params, deployment=deployment)
+
+    result = guarded(lambda: with_progress(run), output)
     if output == "json":
         emit(result, output)
         return
@@ -293,22 +310,20 @@ def provision(
     output: OutputOption = "text",
 ) -> None:
     """Create, update or converge a deployment from a blueprint."""
-    try:
-        if on_failure not in ("keep", "destroy") or retry not in ("failed", "all"):
-            raise ParamsError(
-                [ParamProblem(field="--on-failure/--retry", message=f"{on_failure!r}/{retry!r}",
-                              allowed="--on-failure keep|destroy, --retry failed|all")],
-                blueprint=blueprint,
-            )  # fmt: skip
-        p = provisioner(progress=True)
+    if on_failure not in ("keep", "destroy") or retry not in ("failed", "all"):
+        problem = ParamProblem(field="--on-failure/--retry", message=f"{on_failure!r}/{retry!r}",
+                               allowed="--on-failure keep|destroy, --retry failed|all")  # fmt: skip
+        fail(ParamsError([problem], blueprint=blueprint), output)
+
+    def run(p: Provisioner) -> ProvisionResult:
         params = typed_params(p.blueprint(blueprint), param or [], params_file)
-        result = p.provision(
+        return p.provision(
             blueprint, params, deployment=deployment, allow_destroy=allow_destroy, lock_timeout_s=lock_timeout,
             on_failure=on_failure,  # type: ignore[arg-type]
             retry=retry,  # type: ignore[arg-type]
         )  # fmt: skip
-    except (UmcInfraError, KeyboardInterrupt) as exc:
-        fail(exc, output)
+
+    result = guarded(lambda: with_progress(run), output)
     if output == "json":
         emit(result, output)
         return
@@ -317,8 +332,11 @@ def provision(
     for host in result.hosts:
         table.add_row(host.name, host.ip, ", ".join(host.groups))
     out.print(table)
-    for name, value in result.outputs.items():
-        out.print(f"{name}: {value}", highlight=False)
+    if result.outputs:
+        outputs = Table("output", "value", title="outputs", title_justify="left")
+        for name, value in result.outputs.items():
+            outputs.add_row(name, value if isinstance(value, str) else json.dumps(value))
+        out.print(outputs)
     changes = ", ".join(f"{m}: +{c.add} ~{c.change} -{c.remove}" for m, c in result.terraform.items())
     played = ", ".join(f"{name}: {run.changed} changed" for name, run in result.ansible.items())
     out.print(f"terraform {changes}; ansible {played or 'none'}; {sum(result.timings.values()):.1f} s", highlight=False)
@@ -336,7 +354,7 @@ def destroy(
                                    allowed="--yes")  # fmt: skip
             fail(ParamsError([refused], blueprint=None, step="destroy"), output)
         typer.confirm(f"Destroy every VM of deployment {deployment!r}?", abort=True)
-    result = guarded(lambda: provisioner(progress=True).destroy(deployment), output)
+    result = guarded(lambda: with_progress(lambda p: p.destroy(deployment)), output)
     if output == "json":
         emit(result, output)
     elif result.already_destroyed:
@@ -347,7 +365,7 @@ def destroy(
 
 def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
     """Compare a deployment with vCenter and its hosts; exit 6 if anything drifted."""
-    report = guarded(lambda: provisioner(progress=True).drift(deployment), output)
+    report = guarded(lambda: with_progress(lambda p: p.drift(deployment)), output)
     if output == "json":
         emit(report, output)
     else:
@@ -363,7 +381,7 @@ def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "
 
 def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
     """A deployment's record: state, hosts, outputs and every run."""
-    record = guarded(lambda: provisioner(progress=False).status(deployment), output)
+    record = guarded(lambda: provisioner().status(deployment), output)
     if output == "json":
         emit(record, output)
         return
@@ -377,7 +395,7 @@ def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = 
 
 def deployments(output: OutputOption = "text") -> None:
     """Every deployment in the state backend."""
-    records = guarded(lambda: provisioner(progress=False).deployments(), output)
+    records = guarded(lambda: provisioner().deployments(), output)
     if output == "json":
         emit(records, output)
         return

@@ -6,6 +6,7 @@ Every error the library raises on purpose derives from :class:`UmcInfraError`::
     ├── BlueprintNotFound           no blueprint of that name (lists the ones there are)
     ├── BlueprintError              a blueprint is invalid or references something missing
     ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
+    ├── SettingsError               a site setting (UMC_* variable, flag or argument) is invalid
     ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
     ├── AddressError                the IPv4 pool is exhausted or an address is taken
     ├── StateBackendError           the state backend (S3 bucket or local directory) cannot be reached or used
@@ -109,6 +110,15 @@ class ParamsError(UmcInfraError):
         super().__init__(f"invalid parameters{where}: {lines}", step=step)
         self.problems = tuple(problems)
         self.blueprint = blueprint
+
+
+class SettingsError(UmcInfraError):
+    """Site settings are invalid; ``problems`` names each setting (its variable or argument) and what is allowed."""
+
+    def __init__(self, problems: list[ParamProblem]) -> None:
+        lines = "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
+        super().__init__(f"invalid settings: {lines}", step="settings")
+        self.problems = tuple(problems)
 
 
 class SecretError(UmcInfraError):

@@ -42,13 +42,13 @@ class ResourceChanged(_Event):
 
 
 class TaskResult(_Event):
-    """An Ansible task finished on one host."""
+    """An Ansible task started or finished on one host."""
 
     kind: Literal["task"] = "task"
     playbook: str
     host: str
     task: str
-    status: Literal["ok", "changed", "failed", "unreachable", "skipped"]
+    status: Literal["started", "ok", "changed", "failed", "unreachable", "skipped"]
 
 
 class OutputLine(_Event):

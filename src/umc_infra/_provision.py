@@ -41,7 +41,7 @@ from umc_infra._params import MASK, ResolvedParams
 from umc_infra._process import Redactor
 from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
-from umc_infra._settings import SITE_FIELDS, Settings
+from umc_infra._settings import SITE_FIELDS, Settings, load_settings
 from umc_infra._store import StateStore, open_store
 from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, counts_of
 
@@ -230,7 +230,7 @@ class Provisioner:
         on_event: EventCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else Settings()
+        self.settings = settings if settings is not None else load_settings()
         self.content = Content.locate(self.settings.content_dir)
         self._secret_source = secret_source
         self._store = store

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from umc_infra._errors import ParamProblem, SettingsError
 
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,200}$"
@@ -179,3 +182,53 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(_NAME, value):
             raise ValueError("must be a vSphere inventory name (letters, digits, space, . _ / -)")
         return value
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, argument_name: Callable[[str], str] | None = None
+) -> Settings:
+    """Settings from the environment, ``overrides`` (those not None) winning.
+
+    Args:
+        overrides: Field values that win over the environment (e.g. from command-line flags).
+        argument_name: How an override is named in errors (the CLI: ``state_bucket`` -> ``--state-bucket``).
+
+    Raises:
+        SettingsError: Names every invalid setting (its ``UMC_*`` variable, or the argument) and what is allowed.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise invalid_settings(exc, lambda name: (argument_name or str)(name) if name in given else name) from None
+
+
+def invalid_settings(exc: ValidationError, name_of: Callable[[str], str]) -> SettingsError:
+    """A settings ValidationError as a SettingsError; ``name_of`` names a field as the user set it.
+
+    The invalid value is never quoted: it may be a credential.
+    """
+    problems = [
+        ParamProblem(
+            field=name_of(".".join(str(part) for part in e["loc"])),
+            message=e["msg"].removeprefix("Value error, "),
+            allowed=_allowed(e),
+        )
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+    return SettingsError(problems)
+
+
+_BOUNDS = {"ge": "at least", "le": "at most", "gt": "more than", "lt": "less than"}
+
+
+def _allowed(error: Any) -> str:
+    ctx = error.get("ctx") or {}
+    bounds = [f"{words} {ctx[key]}" for key, words in _BOUNDS.items() if key in ctx]
+    if bounds:
+        return " and ".join(bounds)
+    if "expected" in ctx:
+        return str(ctx["expected"])
+    if "pattern" in ctx:
+        return f"text matching {ctx['pattern']}"
+    return "see docs/cli.md#settings"

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import read_secret
 from umc_infra._cli_deploy import Exit
+
+TRANSCRIPTS: list[str] = []
+"""Everything the CLI printed in this module (stdout, stderr, the terminal), scanned for secrets at the end."""
 
 
 @pytest.fixture(scope="module")
-def run(sandbox, info, tmp_path_factory):
+def cli_env(sandbox, info, tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ) | info.environment()
     env["UMC_STATE_DIR"] = str(tmp_path_factory.mktemp("cli"))
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
 
-    def umc(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["umc-infra", *args], env=env, capture_output=True, text=True, timeout=600,
+
+@pytest.fixture(scope="module")
+def run(cli_env):
+    def umc(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(["umc-infra", *args], env=cli_env | env, capture_output=True, text=True, timeout=600,
                               stdin=subprocess.DEVNULL)  # fmt: skip
+        TRANSCRIPTS.extend([done.stdout, done.stderr])
+        return done
 
     return umc
 
@@ -50,14 +61,19 @@ def test_bad_params_exit_2_with_every_field(run):
 
 def test_provision_plan_drift_status_destroy_round_trip(run, sandbox):
     d = "cli-round"
-    created = run("provision", "linux-server", "-d", d, "-p", "instances=1", "-o", "json")
+    created = run("provision", "linux-server", "-d", d, "-p", "instances=2", "-o", "json")
     assert created.returncode == 0, created.stderr
     result = json.loads(created.stdout)  # one JSON document on stdout; progress went to stderr
-    assert result["deployment"] == d and len(result["hosts"]) == 1
+    assert result["deployment"] == d and len(result["hosts"]) == 2
     assert "terraform.apply.vm" in created.stderr
+    assert "\x1b" not in created.stderr  # not a terminal: no colour, no spinner
 
-    planned = json.loads(run("plan", "linux-server", "-d", d, "-p", "instances=2", "-o", "json").stdout)
-    assert [(r["address"], r["action"]) for r in planned["resources"]] == [("vsphere_virtual_machine.vm[1]", "create")]
+    planned = json.loads(run("plan", "linux-server", "-d", d, "-p", "instances=1", "-o", "json").stdout)
+    assert [(r["address"], r["action"]) for r in planned["resources"]] == [("vsphere_virtual_machine.vm[1]", "delete")]
+    refused = run("provision", "linux-server", "-d", d, "-p", "instances=1", "-o", "json")
+    assert refused.returncode == Exit.REFUSED
+    assert json.loads(refused.stdout)["error"]["type"] == "DestroyNotAllowed"
+    assert "allow" in refused.stderr
 
     assert run("drift", d).returncode == 0
     (sandbox.guest_root(result["hosts"][0]["ip"]) / "etc" / "motd").write_text("edited\n")
@@ -76,6 +92,57 @@ def test_provision_plan_drift_status_destroy_round_trip(run, sandbox):
     assert json.loads(run("destroy", d, "--yes", "-o", "json").stdout)["already_destroyed"] is True
 
 
+def test_failure_kinds_give_their_exit_codes(run, cli_env, info, tmp_path):
+    """Each failure a pipeline must tell apart: its own exit code, one line on stderr, a JSON error on stdout."""
+    bogus_token = tmp_path / "token"
+    bogus_token.write_text("hvs.not-a-real-token\n")
+    secrets = run("--vault-token-file", str(bogus_token), "provision", "linux-server", "-d", "cli-f-secret", "-o",
+                  "json")  # fmt: skip
+    assert secrets.returncode == Exit.SECRETS, secrets.stderr
+    assert json.loads(secrets.stdout)["error"]["type"] == "SecretError"
+
+    terraform = run("--debug", "provision", "linux-server", "-d", "cli-f-tf", "-o", "json",
+                    UMC_VSPHERE_DATASTORE="no-such-datastore")  # fmt: skip
+    assert terraform.returncode == Exit.TERRAFORM, terraform.stderr
+    assert "no-such-datastore" in terraform.stderr and "Traceback" in terraform.stderr  # --debug: the trace too
+
+    ansible = run("provision", "linux-server", "-d", "cli-f-play", "-o", "json",
+                  UMC_PYTHON_INTERPRETER="/nonexistent/python3")  # fmt: skip
+    assert ansible.returncode == Exit.ANSIBLE, ansible.stderr
+    assert "cli-f-play-1" in json.loads(ansible.stdout)["error"]["message"]
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom umc_infra import Settings\nfrom umc_infra._lock import locked\n"
+         "from umc_infra._store import open_store\n"
+         "with locked(open_store(Settings()), 'cli-f-play', operation='provision', timeout_s=5):\n"
+         "    print('locked', flush=True); time.sleep(120)\n"],
+        env=cli_env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        locked = run("provision", "linux-server", "-d", "cli-f-play", "--lock-timeout", "0", "-o", "json")
+        assert locked.returncode == Exit.LOCKED, locked.stderr
+        assert f"pid {holder.pid}" in locked.stderr
+    finally:
+        holder.send_signal(signal.SIGINT)  # the holder lets go of the lock on its way out
+        holder.wait()
+
+    interrupted = subprocess.Popen(["umc-infra", "provision", "linux-server", "-d", "cli-f-play", "-o", "json"],
+                                   env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert interrupted.stderr is not None
+    lines = []
+    while not any(line.startswith("• ssh") for line in lines):  # mid-Ansible
+        lines.append(interrupted.stderr.readline())
+        assert lines[-1], "".join(lines)
+    interrupted.send_signal(signal.SIGINT)
+    stdout, stderr = interrupted.communicate(timeout=120)
+    TRANSCRIPTS.extend([*lines, stdout, stderr])
+    assert interrupted.returncode == Exit.INTERRUPTED, stderr
+    assert json.loads(stdout)["error"]["type"] in ("Cancelled", "KeyboardInterrupt")
+    assert json.loads(run("status", "cli-f-play", "-o", "json").stdout)["runs"][-1]["outcome"] == "interrupted"
+    assert run("destroy", "cli-f-play", "--yes").returncode == 0
+
+
 def test_progress_and_summary_in_a_terminal(sandbox, info, tmp_path):
     """A person at a terminal: step lines while it runs, then the summary table (checked in a pty)."""
     import pexpect
@@ -85,12 +152,29 @@ def test_progress_and_summary_in_a_terminal(sandbox, info, tmp_path):
                TERM="xterm-256color", COLUMNS="120", LINES="40")  # fmt: skip
     child = pexpect.spawn("umc-infra", ["provision", "linux-server", "-d", "cli-pty", "-p", "instances=1"], env=env,
                           encoding="utf-8", timeout=300, dimensions=(40, 120))  # fmt: skip
+    child.logfile_read = transcript = __import__("io").StringIO()
     child.expect(r"terraform\.apply\.vm\s+[\d.]+ s")  # progress while it runs
     child.expect(r"cli-pty-1\s+.\s+127\.0\.1\.\d+")  # the summary table's host row
     child.expect(r"terraform vm: \+1 ~0 -0; ansible base: \d+ changed")
     child.expect(pexpect.EOF)
     child.close()
+    TRANSCRIPTS.append(transcript.getvalue())
     assert child.exitstatus == 0
+    assert "\x1b[" in transcript.getvalue()  # a terminal: the live display redrew in place
     from umc_infra import destroy
 
     destroy("cli-pty", settings=info.settings(state_dir=tmp_path / "state"))
+
+
+def test_no_secret_in_anything_the_cli_printed(info, cli_env):
+    """The scan: the sandbox's real credentials appear nowhere in this module's output, in any mode."""
+    assert len(TRANSCRIPTS) > 20
+    control = subprocess.run(["umc-infra", "sandbox", "env"], env=cli_env, capture_output=True, text=True, check=True)
+    assert info.vault_token.get_secret_value() in control.stdout  # the scan sees a secret printed on purpose
+    vsphere = read_secret(info, info.inventory.vault_vsphere_path)["password"]
+    key_lines = read_secret(info, info.inventory.vault_ansible_path)["ssh_private_key"].strip().splitlines()[1:-1]
+    secrets = [vsphere, *key_lines, info.vault_token.get_secret_value(), info.vault_secret_id.get_secret_value()]
+    assert all(len(secret) >= 16 for secret in secrets)
+    for text in TRANSCRIPTS:
+        for secret in secrets:
+            assert secret not in text

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from tests.unit.conftest import CANARIES, fake_credentials
 from umc_infra import __version__
 from umc_infra._cli import EXIT_ERROR, EXIT_UNHEALTHY, app
+from umc_infra._cli_deploy import Exit
 from umc_infra.sandbox._config import write_private
 
 runner = CliRunner()
@@ -80,6 +81,51 @@ def test_status_of_a_stopped_sandbox_is_unhealthy(state_dir):
 def test_bad_setting_in_the_environment_names_the_variable(state_dir, monkeypatch):
     monkeypatch.setenv("UMC_SANDBOX_HOST", "10.0.0.1")
     result = runner.invoke(app, ["sandbox", "env"])
-    assert result.exit_code == EXIT_ERROR
+    assert result.exit_code == Exit.BAD_INPUT
     assert "UMC_SANDBOX_HOST" in result.stderr
     assert "not a loopback address" in result.stderr
+
+
+def test_settings_flags_win_over_the_environment(tmp_path, monkeypatch):
+    from umc_infra._cli_deploy import provisioner
+
+    monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("UMC_BACKEND", "s3")
+    monkeypatch.setenv("UMC_S3_REGION", "eu-central-1")
+    result = runner.invoke(app, ["--state-dir", str(tmp_path / "from-flag"), "--backend", "local", "deployments",
+                                 "-o", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    settings = provisioner().settings  # as the last command saw them
+    assert (settings.state_dir, settings.backend, settings.s3_region) == (tmp_path / "from-flag", "local",
+                                                                        "eu-central-1")  # fmt: skip
+    assert not (tmp_path / "from-env").exists()
+
+
+def test_a_bad_settings_flag_is_named_with_what_is_allowed(tmp_path, monkeypatch):
+    monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("UMC_IP_NETMASK", "99")
+    result = runner.invoke(app, ["--backend", "ftp", "deployments", "-o", "json"])
+    assert result.exit_code == Exit.BAD_INPUT
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "SettingsError"
+    assert {p["field"]: p["allowed"] for p in error["problems"]} == {"--backend": "'local' or 's3'",
+                                                                     "UMC_IP_NETMASK": "at most 32"}  # fmt: skip
+    assert result.stderr.startswith("error: [settings] invalid settings: --backend: Input should be 'local' or 's3'")
+
+
+def test_credentials_come_from_files_never_argv(tmp_path, monkeypatch):
+    """A Vault token flag would sit in every process listing; the CLI takes a file and never prints it."""
+    token = tmp_path / "token"
+    token.write_text("hvs.canary-token-4f1e\n")
+    monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "state"))
+    from umc_infra._cli_deploy import provisioner, state
+
+    result = runner.invoke(app, ["--debug", "--vault-token-file", str(token), "--vault-addr", "http://127.0.0.1:9",
+                                 "provision", "linux-server", "-d", "tok-test", "-o", "json"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "hvs.canary-token-4f1e" not in result.stdout + result.stderr
+    assert provisioner().settings.vault_token.get_secret_value() == "hvs.canary-token-4f1e"  # read, stripped
+    assert state.settings["vault_addr"] == "http://127.0.0.1:9"
+    missing = runner.invoke(app, ["--vault-token-file", str(tmp_path / "nope"), "deployments"])
+    assert missing.exit_code == 2 and "--vault-token-file" in missing.stderr
