@@ -229,7 +229,7 @@ blueprints_app = typer.Typer(help="The blueprints there are, what they take, and
 def register(app: typer.Typer) -> None:
     """Add the blueprint and deployment commands to the ``umc-infra`` app."""
     app.add_typer(blueprints_app, name="blueprints")
-    for command in (plan, provision, destroy, drift, status, deployments):
+    for command in (plan, provision, destroy, drift, status, deployments, unlock):
         app.command()(command)
 
 
@@ -348,12 +348,7 @@ def destroy(
     output: OutputOption = "text",
 ) -> None:
     """Remove a deployment's VMs and addresses (the record stays, marked destroyed)."""
-    if not yes:
-        if not sys.stdin.isatty():
-            refused = ParamProblem(field="--yes", message="destroy asks first, and there is no terminal to ask on",
-                                   allowed="--yes")  # fmt: skip
-            fail(ParamsError([refused], blueprint=None, step="destroy"), output)
-        typer.confirm(f"Destroy every VM of deployment {deployment!r}?", abort=True)
+    confirm(f"Destroy every VM of deployment {deployment!r}?", yes=yes, step="destroy", output=output)
     result = guarded(lambda: with_progress(lambda p: p.destroy(deployment)), output)
     if output == "json":
         emit(result, output)
@@ -361,6 +356,35 @@ def destroy(
         out.print(f"{deployment} was already destroyed")
     else:
         out.print(f"{deployment} destroyed; released {', '.join(result.released_addresses) or 'no addresses'}")
+
+
+def confirm(question: str, *, yes: bool, step: str, output: Output) -> None:
+    """Ask before a destructive action, unless ``--yes``; refuse (exit 2) when there is no terminal to ask on."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        refused = ParamProblem(field="--yes", message=f"{step} asks first, and there is no terminal to ask on",
+                               allowed="--yes")  # fmt: skip
+        fail(ParamsError([refused], blueprint=None, step=step), output)
+    typer.confirm(question, abort=True)
+
+
+def unlock(
+    deployment: Annotated[str, typer.Argument(help="The deployment whose lock to remove.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Remove a stale deployment lock whose holder crashed; prints who held it."""
+    confirm(f"Remove the lock of {deployment!r}? Only do this if its holder is gone.", yes=yes, step="unlock",
+            output=output)  # fmt: skip
+    held = guarded(lambda: provisioner().break_lock(deployment), output)
+    if output == "json":
+        sys.stdout.write(
+            json.dumps({"deployment": deployment, "removed": held and held.model_dump(mode="json")}) + "\n"
+        )
+    else:
+        out.print(f"removed the lock of {deployment}, held by {held.holder} since {held.since:%Y-%m-%d %H:%M:%S}"
+                  if held else f"{deployment} was not locked", highlight=False)  # fmt: skip
 
 
 def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:

@@ -124,8 +124,12 @@ def test_failure_kinds_give_their_exit_codes(run, cli_env, info, tmp_path):
         assert locked.returncode == Exit.LOCKED, locked.stderr
         assert f"pid {holder.pid}" in locked.stderr
     finally:
-        holder.send_signal(signal.SIGINT)  # the holder lets go of the lock on its way out
+        holder.kill()  # SIGKILL: it never lets go; `unlock` removes the stale lock
         holder.wait()
+    assert run("unlock", "cli-f-play").returncode == Exit.BAD_INPUT  # it asks first; no terminal to ask on
+    unlocked = run("unlock", "cli-f-play", "--yes", "-o", "json")
+    assert json.loads(unlocked.stdout)["removed"]["pid"] == holder.pid
+    assert json.loads(run("unlock", "cli-f-play", "--yes", "-o", "json").stdout)["removed"] is None
 
     interrupted = subprocess.Popen(["umc-infra", "provision", "linux-server", "-d", "cli-f-play", "-o", "json"],
                                    env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
