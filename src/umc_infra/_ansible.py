@@ -9,10 +9,11 @@ YAML ``!unsafe`` tag), so ``{{ lookup('pipe', 'id') }}`` in a parameter is shown
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from umc_infra._errors import Cancelled, PlaybookError
 from umc_infra._events import EventCallback, OutputLine, TaskResult
 from umc_infra._inventory import Inventory
-from umc_infra._process import Redactor, find_tool, notify_argv
+from umc_infra._process import Redactor, find_tool, notify_argv, run
 from umc_infra._settings import Settings
 
 _STATUS = {
@@ -99,13 +100,33 @@ def ansible_playbook() -> str:
     return str(found)
 
 
+def syntax_check(playbook: Path) -> list[tuple[str, int | None, str]]:
+    """``ansible-playbook --syntax-check``: each error as (file, line, message); empty if the playbook is sound."""
+    with tempfile.TemporaryDirectory(prefix="umc-syntax-") as home:
+        env = {"PATH": f"{Path(ansible_playbook()).parent}:/usr/bin:/bin", "HOME": home, "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_LOCAL_TEMP": str(Path(home) / "tmp"), "ANSIBLE_DEPRECATION_WARNINGS": "False"}  # fmt: skip
+        result = run([ansible_playbook(), "--syntax-check", "-i", "localhost,", str(playbook)], step="validate.ansible",
+                     env=env, cwd=playbook.parent, timeout=300, check=False)  # fmt: skip
+    if result.returncode == 0:
+        return []
+    lines = (result.stdout + "\n" + result.stderr).splitlines()
+    errors: list[tuple[str, int | None, str]] = []
+    for i, line in enumerate(lines):
+        if line.startswith(("[ERROR]:", "ERROR!")):
+            message = line.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
+            origin = next((re.match(r"Origin: (.+?):(\d+)(?::\d+)?$", o) for o in lines[i + 1 : i + 4]
+                           if o.startswith("Origin: ")), None)  # fmt: skip
+            errors.append((origin[1], int(origin[2]), message) if origin else (str(playbook), None, message))
+    return errors or [(str(playbook), None, f"ansible-playbook --syntax-check exited {result.returncode}")]
+
+
 class Ansible:
     """Runs a blueprint's playbooks against an inventory."""
 
     def __init__(
         self,
         settings: Settings,
-        playbooks_dir: Path,
+        locate: Callable[[str], Path],
         *,
         on_event: EventCallback,
         redactor: Redactor,
@@ -114,13 +135,13 @@ class Ansible:
     ) -> None:
         self._cancel = cancel or threading.Event()
         self._settings = settings
-        self._playbooks = playbooks_dir
+        self._locate = locate
         self._on_event = on_event
         self._redact = redactor
         self._deployment = deployment
 
     def __repr__(self) -> str:
-        return f"Ansible(playbooks={str(self._playbooks)!r})"
+        return f"Ansible(settings={type(self._settings).__name__})"
 
     def _tail(self, runner: Any) -> str:
         """The last lines ansible-playbook printed (redacted), for a failure without task events."""
@@ -220,8 +241,8 @@ class Ansible:
 
             config = ansible_runner.RunnerConfig(
                 private_data_dir=str(private),
-                project_dir=str(self._playbooks),
-                playbook=f"{playbook}.yml",
+                project_dir=str(self._locate(playbook).parent),
+                playbook=self._locate(playbook).name,
                 inventory=str(inventory_file),
                 limit=",".join(only) if only else hosts,
                 cmdline=f"--extra-vars @{vars_file}" + (" --check --diff" if check else ""),

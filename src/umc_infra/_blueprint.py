@@ -25,10 +25,9 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from umc_infra._errors import BlueprintError, BlueprintNotFound
+from umc_infra._errors import BlueprintError, BlueprintProblem
 from umc_infra._settings import SITE_FIELDS
 
 IDENT = r"^[a-z][a-z0-9_]{0,62}$"
@@ -201,12 +200,30 @@ class AnsibleSpec(_Model):
     ssh_private_key: Reference
 
 
+HookPoint = Literal[
+    "before_terraform", "after_terraform", "before_ansible", "after_ansible", "after_provision",
+    "before_destroy", "after_destroy",
+]  # fmt: skip
+HOOK_GROUP = "umc_infra.hooks"
+
+
+class HookSpec(_Model):
+    """A Python callable run at a point of the run; ``call`` names its entry point in group ``umc_infra.hooks``."""
+
+    call: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+    at: HookPoint
+
+
 class Blueprint(_Model):
-    """A named, versioned service blueprint."""
+    """A named, versioned service blueprint (resolved: a child's ``extends`` already merged in)."""
 
     name: Annotated[str, Field(pattern=BLUEPRINT_NAME)]
     version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")]
     description: str
+    extends: Annotated[str, Field(pattern=BLUEPRINT_NAME)] | None = None
+    """The parent blueprint: its params, modules, playbooks and outputs are this one's too."""
+    override: bool = False
+    """Knowingly replace a blueprint of the same name from another source."""
     params: dict[Ident, ParamSpec] = Field(default_factory=dict)
     secrets: dict[Ident, str] = Field(default_factory=dict)
     modules: dict[Ident, ModuleSpec] = Field(min_length=1)
@@ -214,7 +231,11 @@ class Blueprint(_Model):
     playbooks: list[PlaybookSpec] = Field(default_factory=list)
     outputs: dict[Ident, OutputSpec] = Field(default_factory=dict)
     ansible: AnsibleSpec | None = None
+    hooks: list[HookSpec] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
+    """The YAML file (set by the loader)."""
+    roots: tuple[Path, ...] = Field(default=(), exclude=True)
+    """Directories whose ``modules/`` and ``playbooks/`` it reads, its own first, then its parents' (loader)."""
 
     @field_validator("secrets")
     @classmethod
@@ -232,9 +253,21 @@ class Blueprint(_Model):
         """Every inventory group the hosts land in, plus ``all``."""
         return {"all", *(g for h in self.hosts for g in h.groups)}
 
+    def module_dir(self, source: str) -> Path:
+        """Where module ``source`` is: under the first of ``roots`` that has it."""
+        return self._find("modules", source, lambda p: p.is_dir())
+
+    def playbook_file(self, playbook: str) -> Path:
+        """Where playbook ``playbook`` is: under the first of ``roots`` that has it."""
+        return self._find("playbooks", f"{playbook}.yml", lambda p: p.is_file())
+
+    def _find(self, kind: str, name: str, exists: Any) -> Path:
+        candidates = [root / kind / name for root in self.roots] or [Path(kind) / name]
+        return next((c for c in candidates if exists(c)), candidates[0])
+
 
 class Content(BaseModel):
-    """Where blueprints, modules and playbooks are found."""
+    """The content shipped with umc_infra (or ``UMC_CONTENT_DIR``): ``blueprints/``, ``modules/``, ``playbooks/``."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -271,95 +304,97 @@ class Content(BaseModel):
         )
 
 
-def module_interface(module_dir: Path) -> tuple[set[str], set[str]]:
-    """The variable and output names a module declares (read from its ``*.tf`` files)."""
-    variables: set[str] = set()
-    outputs: set[str] = set()
-    for tf in module_dir.glob("*.tf"):
-        for kind, name in re.findall(r'^\s*(variable|output)\s+"([^"]+)"', tf.read_text(), re.M):
-            (variables if kind == "variable" else outputs).add(name)
-    return variables, outputs
+class ModuleInterface(BaseModel):
+    """The variables (and which of them have no default) and outputs a Terraform module declares."""
+
+    model_config = ConfigDict(frozen=True)
+
+    variables: frozenset[str]
+    required: frozenset[str]
+    outputs: frozenset[str]
 
 
-def available(content: Content) -> list[str]:
-    """Names of the blueprints in the content directory."""
-    return sorted(p.stem for p in content.blueprints.glob("*.yaml"))
-
-
-def load(name: str, content: Content) -> Blueprint:
-    """Load and check a blueprint by name.
+def module_interface(module_dir: Path) -> ModuleInterface:
+    """What a module declares, read from its ``*.tf`` files with an HCL parser.
 
     Raises:
-        BlueprintNotFound: No blueprint of that name (the error lists those that exist).
-        BlueprintError: The file is invalid or references something that does not exist.
-
+        BlueprintError: A file is not valid HCL (names it).
     """
-    names = available(content)
-    if not isinstance(name, str) or not re.fullmatch(BLUEPRINT_NAME, name) or name not in names:
-        raise BlueprintNotFound(
-            f"no blueprint named {name!r}; available: {', '.join(names) or 'none'}", step="blueprint.load"
-        )
-    path = content.blueprints / f"{name}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BlueprintError(f"{path}: not valid YAML: {exc}", step="blueprint.load") from None
-    try:
-        blueprint = Blueprint.model_validate({**(raw or {}), "source": path})
-    except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise BlueprintError(f"{path}: {errors}", step="blueprint.load") from None
-    if blueprint.name != name:
-        raise BlueprintError(f"{path}: declares name {blueprint.name!r}, expected {name!r}", step="blueprint.load")
-    problems = check(blueprint, content)
-    if problems:
-        raise BlueprintError(f"{path}: " + "; ".join(problems), step="blueprint.load")
-    return blueprint
+    import hcl2
+
+    variables: set[str] = set()
+    required: set[str] = set()
+    outputs: set[str] = set()
+    for tf in sorted(module_dir.glob("*.tf")):
+        try:
+            parsed = hcl2.loads(tf.read_text())
+        except Exception as exc:  # the parser raises lark's errors, which have no common public base
+            raise BlueprintError(f"{tf}: not valid HCL: {str(exc).splitlines()[0]}") from None
+        for block in parsed.get("variable", []):
+            for name, body in block.items():
+                variables.add(name.strip('"'))
+                if "default" not in body:
+                    required.add(name.strip('"'))
+        for block in parsed.get("output", []):
+            outputs.update(name.strip('"') for name in block)
+    return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs))
 
 
-def check(blueprint: Blueprint, content: Content) -> list[str]:
-    """Every broken reference in a blueprint, as readable problems (empty if none)."""
-    problems: list[str] = []
-    outputs_of: dict[str, set[str]] = {}
+def check(blueprint: Blueprint) -> list[BlueprintProblem]:
+    """Every broken reference in a resolved blueprint, and every module input missing or param unused."""
+    problems: list[BlueprintProblem] = []
+    outputs_of: dict[str, frozenset[str]] = {}
+    used: set[str] = set()
+
+    def problem(where: str, message: str) -> None:
+        problems.append(BlueprintProblem(where=where, message=message))
 
     def check_ref(ref: str, where: str, *, earlier_modules: set[str] | None, playbook: bool = False) -> None:
+        used.add(ref)
         kind, _, rest = ref.partition(".")
         if kind == "params" and rest not in blueprint.params:
-            problems.append(f"{where}: unknown param {rest!r}")
+            problem(where, f"unknown param {rest!r}; params: {', '.join(sorted(blueprint.params)) or 'none'}")
         elif kind == "secrets" and rest not in blueprint.secrets:
-            problems.append(f"{where}: unknown secret {rest!r}")
+            problem(where, f"unknown secret {rest!r}; secrets: {', '.join(sorted(blueprint.secrets)) or 'none'}")
         elif kind == "site" and rest not in SITE_KEYS:
-            problems.append(f"{where}: unknown site setting {rest!r}; known: {', '.join(sorted(SITE_KEYS))}")
+            problem(where, f"unknown site setting {rest!r}; known: {', '.join(sorted(SITE_KEYS))}")
         elif kind == "addresses":
             spec = blueprint.modules.get(rest)
             if spec is None or spec.addresses is None:
-                problems.append(f"{where}: module {rest!r} declares no addresses")
+                problem(where, f"module {rest!r} declares no addresses")
         elif kind == "modules":
             module, _, output = rest.partition(".")
             allowed = set(blueprint.modules) if earlier_modules is None else earlier_modules
             if module not in allowed:
-                problems.append(f"{where}: {ref!r} needs module {module!r} to come earlier")
-            elif output not in outputs_of.get(module, set()):
-                problems.append(f"{where}: module {module!r} has no output {output!r}")
+                problem(where, f"{ref!r} needs module {module!r} to come earlier")
+            elif output not in outputs_of.get(module, frozenset()):
+                problem(where, f"module {module!r} has no output {output!r}")
         elif kind == "hosts":
             group = rest.partition(".")[0]
             if not playbook:
-                problems.append(f"{where}: hosts.* references are only for playbook vars")
+                problem(where, "hosts.* references are only for playbook vars")
             elif group not in blueprint.groups:
-                problems.append(f"{where}: unknown host group {group!r}")
+                problem(where, f"unknown host group {group!r}")
 
     done: set[str] = set()
     for name, module in blueprint.modules.items():
         where = f"modules.{name}"
-        module_dir = content.modules / module.source
+        module_dir = blueprint.module_dir(module.source)
         if not module_dir.is_dir() or not list(module_dir.glob("*.tf")):
-            problems.append(f"{where}: module source {module.source!r} not found in {content.modules}")
-            outputs_of[name] = set()
+            searched = ", ".join(str(root / "modules") for root in blueprint.roots)
+            problem(f"{where}.source", f"module {module.source!r} not found in {searched}")
+            outputs_of[name] = frozenset()
         else:
-            variables, outputs = module_interface(module_dir)
-            outputs_of[name] = outputs
-            for unknown in sorted(set(module.inputs) - variables):
-                problems.append(f"{where}.inputs.{unknown}: module {module.source!r} has no variable {unknown!r}")
+            try:
+                interface = module_interface(module_dir)
+            except BlueprintError as exc:
+                problem(f"{where}.source", str(exc))
+                interface = ModuleInterface(variables=frozenset(), required=frozenset(), outputs=frozenset())
+            outputs_of[name] = interface.outputs
+            for unknown in sorted(set(module.inputs) - interface.variables):
+                problem(f"{where}.inputs.{unknown}", f"module {module.source!r} has no variable {unknown!r}")
+            for missing in sorted(interface.required - set(module.inputs)):
+                problem(f"{where}.inputs", f"module {module.source!r} needs variable {missing!r} (it has no default)")
         for input_name, value in module.inputs.items():
             for ref in refs_in(value):
                 check_ref(ref, f"{where}.inputs.{input_name}", earlier_modules=done)
@@ -372,26 +407,25 @@ def check(blueprint: Blueprint, content: Content) -> list[str]:
     for i, hosts in enumerate(blueprint.hosts):
         where = f"hosts[{i}]"
         if hosts.module not in blueprint.modules:
-            problems.append(f"{where}: unknown module {hosts.module!r}")
+            problem(f"{where}.module", f"unknown module {hosts.module!r}")
             continue
         for output_name in (hosts.names, hosts.ips):
             if outputs_of.get(hosts.module) and output_name not in outputs_of[hosts.module]:
-                problems.append(f"{where}: module {hosts.module!r} has no output {output_name!r}")
+                problem(where, f"module {hosts.module!r} has no output {output_name!r}")
 
     for i, play in enumerate(blueprint.playbooks):
         where = f"playbooks[{i}]"
-        if not (content.playbooks / f"{play.playbook}.yml").is_file():
-            problems.append(f"{where}: playbook {play.playbook!r} not found in {content.playbooks}")
+        if not blueprint.playbook_file(play.playbook).is_file():
+            searched = ", ".join(str(root / "playbooks") for root in blueprint.roots)
+            problem(f"{where}.playbook", f"playbook {play.playbook!r} not found in {searched}")
         if play.hosts not in blueprint.groups:
-            problems.append(
-                f"{where}.hosts: unknown group {play.hosts!r}; groups: {', '.join(sorted(blueprint.groups))}"
-            )
+            problem(f"{where}.hosts", f"unknown group {play.hosts!r}; groups: {', '.join(sorted(blueprint.groups))}")
         for var, value in play.vars.items():
             for ref in refs_in(value):
                 check_ref(ref, f"{where}.vars.{var}", earlier_modules=None, playbook=True)
         for var in play.secret_vars:
             if var not in play.vars:
-                problems.append(f"{where}.secret_vars: {var!r} is not one of its vars")
+                problem(f"{where}.secret_vars", f"{var!r} is not one of its vars")
 
     for out_name, output in blueprint.outputs.items():
         for ref in refs_in(output.value):
@@ -399,22 +433,37 @@ def check(blueprint: Blueprint, content: Content) -> list[str]:
 
     for secret_name in blueprint.secrets:
         for placeholder in blueprint.secret_ref(secret_name).placeholders():
+            used.add(f"params.{placeholder}")
             param = blueprint.params.get(placeholder)
             if placeholder != "deployment" and (param is None or param.secret or param.type not in ("string", "enum")):
-                problems.append(
-                    f"secrets.{secret_name}: placeholder {{{placeholder}}} must be 'deployment' or a non-secret "
-                    "string or enum param"
-                )
+                problem(f"secrets.{secret_name}", f"placeholder {{{placeholder}}} must be 'deployment' or a "
+                        "non-secret string or enum param")  # fmt: skip
     formats = [v for m in blueprint.modules.values() for v in m.inputs.values() if isinstance(v, Format)]
     for fmt in formats:
         for field in fmt.fields():
             param = blueprint.params.get(field)
             if field != "deployment" and param is not None and param.type not in ("string", "integer", "enum"):
-                problems.append(f"format {fmt.format!r}: param {field!r} must be a string, integer or enum")
+                problem("modules", f"format {fmt.format!r}: param {field!r} must be a string, integer or enum")
     if blueprint.playbooks and blueprint.ansible is None:
-        problems.append("ansible: a blueprint with playbooks needs 'ansible: {ssh_private_key: secrets.<name>}'")
+        problem("ansible", "a blueprint with playbooks needs 'ansible: {ssh_private_key: secrets.<name>}'")
     if blueprint.ansible is not None:
         check_ref(blueprint.ansible.ssh_private_key, "ansible.ssh_private_key", earlier_modules=None)
         if not blueprint.ansible.ssh_private_key.startswith("secrets."):
-            problems.append("ansible.ssh_private_key: must be a secrets.<name> reference")
+            problem("ansible.ssh_private_key", "must be a secrets.<name> reference")
+    for name in blueprint.params:
+        if f"params.{name}" not in used:
+            problem(f"params.{name}", "is never used (by a module input, address, secret path, playbook var or output)")
+    problems += _check_hooks(blueprint)
     return problems
+
+
+def _check_hooks(blueprint: Blueprint) -> list[BlueprintProblem]:
+    from importlib.metadata import entry_points
+
+    installed = {ep.name for ep in entry_points(group=HOOK_GROUP)}
+    return [
+        BlueprintProblem(where=f"hooks[{i}].call", message=f"no hook {hook.call!r} is installed (entry points in "
+                         f"group {HOOK_GROUP!r}: {', '.join(sorted(installed)) or 'none'})")
+        for i, hook in enumerate(blueprint.hooks)
+        if hook.call not in installed
+    ]  # fmt: skip

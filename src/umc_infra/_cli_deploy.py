@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from umc_infra._blueprint import Blueprint
     from umc_infra._events import EventCallback
     from umc_infra._provision import PlanResult, Provisioner, ProvisionResult
+    from umc_infra._validate import ValidationReport
 
 
 class Exit(IntEnum):
@@ -235,32 +236,68 @@ def register(app: typer.Typer) -> None:
 
 @blueprints_app.command("list")
 def blueprints_list(output: OutputOption = "text") -> None:
-    """List the blueprints with their version and description."""
+    """List the blueprints of every source, with version, parent and where each comes from."""
 
-    def load() -> list[Blueprint]:
-        from umc_infra._blueprint import available
-
+    def load() -> list[tuple[Blueprint, str]]:
         p = provisioner()
-        return [p.blueprint(name) for name in available(p.content)]
+        return [(p.blueprint(name), p.catalog.where(name)[0].label) for name in p.catalog.names()]
 
     found = guarded(load, output)
     if output == "json":
-        emit(found, output)
+        emit([b for b, _ in found], output)
         return
-    table = Table("blueprint", "version", "description", title="blueprints", title_justify="left")
-    for b in found:
-        table.add_row(b.name, b.version, b.description)
+    table = Table("blueprint", "version", "extends", "source", "description", title="blueprints", title_justify="left")
+    for b, source in found:
+        table.add_row(b.name, b.version, b.extends or "", source, b.description)
     out.print(table)
 
 
 @blueprints_app.command("show")
-def blueprints_show(name: str, output: OutputOption = "text") -> None:
-    """Show a blueprint (as YAML, or JSON)."""
-    blueprint = guarded(lambda: provisioner().blueprint(name), output)
+def blueprints_show(
+    name: str,
+    resolved: Annotated[bool, typer.Option("--resolved", help="With its parents merged in (what runs).")] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Show a blueprint: its file as written, or resolved (JSON output is always resolved)."""
+    p = provisioner()
+    blueprint = guarded(lambda: p.blueprint(name), output)
     if output == "json":
         emit(blueprint, output)
-    else:
+    elif resolved:
         sys.stdout.write(yaml.safe_dump(blueprint.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    else:
+        source, path = p.catalog.where(name)
+        sys.stdout.write(f"# {path} ({source.label})\n{path.read_text()}")
+
+
+@blueprints_app.command("validate")
+def blueprints_validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="A blueprint file or a directory of them; default: all.", exists=True)
+    ] = None,  # fmt: skip
+    tools: Annotated[
+        bool, typer.Option(help="Also run terraform validate and ansible-playbook --syntax-check.")
+    ] = True,
+    output: OutputOption = "text",
+) -> None:
+    """Check blueprints: schema, extends, references, inputs, params, hooks, modules and playbooks; exit 2 if wrong."""
+    from umc_infra._validate import validate
+
+    def run() -> ValidationReport:
+        p = provisioner()
+        return validate(p.catalog, p.settings, path=path, tools=tools)
+
+    report = guarded(run, output)
+    if output == "json":
+        emit(report, output)
+    else:
+        for problem in report.problems:
+            err.print(escape(str(problem)), highlight=False, soft_wrap=True)
+        summary = (f"{len(report.blueprints)} blueprint(s), {len(report.modules)} module(s), "
+                   f"{len(report.playbooks)} playbook(s): ")  # fmt: skip
+        out.print(summary + ("ok" if report.ok else f"{len(report.problems)} problem(s)"), highlight=False)
+    if not report.ok:
+        raise typer.Exit(int(Exit.BAD_INPUT))
 
 
 @blueprints_app.command("schema")
@@ -295,7 +332,9 @@ def plan(
         table.add_row(r.module, r.address, r.action, changes)
     for c in result.configuration:
         table.add_row(c.playbook, c.host, "configure", c.task)
-    out.print(table if result.changed else "nothing to change")
+    if result.version_change:
+        out.print(f"blueprint {result.blueprint}: {result.version_change}", highlight=False)
+    out.print(table if result.resources or result.configuration else "nothing to change", highlight=False)
 
 
 def provision(

@@ -87,8 +87,36 @@ class BlueprintNotFound(UmcInfraError):
     """No blueprint has that name."""
 
 
+class BlueprintProblem(BaseModel):
+    """One thing wrong with a blueprint: where (file, line, path in the blueprint) and what."""
+
+    model_config = ConfigDict(frozen=True)
+
+    where: str
+    """The path in the blueprint (``modules.web.inputs.cpu``), or ``extends``, ``name`` ..."""
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        at = f"{self.file}:{self.line}: " if self.file and self.line else f"{self.file}: " if self.file else ""
+        return f"{at}{self.where}: {self.message}" if self.where else f"{at}{self.message}"
+
+
 class BlueprintError(UmcInfraError):
-    """A blueprint is invalid or references a module, playbook, param or secret that does not exist."""
+    """A blueprint is invalid or references a module, playbook, param or secret that does not exist.
+
+    Attributes:
+        problems: Every problem found, each with its file and line where known.
+
+    """
+
+    def __init__(
+        self, message: str, *, problems: list[BlueprintProblem] | None = None, step: str = "blueprint.load"
+    ) -> None:
+        problems = problems or []
+        super().__init__(message + "".join(f"\n  {p}" for p in problems), step=step)
+        self.problems = tuple(problems)
 
 
 class ParamProblem(BaseModel):

@@ -20,12 +20,13 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
     ValidationError,
     create_model,
 )
 
 from umc_infra._blueprint import Blueprint, ParamSpec
-from umc_infra._errors import ParamProblem, ParamsError
+from umc_infra._errors import BlueprintProblem, ParamProblem, ParamsError
 
 DEPLOYMENT = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -119,6 +120,21 @@ def params_model(blueprint: Blueprint) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid", frozen=True, validate_default=True),
         **fields,
     )
+
+
+def default_problems(blueprint: Blueprint) -> list[BlueprintProblem]:
+    """Defaults their own param refuses (e.g. a child narrowed ``max`` below the inherited default)."""
+    problems = []
+    for name, spec in blueprint.params.items():
+        if spec.required or spec.secret or (spec.default is None and spec.type != "boolean"):
+            continue
+        try:
+            TypeAdapter(_field_type(spec)).validate_python(spec.default)
+        except ValidationError as exc:
+            reason = "; ".join(e["msg"] for e in exc.errors(include_url=False, include_input=False))
+            problems.append(BlueprintProblem(where=f"params.{name}.default", message=f"{spec.default!r} is not "
+                                             f"allowed by the param: {reason} (allowed: {allowed(spec)})"))  # fmt: skip
+    return problems
 
 
 class ResolvedParams(BaseModel):

@@ -8,6 +8,7 @@ with a typed interface; this one only decides the order, keeps the record, and c
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -22,9 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra import _blueprint, _inventory, _ipam, _lock, _params, _secrets
+from umc_infra import _blueprint, _hooks, _inventory, _ipam, _lock, _params, _secrets
 from umc_infra._ansible import Ansible, PlaybookResult, private_dir_parent
-from umc_infra._blueprint import Blueprint, Content, Format, Literal_, Value
+from umc_infra._blueprint import Blueprint, Format, HookPoint, Literal_, Value
+from umc_infra._catalog import Catalog
 from umc_infra._errors import (
     Cancelled,
     ComponentFailed,
@@ -35,6 +37,7 @@ from umc_infra._errors import (
     UmcInfraError,
 )
 from umc_infra._events import Event, EventCallback, StepFinished, StepStarted, ignore
+from umc_infra._hooks import HookContext
 from umc_infra._inventory import Host, Inventory
 from umc_infra._lock import LockInfo
 from umc_infra._params import MASK, ResolvedParams
@@ -111,9 +114,16 @@ class PlanResult(BaseModel):
         return [f"{r.module}: {r.address} ({r.action})" for r in self.resources if r.action in ("delete", "replace")]
 
     @property
+    def version_change(self) -> str | None:
+        """``1.0.0 -> 1.1.0`` when an existing deployment would move to another blueprint version."""
+        if self.exists and self.previous_version is not None and self.previous_version != self.version:
+            return f"{self.previous_version} -> {self.version}"
+        return None
+
+    @property
     def changed(self) -> bool:
-        """Whether anything would change."""
-        return bool(self.resources or self.configuration)
+        """Whether anything would change (the blueprint version included)."""
+        return bool(self.resources or self.configuration or self.version_change)
 
 
 class DestroyResult(BaseModel):
@@ -231,14 +241,18 @@ class Provisioner:
         cancel: threading.Event | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
-        self.content = Content.locate(self.settings.content_dir)
         self._secret_source = secret_source
         self._store = store
         self._on_event = on_event or ignore
         self.cancel = cancel or threading.Event()
 
     def __repr__(self) -> str:
-        return f"Provisioner(content={str(self.content.root)!r}, backend={self.settings.backend!r})"
+        return f"Provisioner(backend={self.settings.backend!r})"
+
+    @functools.cached_property
+    def catalog(self) -> Catalog:
+        """The blueprints of every source: built-in, ``UMC_BLUEPRINT_PATH``, installed packages."""
+        return Catalog.from_settings(self.settings)
 
     @property
     def store(self) -> StateStore:
@@ -254,7 +268,7 @@ class Provisioner:
 
     def blueprint(self, name: str) -> Blueprint:
         """Load and check a blueprint."""
-        return _blueprint.load(name, self.content)
+        return self.catalog.load(name)
 
     # -- records ------------------------------------------------------------------------------------
 
@@ -456,6 +470,26 @@ class _Session:
                 self._terraform.check_version()
         return self._terraform
 
+    def hooks(self, at: HookPoint, action: Literal["provision", "destroy"]) -> None:
+        """Run the blueprint's hooks for ``at``, each as a step; a hook stops the run by raising."""
+        for hook in self.spec.hooks:
+            if hook.at != at:
+                continue
+            run = self._run
+            context = HookContext(
+                at=at, action=action, deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version,
+                params=self.params.masked(),
+                addresses={m: tuple(a) for m, a in (run.addresses if run else {}).items()},
+                outputs=_hooks.masked_outputs(run.outputs if run else {}),
+                hosts=run.inventory.hosts if run and run.inventory else (),
+            )  # fmt: skip
+            with self.step(f"hook.{at}.{hook.call}"):
+                _hooks.call(hook.call, context, self.redactor)
+
+    def module_dir(self, module: str) -> Path:
+        """Where the blueprint's module instance ``module`` has its Terraform files."""
+        return self.spec.module_dir(self.spec.modules[module].source)
+
     def workdir(self, module: str) -> Path:
         return self.settings.state_dir / "work" / self.deployment / module
 
@@ -493,7 +527,7 @@ class _Session:
         """Working dir with the module, vars and backend, initialised; returns it and the secret inputs."""
         plain, secret = _split(self.run.inputs(self.spec, module))
         workdir = self.workdir(module)
-        self.terraform.prepare(self.p.content.modules / self.spec.modules[module].source, workdir, module=module,
+        self.terraform.prepare(self.module_dir(module), workdir, module=module,
                                inputs=plain)  # fmt: skip
         self.terraform.init(workdir, module=module)
         return workdir, secret
@@ -509,7 +543,7 @@ class _Session:
         return {var: self.run.value(value) for var, value in play.vars.items()}
 
     def ansible(self) -> Ansible:
-        return Ansible(self.settings, self.p.content.playbooks, on_event=self.p._on_event, redactor=self.redactor,
+        return Ansible(self.settings, self.spec.playbook_file, on_event=self.p._on_event, redactor=self.redactor,
                        deployment=self.deployment, cancel=self.p.cancel)  # fmt: skip
 
     # -- plan ---------------------------------------------------------------------------------------
@@ -613,6 +647,7 @@ class _Session:
         retry: str,
     ) -> ProvisionResult:
         self.addresses()
+        self.hooks("before_terraform", "provision")
         with self.scratch() as scratch:
             # Plan every module first: the destroy policy and a reviewed plan are checked before anything applies.
             planned: dict[str, tuple[Path, dict[str, Any], list[ResourceChange]]] = {}
@@ -644,7 +679,7 @@ class _Session:
                     if not found:
                         self.read_outputs(module, workdir)
                     # Nothing to change, but an interrupted apply can leave outputs unwritten: apply then too.
-                    declared = _blueprint.module_interface(self.p.content.modules / self.spec.modules[module].source)[1]
+                    declared = _blueprint.module_interface(self.module_dir(module)).outputs
                     if found or not declared <= set(self.run.outputs.get(module, {})):
                         changes[module] = self.terraform.apply_plan(workdir, planfile, module=module)
                         self.read_outputs(module, workdir)
@@ -652,8 +687,10 @@ class _Session:
 
         with self.step("inventory"):
             self.run.inventory = _inventory.build(self.spec, self.run.outputs)
+        self.hooks("after_terraform", "provision")
         played: dict[str, PlaybookResult] = {}
         if self.spec.playbooks and self.spec.ansible is not None:
+            self.hooks("before_ansible", "provision")
             with self.step("ssh"):
                 self.p._wait_for_ssh(self.run.inventory)
             ansible = self.ansible()
@@ -670,6 +707,8 @@ class _Session:
                         play.playbook, inventory=self.run.inventory, hosts=play.hosts, user=self.spec.ansible.user,
                         ssh_key=key, variables=self.playbook_vars(play), only=only,
                     )  # fmt: skip
+            self.hooks("after_ansible", "provision")
+        self.hooks("after_provision", "provision")
         outputs = {
             name: MASK if out.sensitive else _mask(self.run.value(out.value)) for name, out in self.spec.outputs.items()
         }
@@ -731,9 +770,11 @@ class _Session:
                         blueprint_version=record.version)  # fmt: skip
         record = records.update_run(record, run)
         try:
+            self.hooks("before_destroy", "destroy")
             counts = self._destroy_modules(list(record.modules or self.spec.modules))
             with self.step("addresses"):
                 released = _ipam.release(self.p.store, deployment=self.deployment)
+            self.hooks("after_destroy", "destroy")
         except BaseException as exc:
             message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
             records.update_run(record, run.model_copy(update={
@@ -769,7 +810,7 @@ class _Session:
                     ) from None
                 plain, secret = _split(inputs)
                 workdir = self.workdir(module)
-                self.terraform.prepare(self.p.content.modules / self.spec.modules[module].source, workdir,
+                self.terraform.prepare(self.module_dir(module), workdir,
                                        module=module, inputs=plain)  # fmt: skip
                 self.terraform.init(workdir, module=module)
                 counts[module] = self.terraform.apply(workdir, module=module, secret_inputs=secret, destroy=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +42,14 @@ def _ip(value: str) -> str:
     return str(ipaddress.ip_address(value))
 
 
+def _path_list(value: object) -> object:
+    """``a:b`` as ``PATH`` gives directories; lists pass through."""
+    if isinstance(value, str):
+        return [part for part in value.split(os.pathsep) if part.strip()]
+    return value
+
+
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(_path_list)]
 AddressList = Annotated[list[Annotated[str, AfterValidator(_ip)]], NoDecode, BeforeValidator(_address_list)]
 
 
@@ -155,6 +164,8 @@ class Settings(BaseSettings):
     )
     content_dir: Path | None = Field(default=None, validation_alias=_env("UMC_CONTENT_DIR"))
     """Where ``blueprints/``, ``modules/`` and ``playbooks/`` live; default: those shipped with umc_infra."""
+    blueprint_path: PathList = Field(default_factory=list, validation_alias=_env("UMC_BLUEPRINT_PATH"))
+    """More blueprint directories, searched after the built-in ones (``:``-separated, like ``PATH``)."""
     lock_timeout_s: float = Field(default=300, ge=0, validation_alias=_env("UMC_LOCK_TIMEOUT"))
     """How long a run waits for another run on the same deployment before DeploymentLocked."""
     terraform_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_TERRAFORM_TIMEOUT"))

@@ -211,6 +211,16 @@ def argv_output(binary: str) -> list[str]:
     return _argv(binary, "output", no_color=IsFlagged, json=IsFlagged)
 
 
+def argv_init_offline(binary: str) -> list[str]:
+    """``terraform init -backend=false``: providers only, for ``validate``."""
+    return _argv(binary, "init", input=False, no_color=IsFlagged, backend=False)
+
+
+def argv_validate(binary: str) -> list[str]:
+    """``terraform validate -json``."""
+    return _argv(binary, "validate", no_color=IsFlagged, json=IsFlagged)
+
+
 def argv_version(binary: str) -> list[str]:
     """``terraform version -json``."""
     return _argv(binary, "version", json=IsFlagged)
@@ -380,6 +390,24 @@ class Terraform:
         _, config = backend(self._settings, deployment=self._deployment, module=module)
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
 
+    def validate(self, source: Path, workdir: Path) -> list[tuple[str, int | None, str]]:
+        """``terraform validate`` of a module in a scratch ``workdir``: each error as (file, line, message)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        for tf in source.glob("*.tf"):
+            shutil.copy2(tf, workdir / tf.name)
+        self._run(argv_init_offline(self.binary), step="validate.terraform.init", workdir=workdir, env_secrets={})
+        out = self._run(argv_validate(self.binary), step="validate.terraform", workdir=workdir, env_secrets={},
+                        check=False)  # fmt: skip
+        found = []
+        for diagnostic in json.loads(out or "{}").get("diagnostics", []):
+            if diagnostic.get("severity") != "error":
+                continue
+            where = diagnostic.get("range") or {}
+            file = str(source / where["filename"]) if where.get("filename") else str(source)
+            message = diagnostic.get("summary", "") + (f": {diagnostic['detail']}" if diagnostic.get("detail") else "")
+            found.append((file, where.get("start", {}).get("line"), message))
+        return found
+
     def apply(
         self,
         workdir: Path,
@@ -487,6 +515,7 @@ class Terraform:
         env_secrets: Mapping[str, SecretStr],
         on_json: Any = None,
         stream: bool = True,
+        check: bool = True,
     ) -> str:
         cwd = workdir or self._cache()
         cwd.mkdir(parents=True, exist_ok=True)
@@ -506,7 +535,7 @@ class Terraform:
         try:
             result = run(
                 argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd, timeout=self._settings.terraform_timeout_s,
-                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel,
+                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel, check=check,
             )  # fmt: skip
         except ProcessError as exc:
             raise TerraformError(

@@ -6,7 +6,16 @@ import pytest
 import yaml
 
 from umc_infra import BlueprintError, BlueprintNotFound
-from umc_infra._blueprint import Content, SecretRef, available, load
+from umc_infra._blueprint import Content, SecretRef
+from umc_infra._catalog import Catalog, Source
+
+
+def catalog(content: Content) -> Catalog:
+    return Catalog([Source(label="test", root=content.root, blueprints=content.blueprints)])
+
+
+def load(name, content):
+    return catalog(content).load(name)
 
 MODULE = """
 variable "name_prefix" { type = string }
@@ -77,7 +86,7 @@ def test_a_valid_blueprint_loads(content):
     assert list(blueprint.modules) == ["vm"]
     assert blueprint.groups == {"all", "app"}
     assert blueprint.secret_ref("password") == SecretRef(mount="kv", path="apps/{deployment}", key="password")
-    assert available(content) == ["demo"]
+    assert catalog(content).names() == ["demo"]
 
 
 @pytest.mark.parametrize("name", ["nope", "../demo", "demo\n", "DEMO", "", "demo/../../etc"])
@@ -90,7 +99,7 @@ def test_unknown_blueprint_names_what_exists(content, name):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"modules__vm__source": "missing"}, "module source 'missing' not found"),
+        ({"modules__vm__source": "missing"}, "module 'missing' not found"),
         ({"modules__vm__inputs__instances": "params.nope"}, "unknown param 'nope'"),
         ({"modules__vm__inputs__password": "secrets.nope"}, "unknown secret 'nope'"),
         ({"modules__vm__inputs__cpu": "params.instances"}, "module 'mod' has no variable 'cpu'"),
@@ -133,7 +142,7 @@ def test_schema_errors_name_the_field(content, changes, message):
 
 def test_a_blueprint_must_declare_its_own_name(content):
     write(content, BASE, name="other")
-    with pytest.raises(BlueprintError, match="declares name 'demo', expected 'other'"):
+    with pytest.raises(BlueprintError, match="name: is 'demo'; the file name says 'other'"):
         load("other", content)
 
 
@@ -145,7 +154,7 @@ def test_invalid_yaml_is_a_blueprint_error(content):
 
 def test_the_shipped_blueprints_load():
     content = Content.locate()
-    assert {"linux-server", "web-server", "app-stack"} <= set(available(content))
+    assert {"linux-server", "web-server", "app-stack"} <= set(catalog(content).names())
     for name in ("linux-server", "web-server", "app-stack"):
         blueprint = load(name, content)
         assert blueprint.version

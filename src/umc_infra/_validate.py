@@ -1,0 +1,116 @@
+"""``blueprints validate``: every problem of some blueprints, with file and line, for people and for CI.
+
+Checks, per blueprint: the schema, ``extends`` (the parent exists, no cycle, no widened constraint),
+every reference, that every module variable without a default gets an input and every param is used,
+that hooks are installed; then ``terraform validate`` on each module it uses and
+``ansible-playbook --syntax-check`` on each playbook.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from umc_infra._ansible import syntax_check
+from umc_infra._blueprint import Blueprint
+from umc_infra._catalog import Catalog, Source
+from umc_infra._errors import BlueprintError, BlueprintNotFound, BlueprintProblem
+from umc_infra._events import EventCallback, ignore
+from umc_infra._process import Redactor
+from umc_infra._settings import Settings
+from umc_infra._terraform import Terraform
+
+
+class ValidationReport(BaseModel):
+    """What ``validate`` checked and every problem it found."""
+
+    model_config = ConfigDict(frozen=True)
+
+    blueprints: tuple[str, ...]
+    """The blueprints checked (names, or files for a path)."""
+    modules: tuple[str, ...]
+    """Module directories ``terraform validate`` passed over."""
+    playbooks: tuple[str, ...]
+    """Playbooks ``ansible-playbook --syntax-check`` passed over."""
+    problems: tuple[BlueprintProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """No problem found."""
+        return not self.problems
+
+
+def validate(
+    catalog: Catalog,
+    settings: Settings,
+    *,
+    path: Path | None = None,
+    tools: bool = True,
+    on_event: EventCallback | None = None,
+) -> ValidationReport:
+    """Validate every blueprint of the catalog, or those at ``path`` (a YAML file or a directory of them).
+
+    A blueprint at ``path`` may extend any blueprint of the catalog.
+    """
+    targets: list[tuple[str, Path, Source]] = []
+    clashes: list[BlueprintProblem] = []
+    if path is None:
+        for name in catalog.names():
+            try:
+                source, file = catalog.where(name)
+            except (BlueprintError, BlueprintNotFound) as exc:  # a name two sources define
+                clashes.append(BlueprintProblem(where=name, message=str(exc).removeprefix("[blueprint.load] ")))
+                continue
+            targets.append((name, file, source))
+    else:
+        source = _source_of(path.resolve())
+        catalog = Catalog([*catalog.sources, source])
+        files = [path.resolve()] if path.is_file() else sorted(source.blueprints.glob("*.yaml"))
+        targets = [(str(f), f, source) for f in files]
+    report = _validate(catalog, settings, targets, tools=tools, on_event=on_event or ignore)
+    return report.model_copy(update={"problems": (*clashes, *report.problems)})
+
+
+def _source_of(path: Path) -> Source:
+    directory = path.parent if path.is_file() else path
+    if directory.name == "blueprints":
+        return Source(label=f"path {directory}", root=directory.parent, blueprints=directory)
+    nested = directory / "blueprints"
+    return Source(label=f"path {directory}", root=directory, blueprints=nested if nested.is_dir() else directory)
+
+
+def _validate(
+    catalog: Catalog,
+    settings: Settings,
+    targets: list[tuple[str, Path, Source]],
+    *,
+    tools: bool,
+    on_event: EventCallback,
+) -> ValidationReport:
+    problems: list[BlueprintProblem] = []
+    resolved: list[Blueprint] = []
+    for _, file, source in targets:
+        blueprint, found = catalog.resolve_file(file, source, expected_name=file.stem)
+        problems += found
+        if blueprint is not None:
+            resolved.append(blueprint)
+    modules = sorted({b.module_dir(m.source) for b in resolved for m in b.modules.values()})
+    playbooks = sorted({b.playbook_file(p.playbook) for b in resolved for p in b.playbooks})
+    modules = [m for m in modules if m.is_dir()]
+    playbooks = [p for p in playbooks if p.is_file()]
+    if tools:
+        terraform = Terraform(settings, on_event=on_event, redactor=Redactor(), deployment="validate")
+        with tempfile.TemporaryDirectory(prefix="umc-validate-") as scratch:
+            for i, module in enumerate(modules):
+                for at, line, message in terraform.validate(module, Path(scratch) / str(i)):
+                    problems.append(BlueprintProblem(where="terraform validate", message=message, file=at, line=line))
+        for playbook in playbooks:
+            for at, line, message in syntax_check(playbook):
+                problems.append(BlueprintProblem(where="ansible-playbook --syntax-check", message=message, file=at,
+                                                 line=line))  # fmt: skip
+    return ValidationReport(
+        blueprints=tuple(name for name, _, _ in targets), modules=tuple(str(m) for m in modules),
+        playbooks=tuple(str(p) for p in playbooks), problems=tuple(problems),
+    )  # fmt: skip
