@@ -274,7 +274,7 @@ def blueprints_show(
 def blueprints_validate(
     path: Annotated[
         Path | None, typer.Argument(help="A blueprint file or a directory of them; default: all.", exists=True)
-    ] = None,  # fmt: skip
+    ] = None,
     tools: Annotated[
         bool, typer.Option(help="Also run terraform validate and ansible-playbook --syntax-check.")
     ] = True,
