@@ -10,8 +10,11 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests; the integration tests bring the sandbox up once (as root)."""
-    session.install("-e", ".[test]")
+    """Unit and integration tests; the integration tests bring the sandbox up once (as root).
+
+    The blueprint package in tests/fixtures is installed as a user would install one (not editable).
+    """
+    session.install("-e", ".[test]", "./tests/fixtures/umc-lab-blueprints")
     session.run("pytest", *(session.posargs or ["tests"]))
 
 

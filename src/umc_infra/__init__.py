@@ -19,6 +19,7 @@ from umc_infra._errors import (
     AddressError,
     BlueprintError,
     BlueprintNotFound,
+    BlueprintProblem,
     BuildFailed,
     Cancelled,
     ComponentFailed,
@@ -41,6 +42,7 @@ from umc_infra._errors import (
     UmcInfraError,
 )
 from umc_infra._events import Event, OutputLine, ResourceChanged, StepFinished, StepStarted, TaskResult
+from umc_infra._hooks import HookContext, HookError
 from umc_infra._inventory import Host
 from umc_infra._lock import LockInfo
 from umc_infra._provision import (
@@ -74,6 +76,7 @@ __all__ = [
     "Blueprint",
     "BlueprintError",
     "BlueprintNotFound",
+    "BlueprintProblem",
     "BuildFailed",
     "Cancelled",
     "ChangeCounts",
@@ -86,6 +89,8 @@ __all__ = [
     "DestroyResult",
     "DriftReport",
     "Event",
+    "HookContext",
+    "HookError",
     "Host",
     "HostStats",
     "LockInfo",

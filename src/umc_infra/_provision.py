@@ -801,20 +801,33 @@ class _Session:
                 continue
             with self.step(f"terraform.destroy.{module}"):
                 self.run.addresses[module] = _ipam.held(self.p.store, deployment=self.deployment, module=module)
-                try:
-                    inputs = self.run.inputs(self.spec, module)
-                except KeyError as missing:
-                    raise UmcInfraError(
-                        f"cannot work out the inputs of module {module!r} to destroy it (needs {missing})",
-                        step="destroy",
-                    ) from None
-                plain, secret = _split(inputs)
+                self._read_outputs_needed_by(module, {module})
+                plain, secret = _split(self.run.inputs(self.spec, module))
                 workdir = self.workdir(module)
                 self.terraform.prepare(self.module_dir(module), workdir,
                                        module=module, inputs=plain)  # fmt: skip
                 self.terraform.init(workdir, module=module)
                 counts[module] = self.terraform.apply(workdir, module=module, secret_inputs=secret, destroy=True)
         return counts
+
+    def _read_outputs_needed_by(self, module: str, seen: set[str]) -> None:
+        """Read the outputs of the earlier modules ``module``'s inputs use (destroy runs in reverse: they exist)."""
+        while True:
+            try:
+                self.run.inputs(self.spec, module)
+                return
+            except KeyError as missing:
+                needed = str(missing.args[0])
+                if needed not in self.spec.modules or needed in seen:
+                    raise UmcInfraError(
+                        f"cannot work out the inputs of module {module!r} to destroy it (needs {missing})",
+                        step="destroy",
+                    ) from None
+                seen.add(needed)
+                self.run.addresses[needed] = _ipam.held(self.p.store, deployment=self.deployment, module=needed)
+                self._read_outputs_needed_by(needed, seen)
+                workdir, _ = self.prepare(needed)
+                self.read_outputs(needed, workdir)
 
     # -- drift --------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from umc_infra._ansible import syntax_check
 from umc_infra._blueprint import Blueprint
 from umc_infra._catalog import Catalog, Source
-from umc_infra._errors import BlueprintError, BlueprintNotFound, BlueprintProblem
+from umc_infra._errors import BlueprintError, BlueprintNotFound, BlueprintProblem, TerraformError
 from umc_infra._events import EventCallback, ignore
 from umc_infra._process import Redactor
 from umc_infra._settings import Settings
@@ -104,7 +104,11 @@ def _validate(
         terraform = Terraform(settings, on_event=on_event, redactor=Redactor(), deployment="validate")
         with tempfile.TemporaryDirectory(prefix="umc-validate-") as scratch:
             for i, module in enumerate(modules):
-                for at, line, message in terraform.validate(module, Path(scratch) / str(i)):
+                try:
+                    errors = terraform.validate(module, Path(scratch) / str(i))
+                except TerraformError as exc:  # init refused the module (version, providers)
+                    errors = [(str(module), None, str(exc).removeprefix(f"[{exc.step}] "))]
+                for at, line, message in errors:
                     problems.append(BlueprintProblem(where="terraform validate", message=message, file=at, line=line))
         for playbook in playbooks:
             for at, line, message in syntax_check(playbook):

@@ -46,17 +46,39 @@ def test_python_example_runs(sandbox, where, code, tmp_path):
     assert "**********" in result.stdout or result.stdout.strip()
 
 
-def test_cli_walkthrough_runs(sandbox, tmp_path):
-    """docs/cli.md's shell block, top to bottom, on the sandbox."""
-    (code,) = [c for where, c in blocks("bash") if where.startswith("docs/cli.md")]
+def run_page_script(page: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """A page's one bash block, top to bottom, in ``tmp_path`` with a state directory of its own."""
+    (code,) = [c for where, c in blocks("bash") if where.startswith(page)]
     env = dict(os.environ)
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", UMC_STATE_DIR=str(tmp_path / "state"))
     result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], capture_output=True, text=True, timeout=600,
                             env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_cli_walkthrough_runs(sandbox, tmp_path):
+    """docs/cli.md's shell block, top to bottom, on the sandbox."""
+    result = run_page_script("docs/cli.md", tmp_path)
     assert json.loads((tmp_path / "result.json").read_text())["deployment"] == "docs-cli"
     assert json.loads((tmp_path / "web-server.schema.json").read_text())["properties"]["instances"]
     assert "no drift" in result.stdout and "docs-cli destroyed" in result.stdout
+
+
+def test_blueprint_guide_runs(sandbox, tmp_path):
+    """docs/blueprints.md's example: a team's blueprint extending web-server, validated, shown, planned."""
+    run_page_script("docs/blueprints.md", tmp_path)
+    import yaml
+
+    resolved = yaml.safe_load((tmp_path / "small-web.resolved.yaml").read_text())
+    assert resolved["params"]["instances"]["max"] == 2 and resolved["params"]["cpu"]["max"] == 16
+    assert [p["playbook"] for p in resolved["playbooks"]] == ["base", "web"]
+    stage = json.loads((tmp_path / "small-web.schema.json").read_text())["properties"]["stage"]
+    assert stage["enum"] == ["test", "acceptance"] and stage["title"] == "Stage"
+    planned = json.loads((tmp_path / "plan.json").read_text())
+    (vm,) = planned["resources"]
+    assert (vm["address"], vm["action"]) == ("vsphere_virtual_machine.vm[0]", "create")
+    assert planned["params"]["stage"] == "acceptance" and planned["exists"] is False
 
 
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):

@@ -17,6 +17,7 @@ def catalog(content: Content) -> Catalog:
 def load(name, content):
     return catalog(content).load(name)
 
+
 MODULE = """
 variable "name_prefix" { type = string }
 variable "instances" { type = number }

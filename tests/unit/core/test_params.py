@@ -71,7 +71,7 @@ def test_every_invalid_field_is_reported_at_once():
     [
         ({"instances": "2"}, "params.instances"),
         ({"instances": True}, "params.instances"),
-        ({"instances": 2.0}, "params.instances"),
+        ({"instances": 2.5}, "params.instances"),  # 2.0 is the integer 2, as in JSON
         ({"debug": 1}, "params.debug"),
         ({"debug": "yes"}, "params.debug"),
         ({"title": "a\nb"}, "params.title"),

@@ -1,0 +1,143 @@
+"""Where blueprints come from (search path, installed packages), name clashes, and extends."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.unit.core.test_blueprint import BASE, MODULE
+from umc_infra import BlueprintError, Settings
+from umc_infra._catalog import Catalog, line_of
+from umc_infra._hooks import HookContext, HookError, call
+
+FIXTURES = Path(__file__).parents[2] / "fixtures"
+
+
+def content_dir(root: Path, *blueprints: dict) -> Path:
+    """A directory as UMC_BLUEPRINT_PATH names one: blueprints/, modules/, playbooks/."""
+    (root / "blueprints").mkdir(parents=True)
+    (root / "modules" / "mod").mkdir(parents=True)
+    (root / "modules" / "mod" / "main.tf").write_text(MODULE)
+    (root / "playbooks").mkdir()
+    (root / "playbooks" / "play.yml").write_text("- hosts: all\n  tasks: []\n")
+    for blueprint in blueprints:
+        (root / "blueprints" / f"{blueprint['name']}.yaml").write_text(yaml.safe_dump(blueprint))
+    return root
+
+
+def test_the_search_path_and_installed_packages_are_sources(tmp_path):
+    site = content_dir(tmp_path / "site", BASE)
+    catalog = Catalog.from_settings(Settings(blueprint_path=[site]))
+    assert [s.label for s in catalog.sources] == [
+        "built-in", f"UMC_BLUEPRINT_PATH {site}", "package umc-lab-blueprints (entry point lab)",
+    ]  # fmt: skip
+    assert {"demo", "lab-web", "web-server"} <= set(catalog.names())
+    demo = catalog.load("demo")
+    assert demo.module_dir("mod") == site / "modules" / "mod"  # its own module, relative to itself
+    assert demo.playbook_file("play") == site / "playbooks" / "play.yml"
+
+
+def test_the_path_setting_reads_like_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("UMC_BLUEPRINT_PATH", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert Settings().blueprint_path == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_a_name_two_sources_define_is_an_error_naming_both_unless_one_overrides(tmp_path):
+    first = content_dir(tmp_path / "first", BASE)
+    second = content_dir(tmp_path / "second", BASE | {"description": "the second"})
+    catalog = Catalog.from_settings(Settings(blueprint_path=[first, second]))
+    with pytest.raises(BlueprintError) as clash:
+        catalog.load("demo")
+    assert f"UMC_BLUEPRINT_PATH {first}" in str(clash.value) and f"UMC_BLUEPRINT_PATH {second}" in str(clash.value)
+    assert "override: true" in str(clash.value)
+    (second / "blueprints" / "demo.yaml").write_text(yaml.safe_dump(BASE | {"description": "the second",
+                                                                              "override": True}))  # fmt: skip
+    assert Catalog.from_settings(Settings(blueprint_path=[first, second])).load("demo").description == "the second"
+
+
+def test_an_installed_package_extends_a_built_in_blueprint():
+    lab = Catalog.from_settings(Settings()).load("lab-web")
+    parent = Catalog.from_settings(Settings()).load("web-server")
+    assert lab.extends == "web-server" and lab.version == "1.1.0"
+    assert list(lab.modules) == ["web", "label"]  # the parent's first
+    assert [p.playbook for p in lab.playbooks] == ["base", "web", "lab"]  # appended
+    assert lab.params["instances"].max == 3 and lab.params["instances"].min == 1  # narrowed, the rest inherited
+    assert lab.params["cpu"] == parent.params["cpu"]
+    assert lab.params["team"].values == ["genomics", "imaging"]
+    assert set(lab.outputs) == {"names", "ips", "label"}
+    assert lab.module_dir("lab-label").parent.parent.name == "umc_lab_blueprints"  # its own, relative to itself
+    assert lab.module_dir("vsphere-vm") == parent.module_dir("vsphere-vm")  # the parent's module, found in its source
+    assert lab.playbook_file("lab").parent.parent.name == "umc_lab_blueprints"
+    assert lab.playbook_file("web") == parent.playbook_file("web")
+    assert [h.call for h in lab.hooks] == ["lab-cmdb"]
+
+
+def test_narrowing_is_allowed_widening_is_not(tmp_path):
+    child = {"name": "child", "version": "1.0.0", "description": "c", "extends": "demo"}
+    cases = {
+        "ok": ({"instances": {"min": 2, "max": 4, "default": 2}, "label": {"pattern": "^[a-z]+$"}}, []),
+        "max": ({"instances": {"max": 9}}, ["params.instances.max"]),
+        "min": ({"instances": {"min": 0}}, ["params.instances.min"]),
+        "unset": ({"instances": {"max": None}}, ["params.instances.max"]),
+        "type": ({"instances": {"type": "number"}}, ["params.instances.type"]),
+        "default": ({"instances": {"max": 3, "default": 4}}, ["params.instances.default"]),
+        "multiline": ({"label": {"multiline": True}}, ["params.label.multiline"]),
+    }
+    for name, (params, expected) in cases.items():
+        root = content_dir(tmp_path / name, BASE, child | {"params": params})
+        _, problems = Catalog.from_settings(Settings(content_dir=root)).resolve("child")
+        assert [p.where for p in problems] == expected, name
+        assert all(p.file == str(root / "blueprints" / "child.yaml") and p.line for p in problems), problems
+
+
+def test_enum_values_and_patterns_only_narrow(tmp_path):
+    parent = BASE | {"params": BASE["params"] | {"tier": {"type": "enum", "values": ["a", "b"], "default": "a"}}}
+    parent["modules"]["vm"]["inputs"]["name_prefix"] = {"format": "{deployment}-{label}-{tier}"}
+    child = {"name": "child", "version": "1.0.0", "description": "c", "extends": "demo",
+             "params": {"tier": {"values": ["a", "c"]}, "label": {"pattern": "^x$"}}}  # fmt: skip
+    root = content_dir(tmp_path, parent, child)
+    (root / "blueprints" / "demo.yaml").write_text(yaml.safe_dump(parent | {"params": parent["params"] | {
+        "label": {"type": "string", "default": "x", "pattern": "^[a-z]$"}}}))  # fmt: skip
+    _, problems = Catalog.from_settings(Settings(content_dir=root)).resolve("child")
+    assert sorted(p.where for p in problems) == ["params.label.pattern", "params.tier.values"]
+
+
+def test_line_of_finds_nested_keys_and_list_items():
+    text = textwrap.dedent("""\
+        name: x
+        modules:
+          vm:
+            inputs:
+              cpu: params.cpus
+        playbooks:
+          - playbook: a
+          - playbook: b
+            hosts: db
+        """)
+    assert line_of(text, "modules.vm.inputs.cpu") == (5, True)
+    assert line_of(text, "playbooks[1].hosts") == (9, True)
+    assert line_of(text, "modules.vm.inputs.nope") == (4, False)
+
+
+def test_a_hook_stops_the_run_with_its_name_and_nothing_secret():
+    context = HookContext(at="after_provision", action="provision", deployment="d", blueprint="lab-web",
+                          version="1.1.0", params={"team": "imaging", "password": "***"}, addresses={}, outputs={},
+                          hosts=())  # fmt: skip
+    with pytest.raises(HookError, match="UMC_LAB_CMDB is not set") as stopped:
+        call("lab-cmdb", context, redact=lambda text: text)
+    assert stopped.value.step == "hook.after_provision.lab-cmdb"
+    with pytest.raises(HookError, match="not installed"):
+        call("no-such-hook", context, redact=lambda text: text)
+
+
+def test_the_hook_records_hosts(tmp_path, monkeypatch):
+    from umc_infra._inventory import Host
+
+    monkeypatch.setenv("UMC_LAB_CMDB", str(tmp_path / "cmdb.jsonl"))
+    context = HookContext(at="after_provision", action="provision", deployment="d", blueprint="lab-web",
+                          version="1.1.0", params={"team": "imaging"}, addresses={"web": ("127.0.1.9",)}, outputs={},
+                          hosts=(Host(name="d-web-1", ip="127.0.1.9", groups=("web",), module="web"),))  # fmt: skip
+    call("lab-cmdb", context, redact=lambda text: text)
+    assert json.loads((tmp_path / "cmdb.jsonl").read_text())["name"] == "d-web-1"
