@@ -1,4 +1,4 @@
-"""Sessions: tests (unit + integration on the sandbox), lint, typecheck, demo."""
+"""Sessions: tests (unit + integration on the sandbox), lint, typecheck, demo, bench."""
 
 import nox
 
@@ -21,8 +21,8 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -39,3 +39,10 @@ def demo(session: nox.Session) -> None:
     session.log(
         'The sandbox keeps running: eval "$(umc-infra sandbox env)" to use it, umc-infra sandbox down to stop it.'
     )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """umc-infra against the raw Terraform and Ansible CLIs on the sandbox; writes benchmarks/results/latest.json."""
+    session.install("-e", ".[sandbox]")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

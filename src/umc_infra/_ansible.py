@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from umc_infra._errors import Cancelled, PlaybookError
 from umc_infra._events import EventCallback, OutputLine, TaskResult
 from umc_infra._inventory import Inventory
-from umc_infra._process import Redactor, find_tool, notify_argv, run
+from umc_infra._process import Redactor, find_tool, notify_argv, run, signals_set
 from umc_infra._settings import Settings
 
 _STATUS = {
@@ -254,10 +254,15 @@ class Ansible:
             config.prepare()
             notify_argv(tuple(config.command))
             # ansible-runner stops ansible-playbook when cancel_callback returns True.
+            interrupted = threading.Event()  # Ctrl-C or SIGTERM while the playbook runs
             runner = ansible_runner.Runner(
-                config=config, event_handler=on_runner_event, cancel_callback=self._cancel.is_set
-            )
-            runner.run()
+                config=config, event_handler=on_runner_event,
+                cancel_callback=lambda: self._cancel.is_set() or interrupted.is_set(),
+            )  # fmt: skip
+            with signals_set(interrupted):
+                runner.run()
+            if interrupted.is_set():
+                raise KeyboardInterrupt(f"playbook {playbook!r} interrupted; ansible-playbook was stopped")
             if runner.status == "canceled":
                 raise Cancelled(f"playbook {playbook!r} was cancelled", step=step)
             stats = runner.stats or {}

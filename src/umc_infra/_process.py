@@ -266,22 +266,53 @@ def _stop(proc: subprocess.Popen[str], grace_s: float) -> None:
 @contextlib.contextmanager
 def _forward_termination(proc: subprocess.Popen[str], grace_s: float) -> Iterator[None]:
     """While the child runs, SIGTERM to us stops the child gracefully, then raises KeyboardInterrupt."""
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            _stop(proc, grace_s)
+            raise
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """For the block (main thread only): SIGTERM raises KeyboardInterrupt, as Ctrl-C does; then the old handler.
+
+    A run stopped by a service manager or CI runner (SIGTERM) then stops its tools gracefully and is
+    recorded as interrupted, instead of dying with its record saying "running".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    if in_main:
-        signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_term)
     try:
         yield
-    except KeyboardInterrupt:
-        _stop(proc, grace_s)
-        raise
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_set(event: threading.Event) -> Iterator[None]:
+    """For the block (main thread only): SIGINT and SIGTERM set ``event`` instead of raising.
+
+    For code that cannot be interrupted cleanly (ansible-runner's loop), but stops when asked.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def spawn_daemon(

@@ -41,7 +41,7 @@ from umc_infra._hooks import HookContext
 from umc_infra._inventory import Host, Inventory
 from umc_infra._lock import LockInfo
 from umc_infra._params import MASK, ResolvedParams
-from umc_infra._process import Redactor
+from umc_infra._process import Redactor, sigterm_as_interrupt
 from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
 from umc_infra._settings import SITE_FIELDS, Settings, load_settings
@@ -386,7 +386,9 @@ class Provisioner:
             yield session
             return
         timeout = self.settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
-        with _lock.locked(self.store, session.params.deployment, operation=action, timeout_s=timeout):
+        # SIGTERM (a CI runner cancelling the job) stops the run like Ctrl-C: tools stop gracefully, the record says so.
+        with sigterm_as_interrupt(), _lock.locked(self.store, session.params.deployment, operation=action,
+                                                  timeout_s=timeout):  # fmt: skip
             yield session
 
     def _wait_for_ssh(self, inventory: Inventory) -> None:

@@ -1,6 +1,7 @@
 """The subprocess choke point: argv lists, explicit env, streaming, redaction, timeouts, signals."""
 
 import sys
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -125,3 +126,23 @@ def test_stdin_text_reaches_the_child_without_argv():
 
 def test_redactor_repr_shows_no_values():
     assert "abc-secret" not in repr(Redactor(["abc-secret"]))
+
+
+def test_sigterm_is_an_interrupt_only_inside_the_block():
+    import os
+    import signal
+    import threading
+
+    from umc_infra._process import signals_set, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="signal 15"), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
+    asked = threading.Event()
+    with signals_set(asked):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert asked.wait(1)
+    assert signal.getsignal(signal.SIGTERM) is before
