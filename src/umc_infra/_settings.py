@@ -115,6 +115,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("UMC_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
     )
     """Without these two, boto3 and Terraform find credentials the usual AWS ways (profile, role)."""
+    state_timeout_s: float = Field(default=20, gt=0, validation_alias=_env("UMC_STATE_TIMEOUT"))
+    """Seconds an S3 request may take (connect, then read) before it is retried; 3 attempts in all."""
 
     # -- vSphere site -----------------------------------------------------------------------------
     vsphere_server: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_SERVER", "VSPHERE_SERVER"))

@@ -61,30 +61,56 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(partial, path)
+        with self._errors(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._aside(path, data)
+            try:
+                os.replace(partial, path)
+            except OSError:
+                os.unlink(partial)
+                raise
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write aside, then hard-link into place: the name appears with its content or not at all,
-        # so a concurrent reader never sees an empty claim.
+        with self._errors(key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write aside, then hard-link into place: the name appears with its content or not at all,
+            # so a concurrent reader never sees an empty claim.
+            partial = self._aside(path, data)
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(partial)
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self._path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _aside(path: Path, data: bytes) -> str:
+        """``data`` in a new file beside ``path``; removed again if it cannot be written whole (disk full)."""
         fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            os.link(partial, path)
-        except FileExistsError:
-            return False
-        finally:
+        except OSError:
             os.unlink(partial)
-        return True
+            raise
+        return partial
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StateBackendError(
+                f"state directory {self.root} cannot store {key!r}: {exc.strerror or exc}; free space or fix "
+                "its permissions, then run again (nothing was half-written)",
+                step="store",
+            ) from None
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / _check(prefix.rstrip("/"))
@@ -167,6 +193,7 @@ class S3Store:
 def s3_client(settings: Settings) -> Any:
     """A boto3 S3 client for the state backend (credentials from the usual AWS variables)."""
     import boto3
+    from botocore.config import Config
 
     secret = settings.s3_secret_access_key
     session = boto3.session.Session(
@@ -174,7 +201,9 @@ def s3_client(settings: Settings) -> Any:
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
     )
-    return session.client("s3", endpoint_url=settings.s3_endpoint)
+    timeout = settings.state_timeout_s
+    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 3})
+    return session.client("s3", endpoint_url=settings.s3_endpoint, config=config)
 
 
 def open_store(settings: Settings) -> StateStore:

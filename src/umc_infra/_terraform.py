@@ -375,15 +375,25 @@ class Terraform:
         return str(version)
 
     def prepare(self, source: Path, workdir: Path, *, module: str, inputs: Mapping[str, Any]) -> None:
-        """Copy the module into its working directory with the vars file and the backend block."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        for stale in workdir.glob("*.tf"):
-            stale.unlink()
-        for tf in source.glob("*.tf"):
-            shutil.copy2(tf, workdir / tf.name)
+        """Copy the module into its working directory with the vars file and the backend block.
+
+        Raises:
+            TerraformError: The working directory cannot be written (disk full, permissions).
+        """
         block, _ = backend(self._settings, deployment=self._deployment, module=module)
-        (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
-        (workdir / VARS_FILE).write_text(json.dumps(dict(inputs), indent=2, sort_keys=True))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for stale in workdir.glob("*.tf"):
+                stale.unlink()
+            for tf in source.glob("*.tf"):
+                shutil.copy2(tf, workdir / tf.name)
+            (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
+            (workdir / VARS_FILE).write_text(json.dumps(dict(inputs), indent=2, sort_keys=True))
+        except OSError as exc:
+            raise TerraformError(
+                f"cannot write the working directory {workdir} of module {module!r}: {exc.strerror or exc}",
+                step=f"terraform.prepare.{module}",
+            ) from None
 
     def init(self, workdir: Path, *, module: str) -> None:
         """``terraform init`` against the backend."""

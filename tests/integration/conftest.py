@@ -79,6 +79,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def vm_names(info: SandboxInfo, prefix: str) -> list[str]:
+    """The names of the VMs in the simulator whose name starts with ``prefix`` (templates left out)."""
+    with _vcsim.connect(info) as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            return sorted(vm.name for vm in view.view if vm.name.startswith(prefix) and not vm.config.template)
+        finally:
+            view.Destroy()
+
+
 def find_vm(si, path: str):
     return si.RetrieveContent().searchIndex.FindByInventoryPath(path)
 

@@ -36,19 +36,9 @@ from umc_infra._ipam import held
 from umc_infra._store import open_store
 from umc_infra.sandbox import Sandbox, SandboxSettings, _vcsim
 
-from .conftest import destroy_vm, free_port
+from .conftest import destroy_vm, free_port, vm_names
 
 PREFIX = "life-"
-
-
-def vm_names(info, prefix: str) -> list[str]:
-    with _vcsim.connect(info) as si:
-        content = si.RetrieveContent()
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-        try:
-            return sorted(vm.name for vm in view.view if vm.name.startswith(prefix) and not vm.config.template)
-        finally:
-            view.Destroy()
 
 
 def find(info, name: str):

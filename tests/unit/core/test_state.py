@@ -95,3 +95,34 @@ def test_a_dry_run_claims_nothing(store):
         "127.0.1.10", "127.0.1.11",
     ]  # fmt: skip
     assert claims(store) == {}
+
+
+def test_a_full_disk_is_a_state_backend_error_and_leaves_nothing_half_written(store, monkeypatch):
+    import errno
+    import os
+
+    from umc_infra import StateBackendError
+
+    store.put("records/x", b"before")
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, fd, mode):
+            self.handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", Full)
+    for write in (lambda: store.put("records/x", b"after"), lambda: store.create("records/y", b"new")):
+        with pytest.raises(StateBackendError, match="No space left on device"):
+            write()
+    monkeypatch.undo()
+    assert store.get("records/x") == b"before" and store.get("records/y") is None
+    assert [p.name for p in store.root.rglob("*") if p.is_file()] == ["x"]  # no partial file left
