@@ -243,9 +243,9 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
     from umc_infra._process import Redactor
 
     key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-canary\n-----END OPENSSH PRIVATE KEY-----")
-    ansible = Ansible(
-        site, Content.locate().playbooks, on_event=lambda e: None, redactor=Redactor([key]), deployment="itest-fail"
-    )
+    playbooks = Content.locate().playbooks
+    ansible = Ansible(site, lambda name: playbooks / f"{name}.yml", on_event=lambda e: None, redactor=Redactor([key]),
+                      deployment="itest-fail")  # fmt: skip
     inventory = Inventory(hosts=(Host(name="itest-gone-1", ip="127.0.1.253", groups=("web",), module="web"),))
     before = set(Path("/dev/shm").glob("umc-ansible-*"))
     with pytest.raises(PlaybookError) as error:
