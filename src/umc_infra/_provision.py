@@ -34,6 +34,7 @@ from umc_infra._errors import (
     DestroyNotAllowed,
     ParamsError,
     PlanChanged,
+    StateBackendError,
     UmcInfraError,
 )
 from umc_infra._events import Event, EventCallback, StepFinished, StepStarted, ignore
@@ -527,12 +528,31 @@ class _Session:
 
     def prepare(self, module: str) -> tuple[Path, dict[str, SecretStr]]:
         """Working dir with the module, vars and backend, initialised; returns it and the secret inputs."""
+        self.check_space()
         plain, secret = _split(self.run.inputs(self.spec, module))
         workdir = self.workdir(module)
         self.terraform.prepare(self.module_dir(module), workdir, module=module,
                                inputs=plain)  # fmt: skip
         self.terraform.init(workdir, module=module)
         return workdir, secret
+
+    def check_space(self) -> None:
+        """Refuse to run Terraform when the state directory is nearly full (it could not write its state).
+
+        Raises:
+            StateBackendError: Less than ``min_free_mb`` free.
+        """
+        directory = self.settings.state_dir
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        free_mb = shutil.disk_usage(directory).free / 2**20
+        if free_mb < self.settings.min_free_mb:
+            raise StateBackendError(
+                f"the state directory {self.settings.state_dir} has {free_mb:.1f} MB free; umc_infra needs "
+                f"{self.settings.min_free_mb} MB (UMC_MIN_FREE_MB) so Terraform can always write its state. "
+                "Nothing was changed: free space and run again",
+                step="space",
+            )
 
     def read_outputs(self, module: str, workdir: Path) -> None:
         raw = self.terraform.outputs(workdir, module=module)
@@ -798,6 +818,7 @@ class _Session:
     def _destroy_modules(self, modules: list[str]) -> dict[str, ChangeCounts]:
         """Destroy modules in reverse order, each with the inputs it was last applied with."""
         counts: dict[str, ChangeCounts] = {}
+        self.check_space()
         for module in reversed(modules):
             if module not in self.spec.modules:
                 continue

@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     """Where ``blueprints/``, ``modules/`` and ``playbooks/`` live; default: those shipped with umc_infra."""
     blueprint_path: PathList = Field(default_factory=list, validation_alias=_env("UMC_BLUEPRINT_PATH"))
     """More blueprint directories, searched after the built-in ones (``:``-separated, like ``PATH``)."""
+    min_free_mb: int = Field(default=64, ge=0, validation_alias=_env("UMC_MIN_FREE_MB"))
+    """Free space the state directory must have before Terraform runs: a full disk while Terraform writes its
+    state would leave VMs that no state knows of. 0 turns the check off."""
     lock_timeout_s: float = Field(default=300, ge=0, validation_alias=_env("UMC_LOCK_TIMEOUT"))
     """How long a run waits for another run on the same deployment before DeploymentLocked."""
     terraform_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_TERRAFORM_TIMEOUT"))

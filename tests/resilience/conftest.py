@@ -48,6 +48,13 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"cases tried: {len(RESULTS) - skipped}, survived: {survived}, skipped: {skipped}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers(info: SandboxInfo) -> None:
+    """VMs an earlier, aborted run of this suite left behind (every case's deployment starts with res-)."""
+    for name in vm_names(info, "res-"):
+        integration.destroy_vm(info, name)
+
+
 @pytest.fixture(scope="session")
 def secrets(info: SandboxInfo) -> list[str]:
     """Every credential a leak would show: vSphere password, SSH key lines, Vault token and secret id."""

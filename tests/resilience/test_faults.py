@@ -230,21 +230,40 @@ def test_lock_held_by_another_process(info, site):
     destroy(d, settings=site)
 
 
-def test_disk_full_on_the_state_directory(info, site, secrets, tmp_path):
+def test_disk_full_on_the_state_directory(info, site, secrets):
+    """A nearly full state directory stops the run before Terraform starts: a full disk while Terraform
+    writes its state would leave a VM no state knows of (this case found that)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a size-limited tmpfs needs root")
     d = "res-disk-full"
     state = site.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k,mode=0700", "tmpfs", str(state)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(state)],
                              capture_output=True, text=True)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        with pytest.raises(UmcInfraError) as failed:  # an error of ours, never a bare OSError
+        with pytest.raises(StateBackendError, match="MB free") as failed:
             provision("linux-server", {"instances": 1}, deployment=d, settings=site)
+        assert vm_count(info, d) == 0  # stopped before Terraform created anything
+        assert failed.value.step == "space"
+        assert status(d, settings=site).last_run.failed_step == "terraform.plan.vm"
         assert_no_secret(secrets, str(failed.value), directories=(state,))
-        subprocess.run(["mount", "-o", "remount,size=64m", str(state)], check=True)
+
+        # Without the check, the same disk fills while Terraform writes the state of a VM it just made:
+        unchecked = site.model_copy(update={"min_free_mb": 0})
+        with pytest.raises(UmcInfraError) as full:  # an error of ours, never a bare OSError
+            provision("linux-server", {"instances": 1}, deployment=d, settings=unchecked)
+        assert "no space left on device" in str(full.value).lower()
+        assert_no_secret(secrets, str(full.value), directories=(state,))
+        orphans = vm_count(info, d)
+
+        subprocess.run(["mount", "-o", "remount,size=256m", str(state)], check=True)
+        if orphans:  # what an operator does: remove the VM no state knows of, and the half-written state
+            from tests.integration.conftest import destroy_vm
+
+            destroy_vm(info, f"{d}-1")
+            (state / "state" / "terraform" / d / "vm.tfstate").unlink(missing_ok=True)
         provision("linux-server", {"instances": 1}, deployment=d, settings=site)
         assert_consistent(info, site, d, vms=1)
         destroy(d, settings=site)
