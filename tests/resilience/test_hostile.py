@@ -85,6 +85,6 @@ def test_an_accepted_hostile_title_is_served_verbatim(info, site):
     (host,) = result.hosts
     with urllib.request.urlopen(f"http://{host.ip}/", timeout=10) as response:
         body = response.read().decode()
-    assert html.escape(title) in body or title in body
+    assert any(shown in body for shown in (title, html.escape(title), html.escape(title, quote=False)))
     assert "uid=0" not in body and "root:x:0:0" not in body
     destroy(d, settings=site)
