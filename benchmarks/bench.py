@@ -88,9 +88,11 @@ class RawPipeline:
                                   secret_id=self.info.vault_secret_id.get_secret_value())  # fmt: skip
         read = client.secrets.kv.v2.read_secret_version
         mount = self.info.inventory.vault_mount
-        vsphere = read(path=self.info.inventory.vault_vsphere_path, mount_point=mount, raise_on_deleted_version=True)
-        ansible = read(path=self.info.inventory.vault_ansible_path, mount_point=mount, raise_on_deleted_version=True)
-        return {**vsphere["data"]["data"], **ansible["data"]["data"]}
+        inv = self.info.inventory
+        vsphere = read(path=inv.vault_vsphere_path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
+        ansible = read(path=inv.vault_ansible_path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
+        return {"vsphere_user": vsphere["user"], "vsphere_password": vsphere["password"],
+                "ssh_private_key": ansible["ssh_private_key"], "ssh_public_key": ansible["ssh_public_key"]}  # fmt: skip
 
     def prepare(self, deployment: str) -> Path:
         """The working directory a person would set up once: the module and its tfvars (untimed)."""
@@ -116,7 +118,7 @@ class RawPipeline:
         return {
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(workdir), "TF_IN_AUTOMATION": "1",
             "TF_CLI_CONFIG_FILE": str(self.terraformrc), "CHECKPOINT_DISABLE": "1",
-            "TF_VAR_vsphere_user": secrets["user"], "TF_VAR_vsphere_password": secrets["password"],
+            "TF_VAR_vsphere_user": secrets["vsphere_user"], "TF_VAR_vsphere_password": secrets["vsphere_password"],
             "ANSIBLE_PRIVATE_KEY_FILE": str(workdir / "id"), "ANSIBLE_PIPELINING": "True",
             "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_FORKS": str(self.settings.ansible_forks),
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
@@ -134,7 +136,12 @@ class RawPipeline:
         key.chmod(0o600)
 
         def sh(*argv: str) -> str:
-            return subprocess.run(argv, cwd=workdir, env=env, check=True, capture_output=True, text=True).stdout
+            done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"{Path(argv[0]).name} {argv[1]} failed: {done.stdout[-1500:]} {done.stderr[-1500:]}"
+                )
+            return done.stdout
 
         sh(self.terraform, "init", "-input=false", "-no-color")
         if check:
