@@ -28,7 +28,7 @@ from python_terraform import Terraform as _ArgvBuilder
 
 from umc_infra._errors import ProcessError, TerraformError, UmcInfraError
 from umc_infra._events import EventCallback, OutputLine, ResourceChanged
-from umc_infra._process import Redactor, Stream, run
+from umc_infra._process import ProcessResult, Redactor, Stream, run
 from umc_infra._settings import Settings
 
 MIN_VERSION = (1, 0, 0)
@@ -189,9 +189,12 @@ def argv_apply(binary: str, *, destroy: bool = False) -> list[str]:
 
 
 def argv_plan(binary: str, out: Path, *, destroy: bool = False, refresh_only: bool = False) -> list[str]:
-    """``terraform plan`` into a plan file (kept in memory by the caller and removed after use)."""
+    """``terraform plan`` into a plan file (kept in memory by the caller and removed after use).
+
+    ``-detailed-exitcode``: 0 means no changes, 2 changes, 1 an error.
+    """
     return _argv(
-        binary, "plan", input=False, no_color=IsFlagged, out=str(out),
+        binary, "plan", input=False, no_color=IsFlagged, detailed_exitcode=IsFlagged, out=str(out),
         destroy=IsFlagged if destroy else None, refresh_only=IsFlagged if refresh_only else None,
     )  # fmt: skip
 
@@ -289,6 +292,9 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
 # -- running --------------------------------------------------------------------------------------
 
 
+_VERSIONS: dict[str, str] = {}
+
+
 class Terraform:
     """Runs Terraform for one module instance of one deployment."""
 
@@ -368,11 +374,14 @@ class Terraform:
 
     def check_version(self) -> str:
         """The Terraform version; refuses one older than 1.0."""
-        out = self._run(argv_version(self.binary), step="terraform.version", workdir=None, env_secrets={})
-        version = json.loads(out)["terraform_version"]
+        if self.binary in _VERSIONS:  # one check per binary and process: it does not change under us
+            return _VERSIONS[self.binary]
+        out = self._run(argv_version(self.binary), step="terraform.version", workdir=None, env_secrets={}).stdout
+        version = str(json.loads(out)["terraform_version"])
         if tuple(int(p) for p in version.split(".")[:3]) < MIN_VERSION:
             raise UmcInfraError(f"Terraform {version} is too old; umc_infra needs 1.0 or newer", step="terraform")
-        return str(version)
+        _VERSIONS[self.binary] = version
+        return version
 
     def prepare(self, source: Path, workdir: Path, *, module: str, inputs: Mapping[str, Any]) -> None:
         """Copy the module into its working directory with the vars file and the backend block.
@@ -407,7 +416,7 @@ class Terraform:
             shutil.copy2(tf, workdir / tf.name)
         self._run(argv_init_offline(self.binary), step="validate.terraform.init", workdir=workdir, env_secrets={})
         out = self._run(argv_validate(self.binary), step="validate.terraform", workdir=workdir, env_secrets={},
-                        check=False)  # fmt: skip
+                        ok_codes=(0, 1)).stdout  # fmt: skip
         found = []
         for diagnostic in json.loads(out or "{}").get("diagnostics", []):
             if diagnostic.get("severity") != "error":
@@ -487,13 +496,15 @@ class Terraform:
     ) -> list[ResourceChange]:
         """Plan into ``planfile``; the changes (or, with ``refresh_only``, the drift) it holds."""
         kind = "drift" if refresh_only else "plan"
-        self._run(
+        planned = self._run(
             argv_plan(self.binary, planfile, destroy=destroy, refresh_only=refresh_only),
-            step=f"terraform.{kind}.{module}", workdir=workdir, env_secrets=secret_inputs,
+            step=f"terraform.{kind}.{module}", workdir=workdir, env_secrets=secret_inputs, ok_codes=(0, 2),
         )  # fmt: skip
+        if planned.returncode == 0:
+            return []  # no changes: nothing to show
         shown = json.loads(
             self._run(argv_show(self.binary, planfile), step=f"terraform.show.{module}", workdir=workdir,
-                      env_secrets={}, stream=False)
+                      env_secrets={}, stream=False).stdout
         )  # fmt: skip
         for entry in (shown.get("resource_changes") or []) + (shown.get("resource_drift") or []):
             change = entry.get("change", {})
@@ -512,7 +523,7 @@ class Terraform:
             workdir=workdir,
             env_secrets={},
             stream=False,
-        )
+        ).stdout
         parsed: dict[str, dict[str, Any]] = json.loads(out or "{}")
         return parsed
 
@@ -525,8 +536,9 @@ class Terraform:
         env_secrets: Mapping[str, SecretStr],
         on_json: Any = None,
         stream: bool = True,
-        check: bool = True,
-    ) -> str:
+        ok_codes: tuple[int, ...] = (0,),
+    ) -> ProcessResult:
+        """Run Terraform; an exit code outside ``ok_codes`` is a TerraformError with the last lines."""
         cwd = workdir or self._cache()
         cwd.mkdir(parents=True, exist_ok=True)
 
@@ -545,15 +557,18 @@ class Terraform:
         try:
             result = run(
                 argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd, timeout=self._settings.terraform_timeout_s,
-                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel, check=check,
+                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel, check=ok_codes == (0,),
             )  # fmt: skip
         except ProcessError as exc:
-            raise TerraformError(
-                f"{step} failed for deployment {self._deployment!r} (exit {exc.returncode}); last lines:"
-                + "".join(f"\n  | {line}" for line in exc.output_tail[-8:]),
-                step=step,
-                argv=exc.argv,
-                returncode=exc.returncode,
-                output_tail=exc.output_tail,
-            ) from None
-        return result.stdout
+            raise self._failed(step, exc.argv, exc.returncode, exc.output_tail) from None
+        if result.returncode not in ok_codes:
+            tail = (result.stdout + result.stderr).splitlines()
+            raise self._failed(step, result.argv, result.returncode, tuple(tail[-20:]))
+        return result
+
+    def _failed(self, step: str, argv: tuple[str, ...], code: int | None, tail: tuple[str, ...]) -> TerraformError:
+        return TerraformError(
+            f"{step} failed for deployment {self._deployment!r} (exit {code}); last lines:"
+            + "".join(f"\n  | {line}" for line in tail[-8:]),
+            step=step, argv=argv, returncode=code, output_tail=tail,
+        )  # fmt: skip

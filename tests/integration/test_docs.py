@@ -81,6 +81,22 @@ def test_blueprint_guide_runs(sandbox, tmp_path):
     assert planned["params"]["stage"] == "acceptance" and planned["exists"] is False
 
 
+def test_the_benchmark_runs(sandbox, tmp_path):
+    """docs/evidence.md's short benchmark run: every measure present, every figure a real duration."""
+    (code,) = [c for where, c in blocks("bash") if where.startswith("docs/evidence.md")]
+    env = dict(os.environ) | {"TMPDIR": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], capture_output=True, text=True, timeout=900,
+                            env=env, cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "bench-smoke.json").read_text())
+    for measure in ("provision", "converge", "plan"):
+        ab = figures["versus_raw"][measure]
+        assert ab["median_umc_infra_s"] > 0 and ab["median_raw_s"] > 0 and ab["ratio"] > 0
+    assert set(figures["scaling_deployments"]["seconds"]) == {"1", "2"}
+    assert figures["memory"]["library_mb"] > 10
+    assert "ratio" in result.stdout  # the table
+
+
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
     """docs/sandbox.md's shell block, top to bottom, on a second sandbox of its own (no guests)."""
     (code,) = [c for where, c in blocks("bash") if where.startswith("docs/sandbox.md")]

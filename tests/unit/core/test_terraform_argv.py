@@ -11,7 +11,10 @@ from umc_infra._terraform import (
     _argv,
     argv_apply,
     argv_init,
+    argv_init_offline,
     argv_output,
+    argv_plan,
+    argv_validate,
     argv_version,
     assemble_mirror,
     backend,
@@ -37,6 +40,9 @@ TF = "/opt/terraform"
         ),
         (argv_output(TF), [TF, "output", "-no-color", "-json"]),
         (argv_version(TF), [TF, "version", "-json"]),
+        (argv_plan(TF, Path("/shm/p")), [TF, "plan", "-input=false", "-no-color", "-detailed-exitcode", "-out=/shm/p"]),
+        (argv_init_offline(TF), [TF, "init", "-input=false", "-no-color", "-backend=false"]),
+        (argv_validate(TF), [TF, "validate", "-no-color", "-json"]),
     ],
 )
 def test_argv(argv, expected):
