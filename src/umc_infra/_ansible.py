@@ -136,12 +136,24 @@ class Ansible:
         self._cancel = cancel or threading.Event()
         self._settings = settings
         self._locate = locate
+        self._control: Path | None = None
         self._on_event = on_event
         self._redact = redactor
         self._deployment = deployment
 
     def __repr__(self) -> str:
         return f"Ansible(settings={type(self._settings).__name__})"
+
+    def __enter__(self) -> Ansible:
+        """Playbooks run inside the block share SSH master connections (a 0700 dir in memory)."""
+        self._control = Path(tempfile.mkdtemp(prefix="umc-ssh-", dir=private_dir_parent()))
+        self._control.chmod(0o700)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._control is not None:
+            shutil.rmtree(self._control, ignore_errors=True)
+            self._control = None
 
     def _tail(self, runner: Any) -> str:
         """The last lines ansible-playbook printed (redacted), for a failure without task events."""
@@ -205,7 +217,7 @@ class Ansible:
                 "PATH": f"{Path(ansible_playbook()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                 "ANSIBLE_PRIVATE_KEY_FILE": str(key),
                 "ANSIBLE_SSH_ARGS": ssh_args,
-                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private / "cp"),
+                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self._control or private / "cp"),
                 "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
                 "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_NOCOLOR": "1",

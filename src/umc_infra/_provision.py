@@ -373,24 +373,25 @@ class Provisioner:
         recorded: bool = False,
     ) -> Iterator[_Session]:
         session = _Session(self, str(deployment))
-        with session.step("blueprint"):
-            session.spec = self.blueprint(blueprint)
-        with session.step("params"):
-            if recorded:  # secret params are never stored: fill them with placeholders
-                params = dict(params) | {
-                    n: "recorded-secret-placeholder" for n, p in session.spec.params.items() if p.secret
-                }
-            session.params = _params.validate(
-                session.spec, dict(params) if isinstance(params, Mapping) else params, deployment
-            )
-        if action is None:
-            yield session
-            return
-        timeout = self.settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
-        # SIGTERM (a CI runner cancelling the job) stops the run like Ctrl-C: tools stop gracefully, the record says so.
-        with sigterm_as_interrupt(), _lock.locked(self.store, session.params.deployment, operation=action,
-                                                  timeout_s=timeout):  # fmt: skip
-            yield session
+        with session.cleanup:  # the run's SSH connections and other scratch, whatever happens
+            with session.step("blueprint"):
+                session.spec = self.blueprint(blueprint)
+            with session.step("params"):
+                if recorded:  # secret params are never stored: fill them with placeholders
+                    params = dict(params) | {
+                        n: "recorded-secret-placeholder" for n, p in session.spec.params.items() if p.secret
+                    }
+                session.params = _params.validate(
+                    session.spec, dict(params) if isinstance(params, Mapping) else params, deployment
+                )
+            if action is None:
+                yield session
+                return
+            timeout = self.settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+            # SIGTERM (a CI runner cancelling the job) stops the run like Ctrl-C: tools stop, the record says so.
+            with sigterm_as_interrupt(), _lock.locked(self.store, session.params.deployment, operation=action,
+                                                      timeout_s=timeout):  # fmt: skip
+                yield session
 
     def _wait_for_ssh(self, inventory: Inventory) -> None:
         """Wait until every host answers with an SSH banner."""
@@ -429,6 +430,8 @@ class _Session:
         )
         self._run: _Run | None = None
         self._terraform: Terraform | None = None
+        self._ansible: Ansible | None = None
+        self.cleanup = contextlib.ExitStack()
         self.failed_step: str | None = None
         self.previous_run: RunRecord | None = None
 
@@ -565,8 +568,13 @@ class _Session:
         return {var: self.run.value(value) for var, value in play.vars.items()}
 
     def ansible(self) -> Ansible:
-        return Ansible(self.settings, self.spec.playbook_file, on_event=self.p._on_event, redactor=self.redactor,
-                       deployment=self.deployment, cancel=self.p.cancel)  # fmt: skip
+        """The run's Ansible: its playbooks share SSH connections (removed when the run ends)."""
+        if self._ansible is None:
+            self._ansible = self.cleanup.enter_context(Ansible(
+                self.settings, self.spec.playbook_file, on_event=self.p._on_event, redactor=self.redactor,
+                deployment=self.deployment, cancel=self.p.cancel,
+            ))  # fmt: skip
+        return self._ansible
 
     # -- plan ---------------------------------------------------------------------------------------
 
