@@ -177,6 +177,27 @@ class RawPipeline:
                        env=env, check=True, capture_output=True)  # fmt: skip
 
 
+def addresses_in_use(info: SandboxInfo) -> dict[str, str]:
+    """Guest addresses of the simulator's VMs in the benchmark's range (address -> VM name)."""
+    import ipaddress
+
+    from pyVmomi import vim
+
+    from umc_infra.sandbox import _vcsim
+
+    first, last = (ipaddress.IPv4Address(a) for a in POOL.split("-"))
+    ours = {ipaddress.IPv4Address(a) for a in RAW_IPS}
+    with _vcsim.connect(info) as si:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            found = {str(vm.guest.ipAddress): vm.name for vm in view.view if vm.guest and vm.guest.ipAddress}
+        finally:
+            view.Destroy()
+    return {ip: name for ip, name in found.items()
+            if first <= ipaddress.IPv4Address(ip) <= last or ipaddress.IPv4Address(ip) in ours}  # fmt: skip
+
+
 def wait_for_ssh(ips: list[str], port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     waiting = set(ips)
@@ -340,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sandbox = Sandbox(on_progress=lambda message: console.print(f"• {message}", highlight=False))
     info = sandbox.up()
+    taken = addresses_in_use(info)
+    if taken:  # a VM of another run on one of our addresses would hand us its configured guest: not a new VM
+        console.print(f"the benchmark's addresses ({POOL}, {', '.join(RAW_IPS)}) are held by VMs of another run: "
+                      f"{', '.join(f'{n} ({ip})' for ip, n in sorted(taken.items()))}; "
+                      "run it on a fresh sandbox: umc-infra sandbox down && umc-infra sandbox up")  # fmt: skip
+        return 2
     with workspace() as work:
         settings = info.settings(state_dir=work / "state", backend="local", ip_pool=POOL)
         console.print("warming up (one provision, not counted)")
