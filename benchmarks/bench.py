@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from umc_infra import Settings, destroy, plan, provision
+from umc_infra._ansible import private_dir_parent
 from umc_infra._events import ignore
 from umc_infra._process import Redactor
 from umc_infra._terraform import Terraform
@@ -81,6 +82,8 @@ class RawPipeline:
         self.terraform = terraform.binary
         self.terraformrc = terraform.config_file()
         self.ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
+        # SSH control sockets need a short path (108 bytes): in memory, as the library keeps them
+        self.control = Path(tempfile.mkdtemp(prefix="umc-bench-cp-", dir=private_dir_parent()))
 
     def secrets(self) -> dict[str, str]:
         client = hvac.Client(url=self.info.vault_addr)
@@ -124,6 +127,7 @@ class RawPipeline:
             "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
                                 "-o StrictHostKeyChecking=no",
             "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control),
         }  # fmt: skip
 
     def run(self, deployment: str, *, check: bool = False) -> None:
@@ -379,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         }  # fmt: skip
         console.print(f"A/B against the raw CLI, {args.repeats} rounds")
-        results["versus_raw"] = versus_raw(settings, RawPipeline(info, settings, work / "raw"), args.repeats)
+        raw = RawPipeline(info, settings, work / "raw")
+        try:
+            results["versus_raw"] = versus_raw(settings, raw, args.repeats)
+        finally:
+            shutil.rmtree(raw.control, ignore_errors=True)
         console.print("scaling: VMs in one deployment")
         results["scaling_vms"] = scaling_vms(settings, [int(n) for n in args.vms.split(",")])
         console.print("scaling: deployments at once")
