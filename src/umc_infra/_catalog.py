@@ -51,6 +51,12 @@ class Source(BaseModel):
     blueprints: Path
 
 
+def directory_source(directory: Path, label: str) -> Source:
+    """A directory of blueprints: ``<dir>/blueprints/*.yaml`` if there is such a folder, else ``<dir>/*.yaml``."""
+    nested = directory / "blueprints"
+    return Source(label=label, root=directory, blueprints=nested if nested.is_dir() else directory)
+
+
 def sources(settings: Settings) -> list[Source]:
     """Every blueprint source, in search order.
 
@@ -59,10 +65,7 @@ def sources(settings: Settings) -> list[Source]:
     """
     builtin = Content.locate(settings.content_dir)
     found = [Source(label="built-in", root=builtin.root, blueprints=builtin.blueprints)]
-    for directory in settings.blueprint_path:
-        nested = directory / "blueprints"
-        found.append(Source(label=f"UMC_BLUEPRINT_PATH {directory}", root=directory,
-                            blueprints=nested if nested.is_dir() else directory))  # fmt: skip
+    found += [directory_source(d, f"UMC_BLUEPRINT_PATH {d}") for d in settings.blueprint_path]
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         label = f"package {ep.dist.name if ep.dist else '?'} (entry point {ep.name})"
         try:
@@ -184,8 +187,9 @@ class Catalog:
             blueprint, problems = self.resolve(parent, chain=chain)
         except (BlueprintNotFound, BlueprintError) as exc:
             return None, [BlueprintProblem(where="extends", message=str(exc).removeprefix("[blueprint.load] "))]
-        if problems and any(p.where == "extends" and "cyclic" in p.message for p in problems):
-            return None, [BlueprintProblem(where="extends", message=problems[0].message)]
+        cyclic = [p for p in problems if p.where == "extends" and p.message.startswith("cyclic extends")]
+        if cyclic:
+            return None, [BlueprintProblem(where="extends", message=cyclic[0].message)]
         if problems or blueprint is None:
             return None, [BlueprintProblem(where="extends", message=f"parent {parent!r} is invalid: "
                                            + "; ".join(str(p) for p in problems))]  # fmt: skip

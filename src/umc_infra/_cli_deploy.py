@@ -259,14 +259,14 @@ def blueprints_show(
     output: OutputOption = "text",
 ) -> None:
     """Show a blueprint: its file as written, or resolved (JSON output is always resolved)."""
-    p = provisioner()
+    p = guarded(provisioner, output)
     blueprint = guarded(lambda: p.blueprint(name), output)
     if output == "json":
         emit(blueprint, output)
     elif resolved:
         sys.stdout.write(yaml.safe_dump(blueprint.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
     else:
-        source, path = p.catalog.where(name)
+        source, path = p.catalog.where(name)  # found: the blueprint just loaded from it
         sys.stdout.write(f"# {path} ({source.label})\n{path.read_text()}")
 
 

@@ -129,11 +129,15 @@ class ParamProblem(BaseModel):
     allowed: str
 
 
+def _lines(problems: list[ParamProblem]) -> str:
+    return "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
+
+
 class ParamsError(UmcInfraError):
     """The parameters do not fit the blueprint; ``problems`` lists every invalid field at once."""
 
     def __init__(self, problems: list[ParamProblem], *, blueprint: str | None, step: str = "params") -> None:
-        lines = "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
+        lines = _lines(problems)
         where = f" for blueprint {blueprint!r}" if blueprint else ""
         super().__init__(f"invalid parameters{where}: {lines}", step=step)
         self.problems = tuple(problems)
@@ -144,8 +148,7 @@ class SettingsError(UmcInfraError):
     """Site settings are invalid; ``problems`` names each setting (its variable or argument) and what is allowed."""
 
     def __init__(self, problems: list[ParamProblem]) -> None:
-        lines = "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
-        super().__init__(f"invalid settings: {lines}", step="settings")
+        super().__init__(f"invalid settings: {_lines(problems)}", step="settings")
         self.problems = tuple(problems)
 
 

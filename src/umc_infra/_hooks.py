@@ -19,16 +19,15 @@ To stop the run it raises; the run then fails with :class:`HookError`, which nam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict
 
 from umc_infra._blueprint import HOOK_GROUP, HookPoint
 from umc_infra._errors import UmcInfraError
 from umc_infra._inventory import Host
-from umc_infra._params import MASK
 
 
 class HookContext(BaseModel):
@@ -82,11 +81,6 @@ def load_hook(name: str, at: str) -> Hook:
     except Exception as exc:  # a third-party package's import can raise anything
         raise HookError(f"hook {name!r} does not load: {type(exc).__name__}: {exc}", hook=name, at=at) from None
     return hook
-
-
-def masked_outputs(outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Outputs with sensitive values (``SecretStr``) as ``***``."""
-    return {m: {k: MASK if isinstance(v, SecretStr) else v for k, v in o.items()} for m, o in outputs.items()}
 
 
 def call(name: str, context: HookContext, redact: Callable[[str], str]) -> None:

@@ -486,7 +486,7 @@ class _Session:
                 at=at, action=action, deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version,
                 params=self.params.masked(),
                 addresses={m: tuple(a) for m, a in (run.addresses if run else {}).items()},
-                outputs=_hooks.masked_outputs(run.outputs if run else {}),
+                outputs=_mask(run.outputs if run else {}),
                 hosts=run.inventory.hosts if run and run.inventory else (),
             )  # fmt: skip
             with self.step(f"hook.{at}.{hook.call}"):

@@ -295,6 +295,15 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
 _VERSIONS: dict[str, str] = {}
 
 
+def _copy_module(source: Path, workdir: Path) -> None:
+    """The module's ``*.tf`` files into ``workdir``, replacing any left from an earlier run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob("*.tf"):
+        stale.unlink()
+    for tf in source.glob("*.tf"):
+        shutil.copy2(tf, workdir / tf.name)
+
+
 class Terraform:
     """Runs Terraform for one module instance of one deployment."""
 
@@ -391,11 +400,7 @@ class Terraform:
         """
         block, _ = backend(self._settings, deployment=self._deployment, module=module)
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
-            for stale in workdir.glob("*.tf"):
-                stale.unlink()
-            for tf in source.glob("*.tf"):
-                shutil.copy2(tf, workdir / tf.name)
+            _copy_module(source, workdir)
             (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
             (workdir / VARS_FILE).write_text(json.dumps(dict(inputs), indent=2, sort_keys=True))
         except OSError as exc:
@@ -411,9 +416,7 @@ class Terraform:
 
     def validate(self, source: Path, workdir: Path) -> list[tuple[str, int | None, str]]:
         """``terraform validate`` of a module in a scratch ``workdir``: each error as (file, line, message)."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        for tf in source.glob("*.tf"):
-            shutil.copy2(tf, workdir / tf.name)
+        _copy_module(source, workdir)
         self._run(argv_init_offline(self.binary), step="validate.terraform.init", workdir=workdir, env_secrets={})
         out = self._run(argv_validate(self.binary), step="validate.terraform", workdir=workdir, env_secrets={},
                         ok_codes=(0, 1)).stdout  # fmt: skip

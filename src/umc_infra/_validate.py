@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from umc_infra._ansible import syntax_check
 from umc_infra._blueprint import Blueprint
-from umc_infra._catalog import Catalog, Source
+from umc_infra._catalog import Catalog, Source, directory_source
 from umc_infra._errors import BlueprintError, BlueprintNotFound, BlueprintProblem, TerraformError
 from umc_infra._events import EventCallback, ignore
 from umc_infra._process import Redactor
@@ -74,11 +74,11 @@ def validate(
 
 
 def _source_of(path: Path) -> Source:
+    """The source a file or directory given on the command line belongs to (``x/blueprints`` means ``x``)."""
     directory = path.parent if path.is_file() else path
     if directory.name == "blueprints":
-        return Source(label=f"path {directory}", root=directory.parent, blueprints=directory)
-    nested = directory / "blueprints"
-    return Source(label=f"path {directory}", root=directory, blueprints=nested if nested.is_dir() else directory)
+        directory = directory.parent
+    return directory_source(directory, f"path {directory}")
 
 
 def _validate(

@@ -129,3 +129,13 @@ def test_credentials_come_from_files_never_argv(tmp_path, monkeypatch):
     assert state.settings["vault_addr"] == "http://127.0.0.1:9"
     missing = runner.invoke(app, ["--vault-token-file", str(tmp_path / "nope"), "deployments"])
     assert missing.exit_code == 2 and "--vault-token-file" in missing.stderr
+
+
+@pytest.mark.parametrize("bucket", ["it's", "${x}", "a\nb", "../state"])
+def test_a_hostile_settings_flag_names_the_flag(tmp_path, monkeypatch, bucket):
+    monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
+    result = runner.invoke(app, ["--state-bucket", bucket, "deployments", "-o", "json"])
+    assert result.exit_code == Exit.BAD_INPUT
+    (problem,) = json.loads(result.stdout)["error"]["problems"]
+    assert problem["field"] == "--state-bucket" and problem["allowed"].startswith("text matching ^[a-z0-9]")
+    assert bucket not in result.stderr  # the value is never quoted back: it may be a credential

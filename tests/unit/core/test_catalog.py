@@ -141,3 +141,20 @@ def test_the_hook_records_hosts(tmp_path, monkeypatch):
                           hosts=(Host(name="d-web-1", ip="127.0.1.9", groups=("web",), module="web"),))  # fmt: skip
     call("lab-cmdb", context, redact=lambda text: text)
     assert json.loads((tmp_path / "cmdb.jsonl").read_text())["name"] == "d-web-1"
+
+
+@pytest.mark.parametrize("parent", ["../demo", "demo\n", "${demo}", "it's", "demo/../../etc"])
+def test_a_hostile_extends_is_a_clear_problem(tmp_path, parent):
+    child = {"name": "child", "version": "1.0.0", "description": "c", "extends": parent}
+    root = content_dir(tmp_path, BASE, child)
+    _, problems = Catalog.from_settings(Settings(content_dir=root)).resolve("child")
+    assert [p.where for p in problems] == ["extends"]
+    assert "no blueprint named" in problems[0].message and "available: child, demo" in problems[0].message
+
+
+@pytest.mark.parametrize("call", ["../hook", "x\ny", "${x}", "it's"])
+def test_a_hostile_hook_name_is_refused_by_the_schema(tmp_path, call):
+    root = content_dir(tmp_path, BASE | {"hooks": [{"call": call, "at": "after_provision"}]})
+    _, problems = Catalog.from_settings(Settings(content_dir=root)).resolve("demo")
+    assert [p.where for p in problems] == ["hooks[0].call"]
+    assert "String should match pattern" in problems[0].message
