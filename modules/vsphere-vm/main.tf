@@ -79,6 +79,8 @@ resource "vsphere_virtual_machine" "vm" {
   host_system_id   = local.host_system_id
   datastore_id     = data.vsphere_datastore.ds.id
   tags             = var.tag_ids
+  # A variable's value is never a template: "${...}" and "%{...}" in the notes stay literal text.
+  annotation = var.annotation
 
   num_cpus = var.cpu
   memory   = var.memory_mb

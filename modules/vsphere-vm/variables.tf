@@ -6,8 +6,9 @@ variable "vsphere_server" {
 }
 
 variable "vsphere_user" {
-  description = "vCenter user name."
+  description = "vCenter user name (from Vault: kept out of plans and logs like the password)."
   type        = string
+  sensitive   = true
 }
 
 variable "vsphere_password" {
@@ -167,6 +168,12 @@ variable "dns_suffixes" {
   description = "DNS search suffixes written by guest customization."
   type        = list(string)
   default     = []
+}
+
+variable "annotation" {
+  description = "The VMs' notes in vCenter (free text, kept verbatim; several lines allowed)."
+  type        = string
+  default     = ""
 }
 
 variable "tag_ids" {

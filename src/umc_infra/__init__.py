@@ -11,6 +11,7 @@ Terraform (vSphere provider) builds the VMs, Ansible configures them, Vault supp
 local sandbox (:mod:`umc_infra.sandbox`) runs the whole stack on one machine.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from umc_infra._ansible import HostStats, PlaybookResult
@@ -26,6 +27,8 @@ from umc_infra._errors import (
     DeploymentLocked,
     DeploymentNotFound,
     DestroyNotAllowed,
+    HostKeyChanged,
+    InternalError,
     MissingDependency,
     ParamProblem,
     ParamsError,
@@ -64,6 +67,9 @@ from umc_infra._secrets import SecretSource
 from umc_infra._settings import Settings, load_settings
 from umc_infra._terraform import AttributeChange, ChangeCounts, ResourceChange
 
+# A library logs to "umc_infra" and leaves the handlers to the application (nothing on stderr unless asked).
+logging.getLogger("umc_infra").addHandler(logging.NullHandler())
+
 try:
     __version__ = version("umc-infra")
 except PackageNotFoundError:  # running from a source tree without installing
@@ -92,7 +98,9 @@ __all__ = [
     "HookContext",
     "HookError",
     "Host",
+    "HostKeyChanged",
     "HostStats",
+    "InternalError",
     "LockInfo",
     "MissingDependency",
     "OutputLine",

@@ -89,7 +89,9 @@ class ParamSpec(_Model):
     min_length: int | None = Field(default=None, ge=0)
     max_length: int | None = Field(default=None, ge=0)
     pattern: str | None = None
-    format: Literal["ipv4", "hostname"] | None = None
+    format: Literal["ipv4", "hostname", "username"] | None = None
+    """A string's format: ``ipv4``; ``hostname`` (one DNS label); ``username`` (a Linux account name that is
+    not a system or service account). ``hostname`` and ``username`` bring their own pattern."""
     values: list[str | int] | None = None
     """The allowed values of an enum."""
     items: Literal["string", "integer", "number", "boolean", "ipv4"] | None = None
@@ -113,6 +115,10 @@ class ParamSpec(_Model):
             raise ValueError("a list needs 'items' (string, integer, number, boolean or ipv4)")
         if self.type != "list" and self.items is not None:
             raise ValueError("'items' is only for type list")
+        if self.format is not None and self.type != "string":
+            raise ValueError("'format' is only for type string (a list of addresses: items: ipv4)")
+        if self.format in ("hostname", "username") and self.pattern is not None:
+            raise ValueError(f"format {self.format} has its own pattern: drop 'pattern'")
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)
@@ -312,6 +318,8 @@ class ModuleInterface(BaseModel):
     variables: frozenset[str]
     required: frozenset[str]
     outputs: frozenset[str]
+    sensitive: frozenset[str] = frozenset()
+    """Variables declared ``sensitive = true``: Terraform hides their values in plans, output and errors."""
 
 
 def module_interface(module_dir: Path) -> ModuleInterface:
@@ -325,6 +333,7 @@ def module_interface(module_dir: Path) -> ModuleInterface:
     variables: set[str] = set()
     required: set[str] = set()
     outputs: set[str] = set()
+    sensitive: set[str] = set()
     for tf in sorted(module_dir.glob("*.tf")):
         try:
             parsed = hcl2.loads(tf.read_text())
@@ -335,9 +344,18 @@ def module_interface(module_dir: Path) -> ModuleInterface:
                 variables.add(name.strip('"'))
                 if "default" not in body:
                     required.add(name.strip('"'))
+                if body.get("sensitive") in (True, "true"):
+                    sensitive.add(name.strip('"'))
         for block in parsed.get("output", []):
             outputs.update(name.strip('"') for name in block)
-    return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs))
+    return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs),
+                           sensitive=frozenset(sensitive))  # fmt: skip
+
+
+def _is_secret(blueprint: Blueprint, ref: str) -> bool:
+    """Whether a reference reads a secret: ``secrets.*``, or a param declared ``secret``."""
+    kind, _, rest = ref.partition(".")
+    return kind == "secrets" or (kind == "params" and rest in blueprint.params and blueprint.params[rest].secret)
 
 
 def check(blueprint: Blueprint) -> list[BlueprintProblem]:
@@ -395,6 +413,13 @@ def check(blueprint: Blueprint) -> list[BlueprintProblem]:
                 problem(f"{where}.inputs.{unknown}", f"module {module.source!r} has no variable {unknown!r}")
             for missing in sorted(interface.required - set(module.inputs)):
                 problem(f"{where}.inputs", f"module {module.source!r} needs variable {missing!r} (it has no default)")
+            for input_name, value in module.inputs.items():
+                secret = next((r for r in refs_in(value) if _is_secret(blueprint, r)), None)
+                if secret is not None and input_name in interface.variables and input_name not in interface.sensitive:
+                    problem(f"{where}.inputs.{input_name}", f"receives a secret ({secret}), but variable "
+                            f"{input_name!r} of module {module.source!r} is not declared `sensitive = true`: "
+                            "Terraform would show its value in plans (the old one too, after a rotation) and in "
+                            "errors")  # fmt: skip
         for input_name, value in module.inputs.items():
             for ref in refs_in(value):
                 check_ref(ref, f"{where}.inputs.{input_name}", earlier_modules=done)
@@ -444,6 +469,8 @@ def check(blueprint: Blueprint) -> list[BlueprintProblem]:
             param = blueprint.params.get(field)
             if field != "deployment" and param is not None and param.type not in ("string", "integer", "enum"):
                 problem("modules", f"format {fmt.format!r}: param {field!r} must be a string, integer or enum")
+            elif param is not None and param.secret:
+                problem("modules", f"format {fmt.format!r}: param {field!r} is secret and cannot be part of a name")
     if blueprint.playbooks and blueprint.ansible is None:
         problem("ansible", "a blueprint with playbooks needs 'ansible: {ssh_private_key: secrets.<name>}'")
     if blueprint.ansible is not None:

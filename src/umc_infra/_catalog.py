@@ -11,7 +11,10 @@ Sources, searched in this order:
 
 A blueprint finds modules and playbooks in its own source first, then in its parent's, then in the
 built-in content. Two sources defining one name is an error naming both, unless exactly one of them
-says ``override: true``.
+says ``override: true``. A blueprint that would replace a *built-in* one that way needs consent as well:
+its name in ``UMC_BLUEPRINT_OVERRIDES`` (``settings.blueprint_overrides``); without it, loading it is an
+error naming both files and the setting. A directory named twice (``UMC_BLUEPRINT_PATH`` listing it
+again, or the built-in content) is one source.
 
 ``extends: <parent>`` takes the parent's params, secrets, modules, hosts, playbooks, outputs, hooks and
 ansible settings. The child may add any of them. It may override defaults, descriptions and module
@@ -22,7 +25,7 @@ parent's.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +52,8 @@ class Source(BaseModel):
     root: Path
     """Its ``modules/`` and ``playbooks/`` are here."""
     blueprints: Path
+    builtin: bool = False
+    """The content shipped with umc_infra (or ``UMC_CONTENT_DIR``): replacing its blueprints needs consent."""
 
 
 def directory_source(directory: Path, label: str) -> Source:
@@ -64,7 +69,7 @@ def sources(settings: Settings) -> list[Source]:
         BlueprintError: An entry point does not load or name a directory.
     """
     builtin = Content.locate(settings.content_dir)
-    found = [Source(label="built-in", root=builtin.root, blueprints=builtin.blueprints)]
+    found = [Source(label="built-in", root=builtin.root, blueprints=builtin.blueprints, builtin=True)]
     found += [directory_source(d, f"UMC_BLUEPRINT_PATH {d}") for d in settings.blueprint_path]
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         label = f"package {ep.dist.name if ep.dist else '?'} (entry point {ep.name})"
@@ -78,10 +83,16 @@ def sources(settings: Settings) -> list[Source]:
 
 
 class Catalog:
-    """The blueprints of some sources: names, where each is defined, and resolved, checked blueprints."""
+    """The blueprints of some sources: names, where each is defined, and resolved, checked blueprints.
 
-    def __init__(self, found: Sequence[Source]) -> None:
-        self.sources = tuple(found)
+    Args:
+        found: The sources, in search order; a later one whose blueprint directory an earlier one has is dropped.
+        overrides: Names of built-in blueprints another source may replace with ``override: true``.
+    """
+
+    def __init__(self, found: Sequence[Source], *, overrides: Iterable[str] = ()) -> None:
+        self.sources = tuple(_distinct(found))
+        self.overrides = frozenset(overrides)
         self._files: dict[str, list[tuple[Source, Path]]] = {}
         for source in self.sources:
             for path in sorted(source.blueprints.glob("*.yaml")):
@@ -89,8 +100,12 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
-        """The catalog of every source the settings name."""
-        return cls(sources(settings))
+        """The catalog of every source the settings name, with the built-in blueprints they let be replaced."""
+        return cls(sources(settings), overrides=settings.blueprint_overrides)
+
+    def source_of(self, directory: Path) -> Source | None:
+        """The source whose blueprints are in ``directory`` (symlinks resolved), if the catalog has one."""
+        return next((s for s in self.sources if _same_dir(s.blueprints, directory)), None)
 
     def names(self) -> list[str]:
         """Every blueprint name (one per name, clashes included: loading one says what clashes)."""
@@ -101,7 +116,8 @@ class Catalog:
 
         Raises:
             BlueprintNotFound: No source defines it (lists the names there are).
-            BlueprintError: Two sources define it and not exactly one says ``override: true``.
+            BlueprintError: Two sources define it and not exactly one says ``override: true``; or the one that
+                does would replace a built-in blueprint whose name is not in ``UMC_BLUEPRINT_OVERRIDES``.
         """
         if not isinstance(name, str) or not re.fullmatch(BLUEPRINT_NAME, name) or name not in self._files:
             raise BlueprintNotFound(
@@ -112,11 +128,32 @@ class Catalog:
             return defined[0]
         overriding = [(s, p) for s, p in defined if _says_override(p)]
         if len(overriding) == 1:
+            refused = self.override_refused(name, *overriding[0])
+            if refused is not None:
+                raise BlueprintError(refused, step="blueprint.load")
             return overriding[0]
         both = " and ".join(f"{s.label} ({p})" for s, p in defined)
         raise BlueprintError(
             f"blueprint {name!r} is defined by {both}; rename one, or set 'override: true' in the one that should win",
             step="blueprint.load",
+        )
+
+    def override_refused(self, name: str, source: Source, path: Path) -> str | None:
+        """Why the blueprint at ``path`` may not replace the built-in ``name``; None if it may, or does not try.
+
+        A blueprint from ``UMC_BLUEPRINT_PATH`` or a package that says ``override: true`` replaces a built-in
+        one only with consent: the name in ``UMC_BLUEPRINT_OVERRIDES``. Overrides between other sources
+        need none.
+        """
+        if source.builtin or name in self.overrides or not _says_override(path):
+            return None
+        builtin = next((p for s, p in self._files.get(name, []) if s.builtin), None)
+        if builtin is None:
+            return None
+        return (
+            f"blueprint {name!r} from {source.label} ({path}) says 'override: true' and would replace the built-in "
+            f"one ({builtin}); replacing a built-in blueprint needs consent: add {name!r} to UMC_BLUEPRINT_OVERRIDES "
+            "(comma-separated names), or rename it"
         )
 
     def load(self, name: str) -> Blueprint:
@@ -141,7 +178,10 @@ class Catalog:
         self, path: Path, source: Source, *, chain: tuple[str, ...] = (), expected_name: str | None = None
     ) -> tuple[Blueprint | None, list[BlueprintProblem]]:
         """Resolve a blueprint file, which need not be in any source (``blueprints validate PATH``)."""
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            return None, [BlueprintProblem(where="", message=f"cannot be read ({type(exc).__name__})", file=str(path))]
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -196,10 +236,26 @@ class Catalog:
         return blueprint, []
 
 
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:  # a symlink loop: not the same as anything
+        return False
+
+
+def _distinct(found: Sequence[Source]) -> list[Source]:
+    """The sources without those whose blueprint directory an earlier one already has (it would clash with itself)."""
+    kept: list[Source] = []
+    for source in found:
+        if not any(_same_dir(source.blueprints, k.blueprints) for k in kept):
+            kept.append(source)
+    return kept
+
+
 def _says_override(path: Path) -> bool:
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):  # loading it reports the problem
         return False
     return isinstance(raw, dict) and raw.get("override") is True
 

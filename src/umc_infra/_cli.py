@@ -1,24 +1,35 @@
 """The ``umc-infra`` command line: the sandbox commands here, blueprints and deployments in ``_cli_deploy``.
 
 Exit codes are listed in :mod:`umc_infra._cli_deploy` (0 ok; 1 error; 2 bad input; ... 9 sandbox
-unhealthy; 130 interrupted). Errors print one line on stderr: what, where and how to fix.
+unhealthy; 130 interrupted). Errors print one line on stderr: what, where and how to fix; with JSON
+output (``-o json``, ``--json``) also one JSON error document on stdout, usage errors included (:func:`main`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from umc_infra import __version__
-from umc_infra._cli_deploy import Exit, fail, guarded, register, state
+from umc_infra._cli_deploy import (
+    Exit,
+    Output,
+    emit,
+    fail,
+    guarded,
+    internal_error,
+    print_json,
+    register,
+    requested_output,
+    state,
+)
 from umc_infra._cli_progress import progress
 from umc_infra._settings import invalid_settings
 
@@ -42,11 +53,6 @@ app.add_typer(sandbox_app, name="sandbox")
 register(app)
 
 
-def _secret_file(path: Path | None) -> SecretStr | None:
-    """A credential read from a file: never from argv, where every process on the machine could see it."""
-    return None if path is None else SecretStr(path.read_text().strip())
-
-
 _SETTING = "Settings (flags win over UMC_* variables)"
 
 
@@ -56,6 +62,7 @@ def _setting(help: str, *, file: bool = False) -> Any:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
     vault_addr: Annotated[str | None, _setting("Vault URL [UMC_VAULT_ADDR, VAULT_ADDR].")] = None,
     vault_namespace: Annotated[str | None, _setting("Vault namespace [UMC_VAULT_NAMESPACE].")] = None,
@@ -73,13 +80,21 @@ def _options(
     vsphere_server: Annotated[str | None, _setting("vCenter server [UMC_VSPHERE_SERVER].")] = None,
 ) -> None:
     state.debug = debug
+    state.command = f"umc-infra {ctx.invoked_subcommand}"
+    state.emitted = False
+    # Credential files are read with the other settings, inside the command: a failure is then a typed error.
+    state.secret_files = {"vault_token": vault_token_file, "vault_secret_id": vault_secret_id_file,
+                          "vault_jwt": vault_jwt_file}  # fmt: skip
     state.settings = {
         "vault_addr": vault_addr, "vault_namespace": vault_namespace, "vault_role_id": vault_role_id,
-        "vault_token": _secret_file(vault_token_file), "vault_secret_id": _secret_file(vault_secret_id_file),
-        "vault_jwt": _secret_file(vault_jwt_file), "vault_jwt_role": vault_jwt_role, "backend": backend,
-        "state_dir": state_dir, "state_bucket": state_bucket, "lock_table": lock_table, "s3_endpoint": s3_endpoint,
-        "s3_region": s3_region, "vsphere_server": vsphere_server,
+        "vault_jwt_role": vault_jwt_role, "backend": backend, "state_dir": state_dir, "state_bucket": state_bucket,
+        "lock_table": lock_table, "s3_endpoint": s3_endpoint, "s3_region": s3_region, "vsphere_server": vsphere_server,
     }  # fmt: skip
+
+
+@sandbox_app.callback()
+def _sandbox_group(ctx: typer.Context) -> None:
+    state.command += f" {ctx.invoked_subcommand}"
 
 
 err = Console(stderr=True)
@@ -88,18 +103,16 @@ out = Console()
 T = TypeVar("T")
 
 
-def _guarded(action: Callable[[], T]) -> T:
-    """Run a sandbox action: errors become one line on stderr and an exit code, like every command's."""
-    try:
-        return guarded(action, "text")
-    except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
-        fail(invalid_settings(exc, lambda name: f"UMC_SANDBOX_{name.upper()}"), "text")
-
-
-def _sandbox() -> Sandbox:
+def _sandbox(output: Output = "text") -> Sandbox:
     from umc_infra.sandbox import Sandbox
 
-    return _guarded(lambda: Sandbox(on_progress=lambda message: err.print(f"[dim]•[/] {message}", highlight=False)))
+    def make() -> Sandbox:
+        try:
+            return Sandbox(on_progress=lambda message: err.print(f"[dim]•[/] {message}", highlight=False))
+        except ValidationError as exc:  # settings from UMC_SANDBOX_* variables
+            raise invalid_settings(exc, lambda name: f"UMC_SANDBOX_{name.upper()}") from None
+
+    return guarded(make, output)
 
 
 @app.command()
@@ -112,7 +125,7 @@ def version() -> None:
 def sandbox_up() -> None:
     """Start (or reuse) the sandbox and print its connection settings."""
     sandbox = _sandbox()
-    info = _guarded(sandbox.up)
+    info = guarded(sandbox.up, "text")
     started = ", ".join(sandbox.started) or "nothing (all running)"
     err.print(f"sandbox up; started: {started}", highlight=False)
     table = Table("setting", "value", title="sandbox", title_justify="left")
@@ -128,7 +141,7 @@ def sandbox_down(
 ) -> None:
     """Stop every sandbox process (guests included)."""
     sandbox = _sandbox()
-    _guarded(lambda: sandbox.down(purge=purge))
+    guarded(lambda: sandbox.down(purge=purge), "text")
     err.print("sandbox down" + (" and purged" if purge else ""))
 
 
@@ -137,10 +150,11 @@ def sandbox_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Show each component's health from a real client call; exit 9 if any is unhealthy."""
-    sandbox = _sandbox()
-    status = _guarded(sandbox.status)
+    output: Output = "json" if as_json else "text"
+    sandbox = _sandbox(output)
+    status = guarded(sandbox.status, output)
     if as_json:
-        sys.stdout.write(status.model_dump_json(indent=2) + "\n")
+        emit(status, output)
     else:
         table = Table("component", "healthy", "pid", "detail", title="sandbox status", title_justify="left")
         for c in status.components:
@@ -166,14 +180,14 @@ def sandbox_demo(
     from umc_infra import provision
 
     sandbox = _sandbox()
-    info = _guarded(sandbox.up)
+    info = guarded(sandbox.up, "text")
 
     def run() -> ProvisionResult:
         with progress(err) as on_event:
             return provision("web-server", {"instances": instances}, deployment=deployment,
                              settings=info.settings(), on_event=on_event)  # fmt: skip
 
-    result = _guarded(run)
+    result = guarded(run, "text")
     table = Table(
         "host",
         "IP",
@@ -201,14 +215,63 @@ def sandbox_env(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of export lines.")] = False,
 ) -> None:
     """Print the connection settings as `export` lines: eval "$(umc-infra sandbox env)"."""
-    sandbox = _sandbox()
-    info = _guarded(sandbox.info)
+    output: Output = "json" if as_json else "text"
+    sandbox = _sandbox(output)
+    info = guarded(sandbox.info, output)
     if as_json:
-        sys.stdout.write(json.dumps(info.environment(), indent=2) + "\n")
+        print_json(info.environment())
     else:
         sys.stdout.write("\n".join(info.export_lines()) + "\n")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(args: Sequence[str] | None = None) -> None:
+    """Console-script entry point: every outcome is an exit code, and with JSON output one JSON document.
+
+    Commands report their own errors (:func:`umc_infra._cli_deploy.guarded`). This catches what happens
+    outside them: click's usage errors (click's message and exit code 2, plus a JSON error when the
+    command line asks for JSON), an abort at a prompt, and anything unexpected (an InternalError).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    output = requested_output(argv)
+    state.emitted = False
+    try:
+        code = _run(argv, output)
+    except typer.Exit as exc:  # fail() outside click's own handling
+        code = exc.exit_code
+    if code and output == "json" and not state.emitted:  # e.g. Ctrl-C outside a command's guard
+        interrupted = code == Exit.INTERRUPTED
+        print_json({"error": {"type": "KeyboardInterrupt" if interrupted else "Exit", "exit_code": code,
+                              "message": "interrupted" if interrupted else f"exited with code {code}",
+                              "step": None}})  # fmt: skip
+    sys.exit(code)
+
+
+def _run(argv: list[str], output: Output) -> int:
+    try:
+        result = app(args=argv, prog_name="umc-infra", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer's own copy of click)
+        if output == "json":
+            print_json({"error": {"type": type(exc).__name__, "message": exc.format_message(),
+                                  "exit_code": exc.exit_code, "step": "usage"}})  # fmt: skip
+        _show_usage_error(exc)
+        return exc.exit_code
+    except typer.Abort:
+        if output == "json":
+            print_json({"error": {"type": "Aborted", "message": "aborted: nothing was changed", "exit_code": 1,
+                                  "step": None}})  # fmt: skip
+        err.print("Aborted!", highlight=False)
+        return 1
+    except Exception as exc:  # not in a command's guard: still one line, typed
+        fail(internal_error(exc), output)
+    return result if isinstance(result, int) else 0
+
+
+def _show_usage_error(exc: typer.TyperException) -> None:
+    """A usage error as typer shows it: the usage line and a panel with click's message."""
+    from typer import rich_utils
+    from typer._click.exceptions import ClickException  # typer 0.29 vendors click (pinned)
+
+    if isinstance(exc, ClickException):
+        rich_utils.rich_format_error(exc)
+    else:
+        err.print(f"Error: {exc.format_message()}", markup=False, highlight=False)

@@ -1,7 +1,9 @@
 """``umc-infra`` commands for blueprints and deployments: the Python API, for CI pipelines and people.
 
 ``--output json`` prints one JSON document on stdout (the result model, or ``{"error": ...}``) and
-everything else on stderr. Exit codes, for CI:
+everything else on stderr, whatever fails: an error that is not an :class:`UmcInfraError` becomes an
+:class:`InternalError` (exit 1) naming the command, its type and a redacted line; the traceback only
+with ``--debug``. Exit codes, for CI:
 
 ==== ==========================================================================
 0    ok
@@ -11,7 +13,7 @@ everything else on stderr. Exit codes, for CI:
 4    Terraform failed
 5    Ansible failed
 6    drift found (``drift``)
-7    refused: the change would delete or replace VMs, or the reviewed plan changed
+7    refused: the change would delete or replace VMs, the reviewed plan changed, or a VM's SSH host key changed
 8    a secret could not be read from Vault
 9    the sandbox is unhealthy (``sandbox status``)
 130  interrupted or cancelled
@@ -20,9 +22,13 @@ everything else on stderr. Exit codes, for CI:
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import re
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -43,6 +49,8 @@ from umc_infra._errors import (
     DeploymentLocked,
     DeploymentNotFound,
     DestroyNotAllowed,
+    HostKeyChanged,
+    InternalError,
     ParamProblem,
     ParamsError,
     PlanChanged,
@@ -52,11 +60,13 @@ from umc_infra._errors import (
     TerraformError,
     UmcInfraError,
 )
+from umc_infra._redact import Redactor
 
 if TYPE_CHECKING:
     from umc_infra._blueprint import Blueprint
     from umc_infra._events import EventCallback
     from umc_infra._provision import PlanResult, Provisioner, ProvisionResult
+    from umc_infra._settings import Settings
     from umc_infra._validate import ValidationReport
 
 
@@ -87,8 +97,10 @@ _CODES: list[tuple[type[BaseException], Exit]] = [
     (PlaybookError, Exit.ANSIBLE),
     (DestroyNotAllowed, Exit.REFUSED),
     (PlanChanged, Exit.REFUSED),
+    (HostKeyChanged, Exit.REFUSED),
     (SecretError, Exit.SECRETS),
     (Cancelled, Exit.INTERRUPTED),
+    (InternalError, Exit.ERROR),
 ]
 
 Output = Literal["text", "json"]
@@ -99,10 +111,16 @@ out = Console()
 
 @dataclass
 class _State:
-    """What the global options set: ``--debug``, and settings that win over the environment."""
+    """What the global options set (``--debug``, settings that win over the environment), and what ran."""
 
     debug: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    secret_files: dict[str, Path | None] = field(default_factory=dict)
+    """Settings field -> the file its ``--...-file`` flag names; read when the settings are (errors typed)."""
+    command: str = "umc-infra"
+    """The command line's commands (``umc-infra blueprints validate``), for errors."""
+    emitted: bool = False
+    """A JSON document went to stdout: nothing else may."""
 
 
 state = _State()
@@ -114,8 +132,9 @@ ParamOption = Annotated[
     typer.Option("--param", "-p", help="KEY=VALUE, typed by the blueprint (lists as JSON); repeatable."),
 ]
 ParamsFileOption = Annotated[
-    Path | None, typer.Option("--params-file", help="A YAML or JSON mapping of params (-p wins).", exists=True)
+    Path | None, typer.Option("--params-file", help="A YAML or JSON mapping of params (-p wins).")
 ]
+PARAMS_FILE_ALLOWED = "a YAML or JSON mapping of param names to plain values (text, numbers, booleans, lists, mappings)"
 
 
 def exit_code(exc: BaseException) -> Exit:
@@ -126,7 +145,11 @@ def exit_code(exc: BaseException) -> Exit:
 
 
 def fail(exc: BaseException, output: Output) -> NoReturn:
-    """One line on stderr (and a JSON error document in json mode), then the exit code."""
+    """One line on stderr (and a JSON error document in json mode), then the exit code.
+
+    With ``--debug`` the traceback follows on stderr, redacted: for an :class:`InternalError`, the original
+    exception's.
+    """
     code = exit_code(exc)
     message = str(exc) if isinstance(exc, UmcInfraError) else f"interrupted ({type(exc).__name__})"
     if output == "json":
@@ -135,27 +158,93 @@ def fail(exc: BaseException, output: Output) -> NoReturn:
             error["step"] = exc.step
         if isinstance(exc, ParamsError | SettingsError):
             error["problems"] = [p.model_dump() for p in exc.problems]
-        sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+        if isinstance(exc, InternalError):
+            error["cause"] = exc.cause
+        print_json({"error": error})
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     if state.debug:
-        err.print_exception()
+        trace = "".join(traceback.format_exception(exc))
+        err.print(redactor()(trace).rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
 
 
 def guarded(action: Callable[[], T], output: Output) -> T:
-    """Run an action; an umc_infra error or an interrupt becomes one line, the JSON error, and its exit code."""
+    """Run an action; any error or an interrupt becomes one line, the JSON error, and its exit code.
+
+    An error that is not an :class:`UmcInfraError` is a bug or a failure nobody foresaw: it is reported as an
+    :class:`InternalError` (exit 1), never as a traceback unless ``--debug``.
+    """
     try:
         return action()
     except (UmcInfraError, KeyboardInterrupt) as exc:
         fail(exc, output)
+    except (typer.Exit, typer.Abort, typer.TyperException):  # a command's own exit code, or click's (typer's copy)
+        raise
+    except Exception as exc:
+        fail(internal_error(exc), output)
+
+
+def internal_error(exc: BaseException) -> InternalError:
+    """An unexpected exception as an InternalError: the command, its type and its first line, redacted and clipped.
+
+    The original is its ``__cause__``, so ``--debug`` shows where it came from.
+    """
+    kind = type(exc).__qualname__
+    if type(exc).__module__ != "builtins":
+        kind = f"{type(exc).__module__}.{kind}"
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "(no message)")
+    first = redactor()(first)
+    if len(first) > _LINE:
+        first = first[:_LINE] + "..."
+    error = InternalError(
+        f"unexpected error in `{state.command}`: {kind}: {first}; this is a bug or a failure umc_infra does not "
+        "handle yet: rerun with --debug for the traceback and report it",
+        command=state.command,
+        cause=kind,
+    )
+    error.__cause__ = exc
+    return error
+
+
+_LINE = 200
+
+
+def redactor() -> Redactor:
+    """Every credential this command line may know (flags, their files, ``UMC_*`` variables), to hide in output."""
+    values: list[Any] = list(state.settings.values())
+    # Reporting an error must not fail on the settings (they may be what failed): what loads is hidden.
+    with contextlib.suppress(Exception):
+        settings = cli_settings()
+        values += [getattr(settings, name) for name in type(settings).model_fields]
+    return Redactor(v for v in values if isinstance(v, SecretStr))
+
+
+def print_json(document: Any) -> None:
+    """A JSON document on stdout: in json mode, the only one there."""
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    state.emitted = True
 
 
 def emit(model: BaseModel | list[Any], output: Output) -> None:
     """The result as JSON on stdout."""
     if isinstance(model, list):
-        sys.stdout.write(json.dumps([m.model_dump(mode="json") for m in model], indent=2) + "\n")
+        print_json([m.model_dump(mode="json") for m in model])
     else:
         sys.stdout.write(model.model_dump_json(indent=2) + "\n")
+        state.emitted = True
+
+
+def requested_output(args: Sequence[str]) -> Output:
+    """Whether a command line asks for JSON (``-o json``, ``--output json``, ``--json``), before click parses it.
+
+    For errors click raises before any command runs (usage errors), so that they can be JSON too.
+    """
+    for i, arg in enumerate(args):
+        if arg in ("--json", "--output=json", "-ojson") or (
+            arg in ("-o", "--output") and args[i + 1 : i + 2] == ["json"]
+        ):
+            return "json"
+    return "text"
 
 
 def flag(name: str) -> str:
@@ -163,12 +252,36 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def cli_settings() -> Settings:
+    """The environment's settings, the global flags winning; credentials read from the files the flags name.
+
+    Raises:
+        SettingsError: A setting is invalid, or a credential file cannot be read (names the flag).
+    """
+    from umc_infra._settings import load_settings
+
+    given = dict(state.settings)
+    for name, path in state.secret_files.items():
+        if path is not None:
+            given[name] = _secret_file(name, path)
+    return load_settings(given, argument_name=flag)
+
+
+def _secret_file(name: str, path: Path) -> SecretStr:
+    """A credential read from a file: never from argv, where every process on the machine could see it."""
+    try:
+        return SecretStr(path.read_text().strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = ParamProblem(field=f"{flag(name)}-file", message=f"cannot read {path} ({type(exc).__name__})",
+                               allowed="a readable file that holds only the credential")  # fmt: skip
+        raise SettingsError([problem]) from None
+
+
 def provisioner(on_event: EventCallback | None = None) -> Provisioner:
     """A Provisioner with the environment's settings, the global flags winning."""
     from umc_infra._provision import Provisioner
-    from umc_infra._settings import load_settings
 
-    return Provisioner(settings=load_settings(state.settings, argument_name=flag), on_event=on_event)
+    return Provisioner(settings=cli_settings(), on_event=on_event)
 
 
 def with_progress(action: Callable[[Provisioner], T]) -> T:
@@ -186,12 +299,10 @@ def typed_params(blueprint: Blueprint, pairs: list[str], params_file: Path | Non
     params: dict[str, Any] = {}
     problems: list[ParamProblem] = []
     if params_file is not None:
-        loaded = yaml.safe_load(params_file.read_text())
-        if not isinstance(loaded, dict):
-            problems.append(ParamProblem(field="params-file", message=f"{params_file} is not a mapping",
-                                         allowed="a YAML or JSON mapping of param names to values"))  # fmt: skip
-        else:
-            params.update(loaded)
+        loaded, problem = read_params_file(params_file)
+        params.update(loaded)
+        if problem is not None:
+            problems.append(ParamProblem(field="--params-file", message=problem, allowed=PARAMS_FILE_ALLOWED))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         spec = blueprint.params.get(key)
@@ -203,6 +314,83 @@ def typed_params(blueprint: Blueprint, pairs: list[str], params_file: Path | Non
     if problems:
         raise ParamsError(problems, blueprint=blueprint.name)
     return params
+
+
+def read_params_file(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The params in a YAML or JSON file, plain data only (``yaml.safe_load``); or what is wrong with it.
+
+    What is wrong names the file and the line where YAML knows it, and never quotes the file: it may hold
+    secret params. A tag that is not plain data (``!!python/object/apply:...``) is never constructed.
+    """
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        return {}, f"{path} is not UTF-8 text"
+    except OSError as exc:
+        return {}, f"{path} cannot be read ({type(exc).__name__}: {exc.strerror or 'error'})"
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        if isinstance(exc, yaml.constructor.ConstructorError) and "constructor for the tag" in (exc.problem or ""):
+            return {}, f"{at}: a YAML tag that is not plain data (such as !!python/...); only plain values are read"
+        return {}, f"{at}: not valid YAML or JSON ({_unquoted(exc.problem or type(exc).__name__)})"
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:  # e.g. `!!int x`, or nested too deep
+        return {}, f"{path}: not plain YAML or JSON data ({type(exc).__name__})"
+    if not isinstance(loaded, dict):
+        kind = "empty" if loaded is None else _KINDS.get(type(loaded), f"a {type(loaded).__name__}")
+        return {}, f"{path} is {kind}, not a mapping"
+    from umc_infra._catalog import line_of
+
+    wrong = _not_plain(loaded)
+    if wrong is not None:
+        where, what = wrong
+        found = line_of(text, where)
+        at = f" line {found[0]}" if found else ""
+        return {}, f"{path}{at}: {what}"
+    return loaded, None
+
+
+def _unquoted(problem: str) -> str:
+    """YAML's description of a syntax error, without the names it quotes from the file (tags, aliases)."""
+    return re.sub(r"'([^']*)'", lambda m: m[0] if len(m[1]) <= 1 or re.fullmatch(r"<[a-z ]+>", m[1]) else "'...'",
+                  problem)  # fmt: skip
+
+
+_KINDS = {list: "a list", str: "text", int: "a number", float: "a number", bool: "a boolean"}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _not_plain(document: dict[str, Any]) -> tuple[str, str] | None:
+    """Where the first value that is not plain data is (a dotted path) and what is wrong; None if all are plain.
+
+    A list or mapping that occurs twice (a YAML alias) counts as not plain: aliases can nest into billions of
+    values, or into themselves.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, _PLAIN):
+            continue
+        if not isinstance(value, dict | list):
+            hint = "; quote it to pass it as text" if isinstance(value, datetime.date) else ""
+            return where, f"the value of {where!r} is not plain data ({type(value).__name__}){hint}"
+        if id(value) in seen:
+            return where, f"the value of {where!r} repeats a list or mapping through a YAML alias; write it out"
+        seen.add(id(value))
+        items = list(enumerate(value)) if isinstance(value, list) else list(value.items())
+        for key, item in reversed(items):  # depth first, in file order
+            if isinstance(value, list):
+                stack.append((f"{where}[{key}]", item))
+            elif isinstance(key, str):
+                stack.append((f"{where}.{key}" if where else key, item))
+            else:
+                inside = f"the mapping {where!r}" if where else "the mapping"
+                message = f"{inside} has a key that is not text ({type(key).__name__})"
+                return (f"{where}.{key}" if where else str(key)), message
+    return None
 
 
 def _convert(kind: str, raw: str) -> Any:
@@ -227,11 +415,17 @@ blueprints_app = typer.Typer(help="The blueprints there are, what they take, and
                              no_args_is_help=True)  # fmt: skip
 
 
+@blueprints_app.callback()
+def _blueprints_group(ctx: typer.Context) -> None:
+    state.command += f" {ctx.invoked_subcommand}"
+
+
 def register(app: typer.Typer) -> None:
     """Add the blueprint and deployment commands to the ``umc-infra`` app."""
     app.add_typer(blueprints_app, name="blueprints")
     for command in (plan, provision, destroy, drift, status, deployments, unlock):
         app.command()(command)
+    app.command("forget-host-key")(forget_host_key)
 
 
 @blueprints_app.command("list")
@@ -409,21 +603,51 @@ def confirm(question: str, *, yes: bool, step: str, output: Output) -> None:
 
 
 def unlock(
-    deployment: Annotated[str, typer.Argument(help="The deployment whose lock to remove.")],
+    deployment: Annotated[str, typer.Argument(help="The deployment whose lease to remove.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Break the lease even if its holder looks alive (it then stops).")
+    ] = False,
     output: OutputOption = "text",
 ) -> None:
-    """Remove a stale deployment lock whose holder crashed; prints who held it."""
-    confirm(f"Remove the lock of {deployment!r}? Only do this if its holder is gone.", yes=yes, step="unlock",
-            output=output)  # fmt: skip
-    held = guarded(lambda: provisioner().break_lock(deployment), output)
+    """Remove the lease of a run that died (or, with --force, any lease); prints who held it.
+
+    A live holder's lease is refused (exit 3) unless --force: two runs would then change the deployment at once.
+    """
+    question = (
+        f"Break the lease of {deployment!r} even if its holder is alive? Its run stops at its next renewal."
+        if force
+        else f"Remove the lease of {deployment!r}? Only a dead or expired one is removed."
+    )
+    confirm(question, yes=yes, step="unlock", output=output)
+    held = guarded(lambda: provisioner().break_lock(deployment, force=force), output)
     if output == "json":
         sys.stdout.write(
             json.dumps({"deployment": deployment, "removed": held and held.model_dump(mode="json")}) + "\n"
         )
     else:
-        out.print(f"removed the lock of {deployment}, held by {held.holder} since {held.since:%Y-%m-%d %H:%M:%S}"
-                  if held else f"{deployment} was not locked", highlight=False)  # fmt: skip
+        out.print(f"removed the lease of {deployment}, held by {held.holder} since {held.since:%Y-%m-%d %H:%M:%S}"
+                  if held else f"{deployment} holds no valid lease now", highlight=False)  # fmt: skip
+
+
+def forget_host_key(
+    deployment: Annotated[str, typer.Argument(help="The deployment.")],
+    host: Annotated[str | None, typer.Argument(help="The VM (its host name); every VM if left out.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+    output: OutputOption = "text",
+) -> None:
+    """Forget a VM's pinned SSH host key, after it was rebuilt outside umc-infra on purpose.
+
+    The next run trusts whatever answers at the VM's address: do not use this when you did not rebuild it.
+    """
+    confirm(f"Forget the pinned SSH host key of {host or 'every VM'} in {deployment!r}?", yes=yes, step="hostkeys",
+            output=output)  # fmt: skip
+    forgotten = guarded(lambda: provisioner().forget_host_keys(deployment, host), output)
+    if output == "json":
+        sys.stdout.write(json.dumps({"deployment": deployment, "forgotten": forgotten}) + "\n")
+    else:
+        out.print(f"forgot the pinned host keys of {', '.join(forgotten) or 'no host'} in {deployment}",
+                  highlight=False)  # fmt: skip
 
 
 def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:

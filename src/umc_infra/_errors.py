@@ -8,7 +8,7 @@ Every error the library raises on purpose derives from :class:`UmcInfraError`::
     ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
     ├── SettingsError               a site setting (UMC_* variable, flag or argument) is invalid
     ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
-    ├── AddressError                the IPv4 pool is exhausted or an address is taken
+    ├── AddressError                the pool is exhausted, an address is taken, or its claim is unreadable
     ├── StateBackendError           the state backend (S3 bucket or local directory) cannot be reached or used
     ├── DeploymentLocked            another run holds the deployment (names the holder and since when)
     ├── DeploymentNotFound          no record of that deployment
@@ -19,6 +19,11 @@ Every error the library raises on purpose derives from :class:`UmcInfraError`::
     │   ├── ProcessTimeout          ... or ran past its timeout and was stopped
     │   └── TerraformError          terraform init/apply/output failed (step, exit code, redacted tail)
     ├── PlaybookError               a playbook failed: the failed hosts and tasks
+    ├── RecoveryError               the run before died and left something this run cannot clean up
+    ├── VCenterError                umc_infra's own vCenter call failed (login, reachability)
+    ├── RollbackFailed              on_failure='destroy' could not remove a failed new deployment
+    ├── HostKeyChanged              a VM's SSH host key differs from the pinned one (both fingerprints)
+    ├── InternalError               an unexpected failure a command caught: its type and a redacted line
     └── SandboxError                the local sandbox cannot start or answer
         ├── MissingDependency       a Debian package or binary is missing (names the install command)
         ├── PortInUse               a sandbox port is taken by a process the sandbox did not start
@@ -226,6 +231,57 @@ class PlaybookError(UmcInfraError):
         self.failures = tuple(failures)
 
 
+class HostKeyChanged(UmcInfraError):
+    """A VM presents an SSH host key other than the one pinned for it: nothing connected to it.
+
+    Either the VM was rebuilt outside umc_infra (then forget its pinned key and run again), or another
+    machine answers at its address.
+
+    Attributes:
+        deployment: The deployment the VM belongs to.
+        host: The VM's name.
+        ip: The address that answered.
+        pinned: SHA256 fingerprints of the pinned keys (``ssh-ed25519 SHA256:...``).
+        presented: SHA256 fingerprints of the keys the address presented.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment: str,
+        host: str,
+        ip: str,
+        pinned: tuple[str, ...],
+        presented: tuple[str, ...],
+        step: str = "ssh",
+    ) -> None:
+        super().__init__(message, step=step)
+        self.deployment = deployment
+        self.host = host
+        self.ip = ip
+        self.pinned = pinned
+        self.presented = presented
+
+
+class InternalError(UmcInfraError):
+    """An unexpected failure (not an :class:`UmcInfraError`) that a ``umc-infra`` command caught.
+
+    It is a bug, or a failure umc_infra does not know yet: rerun with ``--debug`` for the traceback and report it.
+
+    Attributes:
+        command: The command that failed (``umc-infra deployments``).
+        cause: The type of the original exception (``pydantic_core._pydantic_core.ValidationError``).
+
+    """
+
+    def __init__(self, message: str, *, command: str, cause: str, step: str = "internal") -> None:
+        super().__init__(message, step=step)
+        self.command = command
+        self.cause = cause
+
+
 class SandboxError(UmcInfraError):
     """The local sandbox cannot start, stop or answer."""
 
@@ -253,3 +309,29 @@ class BuildFailed(SandboxError):
 
 class ComponentFailed(SandboxError):
     """A sandbox component did not start or did not pass its health check."""
+
+
+class RecoveryError(UmcInfraError):
+    """The deployment's previous run died and left something behind that this run cannot clean up itself.
+
+    The message names what (VMs that exist in vCenter but not in Terraform's state, a state lock) and what
+    to do; nothing was changed by this run.
+    """
+
+
+class VCenterError(UmcInfraError):
+    """umc_infra's own vCenter call failed: vCenter unreachable, or the login refused."""
+
+
+class RollbackFailed(UmcInfraError):
+    """A new deployment failed and removing what it made (``on_failure="destroy"``) failed too.
+
+    Attributes:
+        cause: The error that failed the run (its message, redacted).
+        rollback: The error of the rollback (its message, redacted).
+    """
+
+    def __init__(self, message: str, *, cause: str, rollback: str, step: str | None = None) -> None:
+        super().__init__(message, step=step)
+        self.cause = cause
+        self.rollback = rollback

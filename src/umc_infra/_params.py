@@ -1,9 +1,11 @@
 """Parameters: a pydantic model built from a blueprint's params, and the deployment name.
 
 Validation reports every invalid field at once, each with what is allowed. Strings refuse control
-characters unless a param says ``multiline: true``; names (the deployment, ``format: hostname``) follow a
-strict pattern; nothing is coerced silently (``"2"`` is not an integer, ``1`` is not a boolean; ``2.0`` is the
-integer 2, as in JSON). :func:`json_schema` gives a portal the same rules.
+characters unless a param says ``multiline: true``; names (the deployment, ``format: hostname``,
+``format: username``) follow a strict pattern, and ``format: username`` refuses system and service accounts
+(an admin account ``root`` or ``www-data`` would give that account an SSH key and sudo); nothing is coerced
+silently (``"2"`` is not an integer, ``1`` is not a boolean; ``2.0`` is the integer 2, as in JSON).
+:func:`json_schema` gives a portal the same rules.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from umc_infra._errors import BlueprintProblem, ParamProblem, ParamsError
 
 DEPLOYMENT = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+SYSTEM_ACCOUNTS = (
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
+    "backup", "list", "irc", "gnats", "nobody", "nogroup", "_apt", "sshd", "messagebus", "postgres", "mysql",
+    "nginx", "apache", "ftp", "adm", "halt", "shutdown", "operator", "chrony", "polkitd", "dbus", "tss",
+)  # fmt: skip
+"""Accounts of the OS and its services (Debian and RHEL); ``format: username`` refuses them and ``systemd-*``."""
+SYSTEM_PREFIX = "systemd-"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
 MASK = "***"
@@ -52,6 +62,12 @@ def _integral(value: object) -> object:
     """``2.0`` is the integer 2, as in JSON (and JSON Schema); ``2.5``, ``"2"`` and ``True`` are not integers."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    return value
+
+
+def _username(value: str) -> str:
+    if value in SYSTEM_ACCOUNTS or value.startswith(SYSTEM_PREFIX):
+        raise ValueError("is a system or service account, not a person's admin account")
     return value
 
 
@@ -76,7 +92,9 @@ def _field_type(spec: ParamSpec) -> Any:
         checks: list[Any] = [_no_control(spec.multiline)]
         if spec.format == "ipv4":
             checks.append(AfterValidator(_ipv4))
-        pattern = HOSTNAME if spec.format == "hostname" else spec.pattern
+        if spec.format == "username":
+            checks.append(AfterValidator(_username))
+        pattern = {"hostname": HOSTNAME, "username": USERNAME}.get(spec.format or "", spec.pattern)
         constraints = Field(min_length=spec.min_length, max_length=spec.max_length, pattern=pattern)
         base: Any = Annotated[str, constraints, *checks]
     elif spec.type == "integer":
@@ -103,7 +121,10 @@ def allowed(spec: ParamSpec) -> str:
     if spec.min_length is not None or spec.max_length is not None:
         unit = "items" if spec.type == "list" else "characters"
         parts.append(f"{spec.min_length or 0} to {spec.max_length if spec.max_length is not None else 'any'} {unit}")
-    if spec.format:
+    if spec.format == "username":
+        parts.append(f"format username: a Linux user name matching {USERNAME} that is not a system or service "
+                     f"account ({', '.join(SYSTEM_ACCOUNTS)} or {SYSTEM_PREFIX}*)")  # fmt: skip
+    elif spec.format:
         parts.append(f"format {spec.format}")
     if spec.pattern:
         parts.append(f"matching {spec.pattern}")
@@ -232,8 +253,9 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
     """The params as JSON Schema, agreeing with :func:`validate` on every value (a test proves it).
 
     Each property has the param's title, description, default and constraints. Secret params are marked
-    ``writeOnly``. Control characters are refused through a ``not``/``pattern`` pair, and addresses
-    carry ``format: ipv4``.
+    ``writeOnly``. Control characters are refused through a ``not``/``pattern`` pair, addresses
+    carry ``format: ipv4``, and ``format: username`` refuses system accounts through ``not``/``enum`` and
+    ``not``/``pattern`` (in ``allOf``).
     """
     schema = params_model(blueprint).model_json_schema()
     for name, spec in blueprint.params.items():
@@ -247,6 +269,11 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
             continue
         if spec.type == "string":
             _text_rules(prop, multiline=spec.multiline, ipv4=spec.format == "ipv4")
+            if spec.format == "username":
+                prop["allOf"] = [
+                    {"not": {"enum": list(SYSTEM_ACCOUNTS)}},
+                    {"not": {"pattern": f"^{SYSTEM_PREFIX}"}},  # a plain prefix: valid in ECMA-262 "u" mode
+                ]
         elif spec.type == "list" and spec.items in ("string", "ipv4"):
             _text_rules(prop["items"], multiline=False, ipv4=spec.items == "ipv4")
     return schema

@@ -20,19 +20,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict
 
+from umc_infra import _deathsig
 from umc_infra._errors import Cancelled, ProcessError, ProcessTimeout, UmcInfraError
+from umc_infra._redact import REDACTED, Redactor
+
+__all__ = ["REDACTED", "ProcessResult", "Redactor", "run"]
 
 Stream = Literal["stdout", "stderr"]
 LineCallback = Callable[[Stream, str], None]
 
-REDACTED = "***"
 _TAIL_LINES = 20
 _SHOWN_LINES = 8
 
@@ -61,41 +64,6 @@ def add_argv_observer(observer: Callable[[tuple[str, ...]], None]) -> Callable[[
     return lambda: _argv_observers.remove(observer)
 
 
-class Redactor:
-    """Replaces known secret values in text with ``***``.
-
-    Args:
-        secrets: Values to hide. Empty values are ignored.
-
-    """
-
-    def __init__(self, secrets: Iterable[SecretStr | str] = ()) -> None:
-        self._values: list[str] = []
-        self.add(*secrets)
-
-    def add(self, *secrets: SecretStr | str) -> None:
-        """Hide more values from now on."""
-        for secret in secrets:
-            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-            # Multi-line secrets (keys) are also hidden line by line, since output arrives in lines.
-            for part in (value, *value.splitlines()):
-                if part.strip() and part not in self._values:
-                    self._values.append(part)
-        self._values.sort(key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, REDACTED)
-        return text
-
-    def contains_secret(self, text: str) -> bool:
-        """Whether ``text`` holds any of the secret values."""
-        return any(value in text for value in self._values)
-
-    def __repr__(self) -> str:
-        return f"Redactor({len(self._values)} values)"
-
-
 class ProcessResult(BaseModel):
     """What a finished child process left behind (redacted)."""
 
@@ -121,8 +89,15 @@ def run(
     stdin_text: str | None = None,
     interrupt_grace_s: float = 30.0,
     cancel: threading.Event | None = None,
+    output_dir: Path | None = None,
+    umask: int | None = None,
+    raw_output: bool = False,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run a child process to completion, streaming its output.
+
+    Every child gets SIGINT when this process dies (see :mod:`umc_infra._deathsig`), so a run killed
+    outright never leaves a tool running on its own.
 
     Args:
         argv: Program and arguments; no shell is involved.
@@ -137,9 +112,18 @@ def run(
         interrupt_grace_s: How long the child may take to stop after SIGINT before SIGTERM.
         cancel: When set (from another thread), the child is stopped the same way and
             :class:`Cancelled` raised.
+        output_dir: The child writes its output to files in this private directory instead of pipes, and
+            they are followed from there: a child whose reader dies then runs on until it has stopped
+            cleanly (a pipe would kill it on its next write). Terraform runs this way so that it always
+            gets to write its state.
+        umask: The child's umask (``0o077``: what it creates is private to its owner).
+        raw_output: ``on_line`` and the result's ``stdout``/``stderr`` get the output as it is, for
+            machine-readable output the caller parses, then redacts (redacting a secret ``true`` inside JSON
+            would corrupt it). Errors are redacted all the same.
+        on_start: Called with the child's pid once it runs (to record the tools of a run).
 
     Returns:
-        The redacted result.
+        The result (redacted unless ``raw_output``).
 
     Raises:
         ProcessError: The child exited non-zero (and ``check`` is set), or could not start.
@@ -148,33 +132,65 @@ def run(
     """
     redact = redactor or Redactor()
     args = tuple(str(a) for a in argv)
-    if any(redact.contains_secret(a) for a in args):
+    if redact.in_argv(args):
         raise UmcInfraError("refusing to start a process with a secret value in its argv", step=step)
     notify_argv(args)
 
+    parent = os.getpid()
+
+    def prepare_child() -> None:
+        _deathsig.arm(parent)
+        if umask is not None:
+            os.umask(umask)
+
     started = time.monotonic()
+    files: dict[Stream, Path] = {}
     try:
-        proc = subprocess.Popen(
-            args,
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            # Own process group: a terminal's Ctrl-C reaches us, and we decide how the child stops.
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as opened:
+            targets: dict[Stream, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            if output_dir is not None:
+                stem = f"out-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+                files = {"stdout": output_dir / f"{stem}.stdout", "stderr": output_dir / f"{stem}.stderr"}
+                targets = {name: opened.enter_context(open(path, "wb", buffering=0)) for name, path in files.items()}
+            proc = subprocess.Popen(
+                args,
+                env=dict(env),
+                cwd=cwd,
+                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+                stdout=targets["stdout"],
+                stderr=targets["stderr"],
+                text=True,
+                bufsize=1,
+                # Own process group: a terminal's Ctrl-C reaches us, and we decide how the child stops.
+                start_new_session=True,
+                preexec_fn=prepare_child,  # only a prctl and umask between fork and exec
+            )
     except OSError as exc:
+        for path in files.values():
+            path.unlink(missing_ok=True)
         raise ProcessError(f"cannot start {args[0]!r}: {exc.strerror}", step=step, argv=args, returncode=None) from None
+    if on_start is not None:
+        on_start(proc.pid)
 
     lines: queue.Queue[tuple[Stream, str | None]] = queue.Queue()
-    readers = [
-        threading.Thread(target=_pump, args=(name, pipe, lines), daemon=True)
-        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
-        if pipe is not None
-    ]
+    exited = threading.Event()
+    if files:
+        readers = [
+            threading.Thread(target=_follow, args=(name, path, lines, exited), daemon=True)
+            for name, path in files.items()
+        ]
+
+        def waiter() -> None:
+            proc.wait()
+            exited.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+    else:
+        readers = [
+            threading.Thread(target=_pump, args=(name, pipe, lines), daemon=True)
+            for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
+            if pipe is not None
+        ]
     for reader in readers:
         reader.start()
     if stdin_text is not None and proc.stdin is not None:
@@ -182,44 +198,54 @@ def run(
             proc.stdin.write(stdin_text)
         proc.stdin.close()
 
+    raw: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
     out: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
     deadline = None if timeout is None else started + timeout
     open_streams = len(readers)
     timed_out = cancelled = False
-    with _forward_termination(proc, interrupt_grace_s):
-        while open_streams:
-            if cancel is not None and cancel.is_set() and not cancelled:
-                cancelled = True
-                _stop(proc, interrupt_grace_s)
-                deadline = time.monotonic() + 10
-            wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
-            try:
-                stream, line = lines.get(timeout=wait)
-            except queue.Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    if timed_out or cancelled:  # stopped, but something still holds its output open
-                        break
-                    # Stop it, then keep reading a while: what it prints while stopping matters most.
-                    timed_out = True
+    try:
+        with _forward_termination(proc, interrupt_grace_s):
+            while open_streams:
+                if cancel is not None and cancel.is_set() and not cancelled:
+                    cancelled = True
                     _stop(proc, interrupt_grace_s)
                     deadline = time.monotonic() + 10
-                continue
-            if line is None:
-                open_streams -= 1
-                continue
-            clean = redact(line.rstrip("\n"))
-            out[stream].append(clean)
-            if on_line is not None:
-                on_line(stream, clean)
-        returncode = proc.wait()
-    for reader in readers:
-        reader.join(timeout=1)
+                wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic()))
+                try:
+                    stream, line = lines.get(timeout=wait)
+                except queue.Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        if timed_out or cancelled:  # stopped, but something still holds its output open
+                            break
+                        # Stop it, then keep reading a while: what it prints while stopping matters most.
+                        timed_out = True
+                        _stop(proc, interrupt_grace_s)
+                        deadline = time.monotonic() + 10
+                    continue
+                if line is None:
+                    open_streams -= 1
+                    continue
+                text = line.rstrip("\n")
+                clean = redact(text)
+                out[stream].append(clean)
+                if raw_output:
+                    raw[stream].append(text)
+                if on_line is not None:
+                    on_line(stream, text if raw_output else clean)
+            returncode = proc.wait()
+    finally:
+        exited.set()
+        for reader in readers:
+            reader.join(timeout=1)
+        for path in files.values():
+            path.unlink(missing_ok=True)
 
+    shown = raw if raw_output else out
     result = ProcessResult(
         argv=tuple(redact(a) for a in args),
         returncode=returncode,
-        stdout="\n".join(out["stdout"]),
-        stderr="\n".join(out["stderr"]),
+        stdout="\n".join(shown["stdout"]),
+        stderr="\n".join(shown["stderr"]),
         duration_s=time.monotonic() - started,
     )
     tail = tuple(line for line in (out["stderr"] or out["stdout"]) if line.strip())[-_TAIL_LINES:]
@@ -234,9 +260,9 @@ def run(
             output_tail=tail,
         )
     if check and returncode != 0:
-        shown = "".join(f"\n  | {line}" for line in tail[-_SHOWN_LINES:]) or " (no output)"
+        shown_tail = "".join(f"\n  | {line}" for line in tail[-_SHOWN_LINES:]) or " (no output)"
         raise ProcessError(
-            f"{Path(args[0]).name} exited with status {returncode}:{shown}",
+            f"{Path(args[0]).name} exited with status {returncode}:{shown_tail}",
             step=step,
             argv=result.argv,
             returncode=returncode,
@@ -249,6 +275,27 @@ def _pump(name: Stream, pipe: IO[str], lines: queue.Queue[tuple[Stream, str | No
     with pipe:
         for line in pipe:
             lines.put((name, line))
+    lines.put((name, None))
+
+
+def _follow(name: Stream, path: Path, lines: queue.Queue[tuple[Stream, str | None]], exited: threading.Event) -> None:
+    """Follow a file the child writes, line by line, until the child has exited and all of it is read."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        partial = ""
+        while True:
+            done = exited.is_set()  # checked before reading: what the child wrote before it exited is all there
+            chunk = handle.readline()
+            while chunk:
+                partial += chunk
+                if partial.endswith("\n"):
+                    lines.put((name, partial))
+                    partial = ""
+                chunk = handle.readline()
+            if done:
+                break
+            time.sleep(0.01)
+        if partial:
+            lines.put((name, partial))
     lines.put((name, None))
 
 

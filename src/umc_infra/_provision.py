@@ -23,8 +23,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra import _blueprint, _hooks, _inventory, _ipam, _lock, _params, _secrets
-from umc_infra._ansible import Ansible, PlaybookResult, private_dir_parent
+from umc_infra import (
+    _blueprint,
+    _hooks,
+    _hostkeys,
+    _inventory,
+    _ipam,
+    _lock,
+    _params,
+    _private,
+    _recovery,
+    _secrets,
+    _tflock,
+    _vcenter,
+)
+from umc_infra._ansible import Ansible, PlaybookResult
 from umc_infra._blueprint import Blueprint, Format, HookPoint, Literal_, Value
 from umc_infra._catalog import Catalog
 from umc_infra._errors import (
@@ -34,20 +47,23 @@ from umc_infra._errors import (
     DestroyNotAllowed,
     ParamsError,
     PlanChanged,
+    RecoveryError,
+    RollbackFailed,
     StateBackendError,
     UmcInfraError,
 )
-from umc_infra._events import Event, EventCallback, StepFinished, StepStarted, ignore
+from umc_infra._events import Event, EventCallback, OutputLine, StepFinished, StepStarted, ignore
 from umc_infra._hooks import HookContext
 from umc_infra._inventory import Host, Inventory
+from umc_infra._journal import Journal, error_text
 from umc_infra._lock import LockInfo
 from umc_infra._params import MASK, ResolvedParams
 from umc_infra._process import Redactor, sigterm_as_interrupt
-from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
+from umc_infra._records import DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
 from umc_infra._settings import SITE_FIELDS, Settings, load_settings
 from umc_infra._store import StateStore, open_store
-from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, counts_of
+from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, TerraformPlan, backend, counts_of
 
 
 class ProvisionResult(BaseModel):
@@ -293,15 +309,36 @@ class Provisioner:
             )
         return record
 
-    def break_lock(self, deployment: str) -> LockInfo | None:
-        """Remove a stale deployment lock (its holder is gone); returns who held it."""
-        return _lock.break_lock(self.store, deployment)
+    def break_lock(self, deployment: str, *, force: bool = False) -> LockInfo | None:
+        """Remove the lease of a run that is gone (or any lease, with ``force``); returns who held it.
+
+        Raises:
+            DeploymentLocked: Its holder looks alive and ``force`` is not set.
+            StateBackendError: The lease document is corrupt and ``force`` is not set.
+        """
+        return _lock.break_lock(self.store, deployment, force=force)
+
+    def forget_host_keys(self, deployment: str, host: str | None = None) -> list[str]:
+        """Forget the pinned SSH host keys of one VM (or of every VM) of a deployment; the hosts forgotten.
+
+        Only for a VM rebuilt on purpose outside umc_infra: the next run pins whatever answers at its address.
+        """
+        problems = _params.check_deployment(deployment)
+        if problems:
+            raise ParamsError(problems, blueprint=None, step="hostkeys")
+        return _hostkeys.forget(self.store, deployment, host)
 
     # -- plan and provision -------------------------------------------------------------------------
 
-    def plan(self, blueprint: str, params: Mapping[str, Any], *, deployment: str) -> PlanResult:
-        """What ``provision`` would change, per resource and (for existing hosts) per task. Changes nothing."""
-        with self._session(blueprint, params, deployment, action=None) as session:
+    def plan(
+        self, blueprint: str, params: Mapping[str, Any], *, deployment: str, lock_timeout_s: float | None = None
+    ) -> PlanResult:
+        """What ``provision`` would change, per resource and (for existing hosts) per task. Changes nothing.
+
+        It holds the deployment's lease while it plans, as every operation does: it waits for a running
+        provision (up to ``lock_timeout_s``) instead of reading half-written working files.
+        """
+        with self._session(blueprint, params, deployment, operation="plan", lock_timeout_s=lock_timeout_s) as session:
             return session.plan(check_configuration=True)
 
     def provision(
@@ -335,7 +372,7 @@ class Provisioner:
             DestroyNotAllowed, PlanChanged: before anything is applied.
             SecretError, AddressError, TerraformError, PlaybookError, Cancelled: naming the failed step.
         """
-        with self._session(blueprint, params, deployment, action="provision", lock_timeout_s=lock_timeout_s) as s:
+        with self._session(blueprint, params, deployment, operation="provision", lock_timeout_s=lock_timeout_s) as s:
             return s.provision(plan=plan, allow_destroy=allow_destroy, on_failure=on_failure, retry=retry)
 
     def destroy(self, deployment: str, *, lock_timeout_s: float | None = None) -> DestroyResult:
@@ -348,17 +385,18 @@ class Provisioner:
         if record.state == "destroyed":
             return DestroyResult(deployment=deployment, already_destroyed=True, terraform={}, released_addresses=())
         params = _recorded_params(record)
-        with self._session(record.blueprint, params, deployment, action="destroy", lock_timeout_s=lock_timeout_s,
+        with self._session(record.blueprint, params, deployment, operation="destroy", lock_timeout_s=lock_timeout_s,
                            recorded=True) as session:  # fmt: skip
             return session.destroy()
 
-    def drift(self, deployment: str) -> DriftReport:
+    def drift(self, deployment: str, *, lock_timeout_s: float | None = None) -> DriftReport:
         """Compute drift (Terraform refresh) and configuration drift (Ansible check mode), in one report."""
         record = self.status(deployment)
         if record.state == "destroyed":
             raise DeploymentNotFound(f"deployment {deployment!r} is destroyed", step="drift")
         params = _recorded_params(record)
-        with self._session(record.blueprint, params, deployment, action=None, recorded=True) as session:
+        with self._session(record.blueprint, params, deployment, operation="drift", recorded=True,
+                           lock_timeout_s=lock_timeout_s) as session:  # fmt: skip
             return session.drift(record)
 
     @contextlib.contextmanager
@@ -368,10 +406,11 @@ class Provisioner:
         params: Mapping[str, Any],
         deployment: str,
         *,
-        action: Literal["provision", "destroy"] | None,
+        operation: Literal["plan", "provision", "destroy", "drift"],
         lock_timeout_s: float | None = None,
         recorded: bool = False,
     ) -> Iterator[_Session]:
+        """A run: checked blueprint and params, then the deployment's lease, a private directory, recovery."""
         session = _Session(self, str(deployment))
         with session.cleanup:  # the run's SSH connections and other scratch, whatever happens
             with session.step("blueprint"):
@@ -384,13 +423,18 @@ class Provisioner:
                 session.params = _params.validate(
                     session.spec, dict(params) if isinstance(params, Mapping) else params, deployment
                 )
-            if action is None:
-                yield session
-                return
             timeout = self.settings.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+            # Private directories of runs that died are swept first; tools of a dead run on this deployment
+            # get their grace to stop (Terraform writes its state) before this run touches its state.
+            _private.sweep(deployment=session.deployment)
             # SIGTERM (a CI runner cancelling the job) stops the run like Ctrl-C: tools stop, the record says so.
-            with sigterm_as_interrupt(), _lock.locked(self.store, session.params.deployment, operation=action,
-                                                      timeout_s=timeout):  # fmt: skip
+            # Every operation holds the lease: plan and drift use the same working directories and state.
+            with sigterm_as_interrupt(), _lock.locked(
+                self.store, session.deployment, operation=operation, timeout_s=timeout,
+                ttl_s=self.settings.lease_ttl_s, on_lost=self.cancel.set,
+            ) as lease:  # fmt: skip
+                session.private = session.cleanup.enter_context(_private.run_directory(session.deployment))
+                session.dead = _recovery.dead_run(self.records.get(session.deployment), lease.previous)
                 yield session
 
     def _wait_for_ssh(self, inventory: Inventory) -> None:
@@ -431,9 +475,15 @@ class _Session:
         self._run: _Run | None = None
         self._terraform: Terraform | None = None
         self._ansible: Ansible | None = None
+        self._secret_source: SecretSource | None = None
         self.cleanup = contextlib.ExitStack()
         self.failed_step: str | None = None
         self.previous_run: RunRecord | None = None
+        self.private = Path()
+        """The run's private directory (set when the lease is held)."""
+        self.dead: _recovery.DeadRun | None = None
+        """The run before this one, if it died (found when the lease is taken)."""
+        self.journal: Journal | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -458,11 +508,16 @@ class _Session:
             self.emit(StepFinished(deployment=self.deployment, step=name, seconds=seconds, ok=ok))
 
     @property
+    def secret_source(self) -> SecretSource:
+        if self._secret_source is None:
+            self._secret_source = self.p._secret_source or VaultSource(self.settings)
+        return self._secret_source
+
+    @property
     def run(self) -> _Run:
         if self._run is None:
             with self.step("secrets"):
-                source = self.p._secret_source or VaultSource(self.settings)
-                secrets = _secrets.resolve(self.spec, self.params, source)
+                secrets = _secrets.resolve(self.spec, self.params, self.secret_source)
             self.redactor.add(*self.params.secret_values(), *secrets.all())
             self._run = _Run(self.settings, self.params, secrets)
         return self._run
@@ -471,7 +526,8 @@ class _Session:
     def terraform(self) -> Terraform:
         if self._terraform is None:
             self._terraform = Terraform(self.settings, on_event=self.p._on_event, redactor=self.redactor,
-                                        deployment=self.deployment, cancel=self.p.cancel)  # fmt: skip
+                                        deployment=self.deployment, cancel=self.p.cancel, private_dir=self.private,
+                                        on_lock=self.lock_taken)  # fmt: skip
             with self.step("terraform.version"):
                 self._terraform.check_version()
         return self._terraform
@@ -501,16 +557,110 @@ class _Session:
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
-        """A private directory in memory for plan files (they hold variable values, secrets too)."""
-        directory = Path(tempfile.mkdtemp(prefix="umc-plan-", dir=private_dir_parent()))
+        """A directory in the run's private directory for plan files (they hold variable values, secrets too)."""
+        directory = Path(tempfile.mkdtemp(prefix="plan-", dir=self.private))
         try:
-            directory.chmod(0o700)
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
+    def lock_taken(self, module: str, lock_id: str) -> None:
+        """A Terraform command took a state lock: the journal notes its id, for the recovery if the run dies."""
+        if self.journal is not None:
+            self.journal.lock_taken(module, lock_id)
+
+    # -- recovery -----------------------------------------------------------------------------------
+
+    def recover(self, *, full: bool) -> None:
+        """Clean up after a run on this deployment that died (see :mod:`umc_infra._recovery`).
+
+        ``full`` (provision, destroy): also record it abandoned and remove the VMs it left that no state
+        knows; plan and drift only release its state locks and repair damaged state, which they need to read.
+        """
+        dead = self.dead
+        if dead is None:
+            return
+        with self.step("recover"):
+            self.emit(OutputLine(deployment=self.deployment, step="recover",
+                                 line=f"the last run ({dead.describe()}) died; cleaning up after it"))  # fmt: skip
+            record = self.p.records.get(self.deployment)
+            if full and record is not None and dead.run is not None:
+                abandoned = dead.run.model_copy(update={
+                    "outcome": "abandoned", "finished_at": datetime.now(UTC),
+                    "error": "the run's process died before it finished; the next run cleaned up after it",
+                })  # fmt: skip
+                state = "interrupted" if record.state == "provisioning" else record.state
+                self.p.records.update_run(record, abandoned, state=state)
+            modules = [m for m in dict.fromkeys((*(record.modules if record else ()), *self.spec.modules))
+                       if m in self.spec.modules]  # fmt: skip
+            orphans: list[str] = []
+            for module in modules:
+                _, config = backend(self.settings, deployment=self.deployment, module=module)
+                if "path" in config:
+                    _recovery.repair_local_state(Path(config["path"]))
+                self.release_stale_lock(module, dead)
+                if full and dead.new_vms(module):
+                    known = self.terraform.state_vms(self.init_only(module), module=module)
+                    orphans += [vm for vm in dead.new_vms(module) if vm not in known]
+            if orphans:
+                self.remove_orphans(orphans, dead)
+            self.dead = None
+
+    def init_only(self, module: str) -> Path:
+        """The module's working directory, initialised, for commands that need no inputs (state, locks)."""
+        workdir = self.workdir(module)
+        self.terraform.prepare(self.module_dir(module), workdir, module=module, inputs={})
+        self.terraform.init(workdir, module=module)
+        return workdir
+
+    def release_stale_lock(self, module: str, dead: _recovery.DeadRun) -> None:
+        """Release the module's state lock in DynamoDB if the dead run left it."""
+        if not _tflock.applies(self.settings) or dead.since is None:
+            return
+        lock = _tflock.read(self.settings, self.deployment, module)
+        if lock is None:
+            return
+        if not _tflock.is_stale(lock, recorded=dead.lock_ids, who=dead.who, since=dead.since):
+            raise RecoveryError(
+                f"module {module!r} of deployment {self.deployment!r} has a Terraform state lock ({lock.id}, held by "
+                f"{lock.who} since {lock.created}) that the run which died did not take. If no Terraform runs on "
+                f"it, release it with `terraform force-unlock {lock.id}`; nothing was changed",
+                step="recover",
+            )
+        told = f"releasing the state lock {lock.id} of module {module!r} that the run left"
+        self.emit(OutputLine(deployment=self.deployment, step="recover", line=told))
+        self.terraform.force_unlock(self.init_only(module), module=module, lock_id=lock.id)
+
+    def remove_orphans(self, vms: list[str], dead: _recovery.DeadRun) -> None:
+        """Remove VMs the dead run created that Terraform's state does not know (they would be duplicates)."""
+        datacenter = self.settings.vsphere_datacenter
+        if not self.settings.vsphere_credentials or not datacenter:
+            raise RecoveryError(
+                f"the last run of deployment {self.deployment!r} ({dead.describe()}) died while creating VMs; "
+                f"these may exist in vCenter but not in Terraform's state: {', '.join(vms)}. Set "
+                "UMC_VSPHERE_CREDENTIALS (and UMC_VSPHERE_DATACENTER) so umc_infra removes them, or remove them "
+                "by hand; nothing was changed",
+                step="recover",
+            )
+        user, password = _vcenter.credentials(self.settings, self.secret_source)
+        self.redactor.add(password)
+        with _vcenter.connect(self.settings, user, password) as si:
+            for path in vms:
+                vm = _vcenter.find_vm(si, datacenter, path)
+                if vm is not None:
+                    self.emit(
+                        OutputLine(
+                            deployment=self.deployment,
+                            step="recover",
+                            line=f"removing VM {path}: the run that died created it, no state knows it",
+                        )
+                    )
+                    _vcenter.remove_vm(si, vm)
+
     def addresses(self, *, dry_run: bool = False) -> None:
         with self.step("addresses"):
+            site = _ipam.Site.of(self.settings)
+            _ipam.check_given(self.spec, self.run.value, site=site)
             for name, module in self.spec.modules.items():
                 if module.addresses is None:
                     continue
@@ -518,16 +668,16 @@ class _Session:
                 given = self.run.value(module.addresses.given) if module.addresses.given else []
                 self.run.addresses[name] = _ipam.allocate(
                     self.p.store, pool=self.settings.ip_pool, deployment=self.deployment, module=name,
-                    count=count, given=[str(a) for a in given], dry_run=dry_run,
+                    count=count, given=[str(a) for a in given], dry_run=dry_run, site=site,
                 )  # fmt: skip
 
     def release_removed_addresses(self) -> None:
-        """After a scale-down: free the addresses of the VMs that are gone."""
+        """After the apply: free the addresses no VM uses any more (a scale-down, a VM given a new address)."""
         with self.step("addresses.release"):
             for name, module in self.spec.modules.items():
                 if module.addresses is not None:
-                    keep = len(self.run.addresses[name])
-                    _ipam.release_extra(self.p.store, deployment=self.deployment, module=name, keep=keep)
+                    _ipam.release_unused(self.p.store, deployment=self.deployment, module=name,
+                                         keep=self.run.addresses[name])  # fmt: skip
 
     def prepare(self, module: str) -> tuple[Path, dict[str, SecretStr]]:
         """Working dir with the module, vars and backend, initialised; returns it and the secret inputs."""
@@ -564,6 +714,25 @@ class _Session:
             k: SecretStr(str(o["value"])) if o.get("sensitive") else o["value"] for k, o in raw.items()
         }
 
+    def known_hosts(self, inventory: Inventory, *, recreated: set[str] | tuple[str, ...]) -> str:
+        """Check each host's SSH host keys against their pin (pinning new VMs); the ``known_hosts`` for SSH.
+
+        A VM's id comes from its module's ``ids`` output where the module has one: a VM rebuilt under the
+        same name is then known to be new.
+        """
+        hosts: list[tuple[str, str, str | None]] = []
+        for host in inventory.hosts:
+            spec = next((h for h in self.spec.hosts if h.module == host.module), None)
+            outputs = self.run.outputs.get(host.module, {})
+            names = outputs.get(spec.names) if spec is not None else None
+            ids = outputs.get("ids")
+            vm_id = None
+            if isinstance(names, list) and isinstance(ids, list) and len(ids) == len(names) and host.name in names:
+                vm_id = str(ids[names.index(host.name)])
+            hosts.append((host.name, host.ip, vm_id))
+        return _hostkeys.known_hosts(self.p.store, self.deployment, hosts, recreated=recreated,
+                                     port=self.settings.ssh_port)  # fmt: skip
+
     def playbook_vars(self, play: Any) -> dict[str, Any]:
         return {var: self.run.value(value) for var, value in play.vars.items()}
 
@@ -572,13 +741,14 @@ class _Session:
         if self._ansible is None:
             self._ansible = self.cleanup.enter_context(Ansible(
                 self.settings, self.spec.playbook_file, on_event=self.p._on_event, redactor=self.redactor,
-                deployment=self.deployment, cancel=self.p.cancel,
+                deployment=self.deployment, cancel=self.p.cancel, private_dir=self.private,
             ))  # fmt: skip
         return self._ansible
 
     # -- plan ---------------------------------------------------------------------------------------
 
     def plan(self, *, check_configuration: bool) -> PlanResult:
+        self.recover(full=False)
         record = self.p.records.get(self.deployment)
         exists = record is not None and record.state != "destroyed"
         self.addresses(dry_run=True)  # the addresses it would claim, unclaimed
@@ -588,7 +758,7 @@ class _Session:
                 with self.step(f"terraform.plan.{module}"):
                     workdir, secret = self.prepare(module)
                     resources += self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
-                                                     secret_inputs=secret)  # fmt: skip
+                                                     secret_inputs=secret).resources  # fmt: skip
                     self.read_outputs(module, workdir)
         configuration: list[ConfigChange] = []
         if check_configuration and exists and record is not None and record.hosts and self.spec.ansible:
@@ -605,13 +775,16 @@ class _Session:
         self.run.inventory = inventory
         ansible = self.ansible()
         key = self.run.value(self.spec.ansible.ssh_private_key)
+        with self.step("ssh"):
+            known = self.known_hosts(inventory, recreated=())
         changes: list[ConfigChange] = []
         for play in self.spec.playbooks:
             if not inventory.in_group(play.hosts):
                 continue
             with self.step(f"ansible.check.{play.playbook}"):
                 result = ansible.run(play.playbook, inventory=inventory, hosts=play.hosts, user=self.spec.ansible.user,
-                                     ssh_key=key, variables=self.playbook_vars(play), check=True)  # fmt: skip
+                                     ssh_key=key, variables=self.playbook_vars(play), check=True,
+                                     known_hosts=known)  # fmt: skip
             changes += [ConfigChange(playbook=play.playbook, host=h, task=t) for h, t in result.changed_tasks]
         return changes
 
@@ -625,6 +798,7 @@ class _Session:
         on_failure: Literal["keep", "destroy"],
         retry: Literal["failed", "all"],
     ) -> ProvisionResult:
+        self.recover(full=True)
         records = self.p.records
         now = datetime.now(UTC)
         existing = records.get(self.deployment)
@@ -634,37 +808,44 @@ class _Session:
             deployment=self.deployment, blueprint=self.spec.name, version=self.spec.version, state="provisioning",
             params=self.params.masked(), created_at=now, updated_at=now,
         )  # fmt: skip
-        run = RunRecord(action="provision", outcome="running", actor=Actor.from_environment(), started_at=now,
-                        blueprint_version=self.spec.version)  # fmt: skip
-        record = records.update_run(record, run, state="provisioning" if brand_new else record.state)
+        journal = self.journal = Journal.start(records, record, action="provision", blueprint_version=self.spec.version,
+                                               state="provisioning" if brand_new else record.state)  # fmt: skip
         changes: dict[str, ChangeCounts] = {}
         applied: list[str] = []
         try:
             result = self._provision(plan, allow_destroy, changes, applied, retry)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt | Cancelled)
-            outcome = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled" if interrupted else "failed"
-            message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
             state = "interrupted" if interrupted else "failed"
+            rollback: UmcInfraError | None = None
             if on_failure == "destroy" and brand_new and not interrupted and applied:
-                with contextlib.suppress(UmcInfraError):
+                try:
                     self._destroy_modules(applied)
                     _ipam.release(self.p.store, deployment=self.deployment)
                     state = "destroyed"
-            finished = run.model_copy(update={
-                "outcome": outcome, "finished_at": datetime.now(UTC), "error": message, "timings": self.timings,
-                "failed_step": self.failed_step or getattr(exc, "step", None), "changes": changes,
-                "failed_hosts": tuple(dict.fromkeys(h for h, _, _ in getattr(exc, "failures", ()))),
-            })  # fmt: skip
-            records.update_run(record, finished, state=state if brand_new or state == "interrupted" else record.state)
+                except UmcInfraError as failed:
+                    rollback = failed
+            journal.failed(
+                exc, redactor=self.redactor, timings=self.timings, failed_step=self.failed_step, changes=changes,
+                failed_hosts=tuple(dict.fromkeys(h for h, _, _ in getattr(exc, "failures", ()))),
+                record_changes={"state": state if brand_new or state == "interrupted" else record.state},
+            )  # fmt: skip
+            if rollback is not None:
+                cause, undo = error_text(exc, self.redactor), error_text(rollback, self.redactor)
+                raise RollbackFailed(
+                    f"deployment {self.deployment!r} failed ({cause}), and removing what it made failed too "
+                    f"({undo}); what exists is kept and recorded as failed: run destroy once the cause is fixed",
+                    cause=cause,
+                    rollback=undo,
+                    step=rollback.step,
+                ) from exc
             raise
-        finished = run.model_copy(update={
-            "outcome": "succeeded", "finished_at": result.finished_at, "timings": result.timings, "changes": changes,
-        })  # fmt: skip
         with self.step("record"):
-            records.update_run(
-                record, finished, state="active", version=self.spec.version, blueprint=self.spec.name,
-                params=result.params, hosts=result.hosts, outputs=result.outputs, modules=tuple(self.spec.modules),
+            journal.finish(
+                "succeeded", timings=result.timings, changes=changes,
+                record_changes={"state": "active", "version": self.spec.version, "blueprint": self.spec.name,
+                                "params": result.params, "hosts": result.hosts, "outputs": result.outputs,
+                                "modules": tuple(self.spec.modules)},
             )  # fmt: skip
         return result
 
@@ -680,7 +861,7 @@ class _Session:
         self.hooks("before_terraform", "provision")
         with self.scratch() as scratch:
             # Plan every module first: the destroy policy and a reviewed plan are checked before anything applies.
-            planned: dict[str, tuple[Path, dict[str, Any], list[ResourceChange]]] = {}
+            planned: dict[str, tuple[Path, dict[str, Any], TerraformPlan]] = {}
             for module in self.spec.modules:
                 try:
                     inputs = self.run.inputs(self.spec, module)
@@ -692,7 +873,8 @@ class _Session:
                     planned[module] = (planfile, inputs, self.terraform.plan(workdir, planfile, module=module,
                                                                              secret_inputs=secret))  # fmt: skip
             with self.step("policy"):
-                self.check_policy([c for _, _, found in planned.values() for c in found], reviewed, allow_destroy)
+                self.check_policy([c for _, _, found in planned.values() for c in found.resources], reviewed,
+                                  allow_destroy)  # fmt: skip
             for module in self.spec.modules:
                 with self.step(f"terraform.apply.{module}"):
                     inputs = self.run.inputs(self.spec, module)
@@ -701,17 +883,20 @@ class _Session:
                         workdir, secret = self.prepare(module)
                         found = self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
                                                     secret_inputs=secret)  # fmt: skip
-                        self.check_policy(found, None, allow_destroy)
+                        self.check_policy(list(found.resources), None, allow_destroy)
                         planned[module] = (scratch / f"{module}.tfplan", inputs, found)
                     planfile, _, found = planned[module]
                     applied.append(module)
                     changes[module] = ChangeCounts()
-                    if not found:
+                    if not found.resources:
                         self.read_outputs(module, workdir)
                     # Nothing to change, but an interrupted apply can leave outputs unwritten: apply then too.
                     declared = _blueprint.module_interface(self.module_dir(module)).outputs
-                    if found or not declared <= set(self.run.outputs.get(module, {})):
+                    if found.resources or not declared <= set(self.run.outputs.get(module, {})):
+                        assert self.journal is not None
+                        self.journal.applying(module, found.new_vms)  # for the recovery, should this run die
                         changes[module] = self.terraform.apply_plan(workdir, planfile, module=module)
+                        self.journal.landed(module)
                         self.read_outputs(module, workdir)
         self.release_removed_addresses()
 
@@ -723,6 +908,9 @@ class _Session:
             self.hooks("before_ansible", "provision")
             with self.step("ssh"):
                 self.p._wait_for_ssh(self.run.inventory)
+                # VMs this run created or replaced are pinned anew; every other must show its pinned key.
+                recreated = {vm.rsplit("/", 1)[-1] for _, _, found in planned.values() for vm in found.new_vms}
+                known = self.known_hosts(self.run.inventory, recreated=recreated)
             ansible = self.ansible()
             key = self.run.value(self.spec.ansible.ssh_private_key)
             resume = self.resume_point(changes, retry)
@@ -735,7 +923,7 @@ class _Session:
                 with self.step(f"ansible.{play.playbook}"):
                     played[play.playbook] = ansible.run(
                         play.playbook, inventory=self.run.inventory, hosts=play.hosts, user=self.spec.ansible.user,
-                        ssh_key=key, variables=self.playbook_vars(play), only=only,
+                        ssh_key=key, variables=self.playbook_vars(play), only=only, known_hosts=known,
                     )  # fmt: skip
             self.hooks("after_ansible", "provision")
         self.hooks("after_provision", "provision")
@@ -792,33 +980,23 @@ class _Session:
     # -- destroy ------------------------------------------------------------------------------------
 
     def destroy(self) -> DestroyResult:
-        records = self.p.records
-        record = records.get(self.deployment)
+        self.recover(full=True)
+        record = self.p.records.get(self.deployment)
         assert record is not None
-        now = datetime.now(UTC)
-        run = RunRecord(action="destroy", outcome="running", actor=Actor.from_environment(), started_at=now,
-                        blueprint_version=record.version)  # fmt: skip
-        record = records.update_run(record, run)
+        journal = self.journal = Journal.start(self.p.records, record, action="destroy",
+                                               blueprint_version=record.version)  # fmt: skip
         try:
             self.hooks("before_destroy", "destroy")
             counts = self._destroy_modules(list(record.modules or self.spec.modules))
             with self.step("addresses"):
                 released = _ipam.release(self.p.store, deployment=self.deployment)
+                _hostkeys.forget(self.p.store, self.deployment)
             self.hooks("after_destroy", "destroy")
         except BaseException as exc:
-            message = self.redactor(str(exc)) if isinstance(exc, UmcInfraError) else type(exc).__name__
-            records.update_run(record, run.model_copy(update={
-                "outcome": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                "finished_at": datetime.now(UTC), "error": message, "timings": self.timings,
-                "failed_step": self.failed_step or getattr(exc, "step", None),
-            }))  # fmt: skip
+            journal.failed(exc, redactor=self.redactor, timings=self.timings, failed_step=self.failed_step)
             raise
-        records.update_run(
-            record,
-            run.model_copy(update={"outcome": "succeeded", "finished_at": datetime.now(UTC), "timings": self.timings,
-                                   "changes": counts}),
-            state="destroyed", hosts=(), outputs={},
-        )  # fmt: skip
+        journal.finish("succeeded", timings=self.timings, changes=counts,
+                       record_changes={"state": "destroyed", "hosts": (), "outputs": {}})  # fmt: skip
         shutil.rmtree(self.settings.state_dir / "work" / self.deployment, ignore_errors=True)
         return DestroyResult(deployment=self.deployment, already_destroyed=False, terraform=counts,
                              released_addresses=tuple(released))  # fmt: skip
@@ -863,6 +1041,7 @@ class _Session:
     # -- drift --------------------------------------------------------------------------------------
 
     def drift(self, record: DeploymentRecord) -> DriftReport:
+        self.recover(full=False)
         compute: list[ResourceChange] = []
         with self.scratch() as scratch:
             for module in self.spec.modules:
@@ -870,7 +1049,7 @@ class _Session:
                 with self.step(f"terraform.drift.{module}"):
                     workdir, secret = self.prepare(module)
                     compute += self.terraform.plan(workdir, scratch / f"{module}.tfplan", module=module,
-                                                   secret_inputs=secret, refresh_only=True)  # fmt: skip
+                                                   secret_inputs=secret, refresh_only=True).resources  # fmt: skip
                     self.read_outputs(module, workdir)
         configuration: list[ConfigChange] = []
         if record.hosts and self.spec.ansible is not None:
@@ -930,9 +1109,12 @@ def plan(
     deployment: str,
     settings: Settings | None = None,
     on_event: EventCallback | None = None,
+    lock_timeout_s: float | None = None,
 ) -> PlanResult:
     """What ``provision`` would change: sugar over :meth:`Provisioner.plan`."""
-    return _provisioner(settings, on_event).plan(blueprint, params, deployment=deployment)
+    return _provisioner(settings, on_event).plan(
+        blueprint, params, deployment=deployment, lock_timeout_s=lock_timeout_s
+    )
 
 
 def destroy(
@@ -942,9 +1124,15 @@ def destroy(
     return _provisioner(settings, on_event).destroy(deployment)
 
 
-def drift(deployment: str, *, settings: Settings | None = None, on_event: EventCallback | None = None) -> DriftReport:
+def drift(
+    deployment: str,
+    *,
+    settings: Settings | None = None,
+    on_event: EventCallback | None = None,
+    lock_timeout_s: float | None = None,
+) -> DriftReport:
     """Compute and configuration drift of a deployment."""
-    return _provisioner(settings, on_event).drift(deployment)
+    return _provisioner(settings, on_event).drift(deployment, lock_timeout_s=lock_timeout_s)
 
 
 def deployments(*, settings: Settings | None = None) -> list[DeploymentRecord]:

@@ -8,6 +8,7 @@ before a record is written.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -16,11 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from umc_infra._errors import StateBackendError
 from umc_infra._inventory import Host
-from umc_infra._store import StateStore
+from umc_infra._store import StateStore, parse_document
 from umc_infra._terraform import ChangeCounts
 
-Outcome = Literal["running", "succeeded", "failed", "interrupted", "cancelled"]
+Outcome = Literal["running", "succeeded", "failed", "interrupted", "cancelled", "abandoned"]
+"""``abandoned``: the run's process died (SIGKILL, a lost machine); the next run found out and recorded it."""
 State = Literal["provisioning", "active", "failed", "interrupted", "destroyed"]
 
 
@@ -64,6 +67,21 @@ class Actor(BaseModel):
         return cls(user=user, host=socket.gethostname())
 
 
+class InFlight(BaseModel):
+    """What a run's Terraform was doing on one module when its record was last written.
+
+    Written before an apply starts and cleared when it ends, so the run after one that died knows which
+    VMs may exist that Terraform's state never recorded, and which state locks it left behind.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    new_vms: tuple[str, ...] = ()
+    """VMs the apply was to create (``folder/name``)."""
+    lock_ids: tuple[str, ...] = ()
+    """Ids of the Terraform state locks its commands took (S3 backend)."""
+
+
 class RunRecord(BaseModel):
     """One provision, destroy or repair run."""
 
@@ -82,6 +100,10 @@ class RunRecord(BaseModel):
     """The error's message (already free of secret values)."""
     timings: dict[str, float] = Field(default_factory=dict)
     changes: dict[str, ChangeCounts] = Field(default_factory=dict)
+    in_flight: dict[str, InFlight] = Field(default_factory=dict)
+    """Per module, what its Terraform was doing (see :class:`InFlight`); empty when nothing was."""
+    terraform_who: str | None = None
+    """The ``user@host`` Terraform writes into the state locks this run's commands take."""
 
 
 class DeploymentRecord(BaseModel):
@@ -112,6 +134,9 @@ def _key(deployment: str) -> str:
     return f"deployments/{deployment}/record.json"
 
 
+_log = logging.getLogger("umc_infra")
+
+
 class Records:
     """Read and write deployment records in a state store."""
 
@@ -122,22 +147,38 @@ class Records:
         return f"Records({self._store!r})"
 
     def get(self, deployment: str) -> DeploymentRecord | None:
-        """The record of ``deployment``, or None if it was never provisioned here."""
+        """The record of ``deployment``, or None if it was never provisioned here.
+
+        Raises:
+            StateBackendError: The record is corrupt (names the document), or the backend cannot be read.
+        """
         data = self._store.get(_key(deployment))
-        return DeploymentRecord.model_validate_json(data) if data is not None else None
+        return self._parse(deployment, data) if data is not None else None
+
+    def _parse(self, deployment: str, data: bytes) -> DeploymentRecord:
+        fix = (
+            f"restore it from the backend's earlier versions (S3 object versioning) or a backup of {self._store!r}; "
+            "if the deployment no longer exists, remove the document"
+        )
+        return parse_document(DeploymentRecord, data, key=_key(deployment), fix=fix, step="records")
 
     def put(self, record: DeploymentRecord) -> None:
         """Write (replace) a record."""
         self._store.put(_key(record.deployment), record.model_dump_json(indent=2).encode())
 
     def all(self) -> list[DeploymentRecord]:
-        """Every deployment's record, by name."""
+        """Every deployment's record, by name; a corrupt record is left out with a warning (``umc_infra`` logger)."""
         found = []
         for key in self._store.list("deployments"):
             if key.endswith("/record.json"):
-                record = self.get(key.split("/")[1])
-                if record is not None:
-                    found.append(record)
+                deployment = key.split("/")[1]
+                data = self._store.get(key)
+                if data is None:
+                    continue  # removed since the listing
+                try:
+                    found.append(self._parse(deployment, data))
+                except StateBackendError as exc:
+                    _log.warning("left out deployment %s: %s", deployment, exc)
         return sorted(found, key=lambda r: r.deployment)
 
     def update_run(self, record: DeploymentRecord, run: RunRecord, **changes: Any) -> DeploymentRecord:

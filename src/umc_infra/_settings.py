@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from umc_infra._errors import ParamProblem, SettingsError
@@ -28,7 +38,7 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-def _address_list(value: object) -> object:
+def _comma_list(value: object) -> object:
     """``a,b`` or a JSON list, as environment variables give them; lists pass through."""
     if isinstance(value, str):
         text = value.strip()
@@ -49,8 +59,16 @@ def _path_list(value: object) -> object:
     return value
 
 
+def site_subnet(gateway: str, netmask: int) -> ipaddress.IPv4Network | None:
+    """The site's subnet: the network of ``gateway/netmask``; None without a gateway (or with an invalid one)."""
+    try:
+        return ipaddress.IPv4Network(f"{ipaddress.IPv4Address(gateway)}/{netmask}", strict=False)
+    except ValueError:
+        return None
+
+
 PathList = Annotated[list[Path], NoDecode, BeforeValidator(_path_list)]
-AddressList = Annotated[list[Annotated[str, AfterValidator(_ip)]], NoDecode, BeforeValidator(_address_list)]
+AddressList = Annotated[list[Annotated[str, AfterValidator(_ip)]], NoDecode, BeforeValidator(_comma_list)]
 
 
 # ``site.<key>`` in blueprints -> the Settings field it reads
@@ -117,6 +135,12 @@ class Settings(BaseSettings):
     """Without these two, boto3 and Terraform find credentials the usual AWS ways (profile, role)."""
     state_timeout_s: float = Field(default=20, gt=0, validation_alias=_env("UMC_STATE_TIMEOUT"))
     """Seconds an S3 request may take (connect, then read) before it is retried; 3 attempts in all."""
+    state_kms_key_id: str | None = Field(default=None, validation_alias=_env("UMC_STATE_KMS_KEY_ID"))
+    """A KMS key (id, alias or ARN) that encrypts Terraform state and umc_infra's documents in S3 (SSE-KMS);
+    without it, S3-managed keys (SSE-S3). Terraform state holds sensitive values in clear text inside."""
+    lease_ttl_s: float = Field(default=60, ge=3, validation_alias=_env("UMC_LEASE_TTL"))
+    """Seconds a deployment lease lives without renewal: a run renews it every third of this while it lives,
+    so a run that died (SIGKILL, a lost machine) frees its deployment this long after its last renewal."""
 
     # -- vSphere site -----------------------------------------------------------------------------
     vsphere_server: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_SERVER", "VSPHERE_SERVER"))
@@ -132,6 +156,9 @@ class Settings(BaseSettings):
     vsphere_folder: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_FOLDER"))
     vsphere_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_TEMPLATE"))
     vsphere_domain: str = Field(default="local", validation_alias=_env("UMC_VSPHERE_DOMAIN"))
+    vsphere_credentials: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_CREDENTIALS"))
+    """A Vault KV v2 secret with keys ``user`` and ``password`` (``kv/data/umc/vsphere``) for umc_infra's own
+    vCenter calls: removing a VM a killed run created but never recorded, and ``doctor``."""
     customize_timeout: int = Field(default=10, ge=0, validation_alias=_env("UMC_VSPHERE_CUSTOMIZE_TIMEOUT"))
     """Minutes to wait for guest customization; 0 on the simulator, which never reports completion."""
     wait_for_guest_net_timeout: int = Field(
@@ -139,10 +166,12 @@ class Settings(BaseSettings):
     )
 
     # -- addresses and guests ---------------------------------------------------------------------
+    ip_gateway: str = Field(default="", validation_alias=_env("UMC_IP_GATEWAY"))
+    """The VMs' default gateway; with ``ip_netmask`` it makes the site's subnet, which every VM address must lie in."""
+    ip_netmask: int = Field(default=24, ge=1, le=32, validation_alias=_env("UMC_IP_NETMASK"))
+    # After the gateway and netmask: its validator checks that the pool lies in their subnet.
     ip_pool: str | None = Field(default=None, validation_alias=_env("UMC_IP_POOL"))
     """Addresses to allocate from, ``first-last`` (e.g. ``10.20.30.10-10.20.30.200``)."""
-    ip_gateway: str = Field(default="", validation_alias=_env("UMC_IP_GATEWAY"))
-    ip_netmask: int = Field(default=24, ge=1, le=32, validation_alias=_env("UMC_IP_NETMASK"))
     dns_servers: AddressList = Field(default_factory=list, validation_alias=_env("UMC_DNS_SERVERS"))
     client_source_addresses: AddressList = Field(
         default_factory=list, validation_alias=_env("UMC_CLIENT_SOURCE_ADDRESSES")
@@ -168,6 +197,11 @@ class Settings(BaseSettings):
     """Where ``blueprints/``, ``modules/`` and ``playbooks/`` live; default: those shipped with umc_infra."""
     blueprint_path: PathList = Field(default_factory=list, validation_alias=_env("UMC_BLUEPRINT_PATH"))
     """More blueprint directories, searched after the built-in ones (``:``-separated, like ``PATH``)."""
+    blueprint_overrides: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = Field(
+        default_factory=list, validation_alias=_env("UMC_BLUEPRINT_OVERRIDES")
+    )
+    """Names of built-in blueprints that a blueprint from ``UMC_BLUEPRINT_PATH`` or a package may replace
+    (with ``override: true``); without its name here, such a replacement is refused."""
     min_free_mb: int = Field(default=64, ge=0, validation_alias=_env("UMC_MIN_FREE_MB"))
     """Free space the state directory must have before Terraform runs: a full disk while Terraform writes its
     state would leave VMs that no state knows of. 0 turns the check off."""
@@ -176,9 +210,19 @@ class Settings(BaseSettings):
     terraform_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_TERRAFORM_TIMEOUT"))
     ansible_timeout_s: float = Field(default=3600, gt=0, validation_alias=_env("UMC_ANSIBLE_TIMEOUT"))
 
+    @field_validator("ip_gateway")
+    @classmethod
+    def _gateway(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        try:
+            return str(ipaddress.IPv4Address(value.strip()))
+        except ValueError:
+            raise ValueError("must be empty or an IPv4 address, e.g. 10.20.30.1") from None
+
     @field_validator("ip_pool")
     @classmethod
-    def _pool(cls, value: str | None) -> str | None:
+    def _pool(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         first, sep, last = value.partition("-")
@@ -188,6 +232,18 @@ class Settings(BaseSettings):
             raise ValueError("must be 'first-last' IPv4 addresses, e.g. 10.20.30.10-10.20.30.200") from None
         if not sep or int(b) < int(a):
             raise ValueError("must be 'first-last' with first <= last")
+        subnet = site_subnet(info.data.get("ip_gateway", ""), info.data.get("ip_netmask", 24))
+        if subnet is not None and (a not in subnet or b not in subnet):
+            raise PydanticCustomError(
+                "pool_outside_subnet",
+                "the pool {pool} (UMC_IP_POOL) is not inside the site's subnet {subnet} (from UMC_IP_GATEWAY and "
+                "UMC_IP_NETMASK): VMs with these addresses could not reach their gateway; choose a pool in {subnet}",
+                {
+                    "pool": f"{a}-{b}",
+                    "subnet": str(subnet),
+                    "expected": f"'first-last' inside the site's subnet {subnet}",
+                },
+            )
         return f"{a}-{b}"
 
     @field_validator("vsphere_datacenter", "vsphere_datastore", "vsphere_network", "vsphere_folder", "vsphere_template")

@@ -12,13 +12,15 @@ the installed provider packages; downloads are shared through a plugin cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from python_terraform import IsFlagged
 from python_terraform import Terraform as _ArgvBuilder
 
+from umc_infra import _private, _tflock
 from umc_infra._errors import ProcessError, TerraformError, UmcInfraError
 from umc_infra._events import EventCallback, OutputLine, ResourceChanged
 from umc_infra._process import ProcessResult, Redactor, Stream, run
@@ -44,6 +47,7 @@ _STATUS_OF: dict[str, Literal["started", "complete", "errored"]] = {
     "apply_complete": "complete",
 }
 BACKEND_FILE = "umc_backend.tf.json"
+ERRORED_STATE = "errored.tfstate"
 
 
 MASK = "***"
@@ -138,7 +142,25 @@ def resource_changes(module: str, entries: list[dict[str, Any]]) -> list[Resourc
     return found
 
 
-def counts_of(changes: list[ResourceChange]) -> ChangeCounts:
+class TerraformPlan(BaseModel):
+    """What a plan of one module would do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resources: tuple[ResourceChange, ...] = ()
+    new_vms: tuple[str, ...] = ()
+    """VMs it would create (``folder/name``): the journal notes them before the apply, so that a VM a killed
+    run created but never got into its state is found and removed by the next run."""
+
+
+def _vm_of(kind: object, values: object) -> str | None:
+    """``folder/name`` of a ``vsphere_virtual_machine`` from its planned or recorded values."""
+    if kind != "vsphere_virtual_machine" or not isinstance(values, dict) or not values.get("name"):
+        return None
+    return f"{str(values.get('folder') or '').strip('/')}/{values['name']}".lstrip("/")
+
+
+def counts_of(changes: list[ResourceChange] | tuple[ResourceChange, ...]) -> ChangeCounts:
     """Add/change/remove counts the way Terraform reports them (a replace is one add and one remove)."""
     return ChangeCounts(
         add=sum(c.action in ("create", "replace") for c in changes),
@@ -180,11 +202,15 @@ def argv_init(binary: str, backend_config: Mapping[str, str]) -> list[str]:
     )
 
 
+LOCK_TIMEOUT = "30s"
+"""How long a command waits for the state lock: Terraform of a run that died may still be saving its state."""
+
+
 def argv_apply(binary: str, *, destroy: bool = False) -> list[str]:
     """``terraform apply`` with machine-readable output; ``destroy`` replaces python-terraform's ``-force``."""
     return _argv(
         binary, "apply", input=False, no_color=IsFlagged, auto_approve=IsFlagged, json=IsFlagged,
-        destroy=IsFlagged if destroy else None,
+        destroy=IsFlagged if destroy else None, lock_timeout=LOCK_TIMEOUT,
     )  # fmt: skip
 
 
@@ -196,17 +222,29 @@ def argv_plan(binary: str, out: Path, *, destroy: bool = False, refresh_only: bo
     return _argv(
         binary, "plan", input=False, no_color=IsFlagged, detailed_exitcode=IsFlagged, out=str(out),
         destroy=IsFlagged if destroy else None, refresh_only=IsFlagged if refresh_only else None,
+        lock_timeout=LOCK_TIMEOUT,
     )  # fmt: skip
 
 
 def argv_apply_plan(binary: str, planfile: Path) -> list[str]:
     """``terraform apply`` of a saved plan (exactly what was planned, or nothing if state moved)."""
-    return _argv(binary, "apply", str(planfile), input=False, no_color=IsFlagged, json=IsFlagged)
+    return _argv(binary, "apply", str(planfile), input=False, no_color=IsFlagged, json=IsFlagged,
+                 lock_timeout=LOCK_TIMEOUT)  # fmt: skip
 
 
-def argv_show(binary: str, planfile: Path) -> list[str]:
-    """``terraform show -json`` of a plan file."""
-    return _argv(binary, "show", str(planfile), no_color=IsFlagged, json=IsFlagged)
+def argv_show(binary: str, planfile: Path | None = None) -> list[str]:
+    """``terraform show -json`` of a plan file, or of the current state."""
+    return _argv(binary, "show", *([str(planfile)] if planfile else []), no_color=IsFlagged, json=IsFlagged)
+
+
+def argv_state_push(binary: str, statefile: Path) -> list[str]:
+    """``terraform state push FILE``: upload a state Terraform could not write to the backend itself."""
+    return _argv(binary, "state", "push", str(statefile), lock_timeout=LOCK_TIMEOUT)
+
+
+def argv_force_unlock(binary: str, lock_id: str) -> list[str]:
+    """``terraform force-unlock -force ID``: release a state lock its holder left behind."""
+    return _argv(binary, "force-unlock", lock_id, force=IsFlagged)
 
 
 def argv_output(binary: str) -> list[str]:
@@ -275,6 +313,8 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
         }
         if settings.lock_table:
             config["dynamodb_table"] = settings.lock_table
+        if settings.state_kms_key_id:
+            config["kms_key_id"] = settings.state_kms_key_id
         if settings.s3_endpoint:
             config.update(
                 endpoint=settings.s3_endpoint,
@@ -295,6 +335,20 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
 _VERSIONS: dict[str, str] = {}
 
 
+def _private_tree(directory: Path) -> None:
+    """``directory`` and its parents under the state directory exist, the directory itself 0700."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file readable by its owner only, created with that mode (no window where it is wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
 def _copy_module(source: Path, workdir: Path) -> None:
     """The module's ``*.tf`` files into ``workdir``, replacing any left from an earlier run."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -305,7 +359,17 @@ def _copy_module(source: Path, workdir: Path) -> None:
 
 
 class Terraform:
-    """Runs Terraform for one module instance of one deployment."""
+    """Runs Terraform for the module instances of one deployment.
+
+    Args:
+        settings: Site settings.
+        on_event: Gets resource and output events.
+        redactor: Hides secret values in everything shown.
+        deployment: The deployment's name.
+        private_dir: The run's private directory: Terraform's output files, and the tools registry.
+        cancel: Stops the running command gracefully when set.
+        on_lock: Called with ``(module, lock id)`` when a command takes the module's state lock (S3 backend).
+    """
 
     def __init__(
         self,
@@ -314,13 +378,17 @@ class Terraform:
         on_event: EventCallback,
         redactor: Redactor,
         deployment: str,
+        private_dir: Path,
         cancel: threading.Event | None = None,
+        on_lock: Callable[[str, str], None] | None = None,
     ) -> None:
         self._cancel = cancel
         self._settings = settings
         self._on_event = on_event
         self._redact = redactor
         self._deployment = deployment
+        self._private = private_dir
+        self._on_lock = on_lock
         self.binary = self._binary()
 
     def __repr__(self) -> str:
@@ -369,6 +437,7 @@ class Terraform:
         env = {
             "PATH": f"{Path(self.binary).parent}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(workdir),
+            "USER": pwd.getpwuid(os.getuid()).pw_name,  # the Who of the state locks it takes
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
             "CHECKPOINT_DISABLE": "1",
@@ -398,11 +467,17 @@ class Terraform:
         Raises:
             TerraformError: The working directory cannot be written (disk full, permissions).
         """
-        block, _ = backend(self._settings, deployment=self._deployment, module=module)
+        block, config = backend(self._settings, deployment=self._deployment, module=module)
         try:
+            _private_tree(workdir)
             _copy_module(source, workdir)
             (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
-            (workdir / VARS_FILE).write_text(json.dumps(dict(inputs), indent=2, sort_keys=True))
+            _write_private(workdir / VARS_FILE, json.dumps(dict(inputs), indent=2, sort_keys=True))
+            if "path" in config:  # the local backend: state holds sensitive values in clear text
+                state = Path(config["path"])
+                _private_tree(state.parent)
+                for existing in state.parent.glob(f"{state.name}*"):
+                    existing.chmod(0o600)
         except OSError as exc:
             raise TerraformError(
                 f"cannot write the working directory {workdir} of module {module!r}: {exc.strerror or exc}",
@@ -410,9 +485,20 @@ class Terraform:
             ) from None
 
     def init(self, workdir: Path, *, module: str) -> None:
-        """``terraform init`` against the backend."""
+        """``terraform init`` against the backend; then a state an earlier run could not save is saved now.
+
+        When Terraform cannot write its state to the backend (S3 unreachable, a full disk), it writes it
+        to ``errored.tfstate`` in the working directory (0600, in the 0700 state directory) and fails.
+        That file is the only record of what the failed apply made: it is pushed to the backend here, at
+        the next run's init, and removed once the backend has it.
+        """
         _, config = backend(self._settings, deployment=self._deployment, module=module)
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
+        errored = workdir / ERRORED_STATE
+        if errored.exists():
+            self._run(argv_state_push(self.binary, errored), step=f"terraform.state-push.{module}", workdir=workdir,
+                      env_secrets={})  # fmt: skip
+            errored.unlink()
 
     def validate(self, source: Path, workdir: Path) -> list[tuple[str, int | None, str]]:
         """``terraform validate`` of a module in a scratch ``workdir``: each error as (file, line, message)."""
@@ -473,6 +559,7 @@ class Terraform:
                 workdir=workdir,
                 env_secrets=secret_inputs,
                 on_json=on_json,
+                locks=module,
             )
         except TerraformError as exc:
             if errors:
@@ -496,23 +583,43 @@ class Terraform:
         secret_inputs: Mapping[str, SecretStr],
         destroy: bool = False,
         refresh_only: bool = False,
-    ) -> list[ResourceChange]:
+    ) -> TerraformPlan:
         """Plan into ``planfile``; the changes (or, with ``refresh_only``, the drift) it holds."""
         kind = "drift" if refresh_only else "plan"
         planned = self._run(
             argv_plan(self.binary, planfile, destroy=destroy, refresh_only=refresh_only),
             step=f"terraform.{kind}.{module}", workdir=workdir, env_secrets=secret_inputs, ok_codes=(0, 2),
+            locks=module,
         )  # fmt: skip
         if planned.returncode == 0:
-            return []  # no changes: nothing to show
-        shown = json.loads(
-            self._run(argv_show(self.binary, planfile), step=f"terraform.show.{module}", workdir=workdir,
-                      env_secrets={}, stream=False).stdout
-        )  # fmt: skip
+            return TerraformPlan()  # no changes: nothing to show
+        shown = self._show(workdir, module, planfile)
         for entry in (shown.get("resource_changes") or []) + (shown.get("resource_drift") or []):
             change = entry.get("change", {})
             self._redact.add(*(str(v) for v in _sensitive_values(change)))
-        return resource_changes(module, shown.get("resource_drift" if refresh_only else "resource_changes") or [])
+        entries = shown.get("resource_drift" if refresh_only else "resource_changes") or []
+        new_vms = () if refresh_only else tuple(
+            vm for e in entries if _action(e.get("change", {}).get("actions", [])) in ("create", "replace")
+            and (vm := _vm_of(e.get("type"), e.get("change", {}).get("after"))) is not None
+        )  # fmt: skip
+        return TerraformPlan(resources=tuple(resource_changes(module, entries)), new_vms=new_vms)
+
+    def state_vms(self, workdir: Path, *, module: str) -> set[str]:
+        """The VMs the module's state knows (``folder/name``): to tell a VM a killed run left behind."""
+        shown = self._show(workdir, module, None)
+        resources = (shown.get("values") or {}).get("root_module", {}).get("resources", [])
+        return {vm for r in resources if (vm := _vm_of(r.get("type"), r.get("values"))) is not None}
+
+    def force_unlock(self, workdir: Path, *, module: str, lock_id: str) -> None:
+        """Release a state lock that a Terraform of a dead run left behind."""
+        self._run(argv_force_unlock(self.binary, lock_id), step=f"terraform.unlock.{module}", workdir=workdir,
+                  env_secrets={})  # fmt: skip
+
+    def _show(self, workdir: Path, module: str, planfile: Path | None) -> dict[str, Any]:
+        out = self._run(argv_show(self.binary, planfile), step=f"terraform.show.{module}", workdir=workdir,
+                        env_secrets={}, stream=False).stdout  # fmt: skip
+        shown: dict[str, Any] = json.loads(out or "{}")
+        return shown
 
     def apply_plan(self, workdir: Path, planfile: Path, *, module: str) -> ChangeCounts:
         """Apply a saved plan; streams resource events and returns the change counts."""
@@ -540,10 +647,17 @@ class Terraform:
         on_json: Any = None,
         stream: bool = True,
         ok_codes: tuple[int, ...] = (0,),
+        locks: str | None = None,
     ) -> ProcessResult:
-        """Run Terraform; an exit code outside ``ok_codes`` is a TerraformError with the last lines."""
+        """Run Terraform; an exit code outside ``ok_codes`` is a TerraformError with the last lines.
+
+        The result's output is not redacted (it is parsed); what is shown (events, errors) is. ``locks``
+        names the module whose state the command locks, to report the lock's id (S3 backend).
+        """
         cwd = workdir or self._cache()
         cwd.mkdir(parents=True, exist_ok=True)
+        output = self._private / "terraform"
+        output.mkdir(mode=0o700, exist_ok=True)
 
         def on_line(stream_name: Stream, line: str) -> None:
             text = line
@@ -554,19 +668,28 @@ class Terraform:
                     message = None
                 if isinstance(message, dict):
                     on_json(message)
-                    text = self._redact(str(message.get("@message", line)))
-            self._on_event(OutputLine(deployment=self._deployment, step=step, line=text))
+                    text = str(message.get("@message", line))
+            self._on_event(OutputLine(deployment=self._deployment, step=step, line=self._redact(text)))
 
+        watch: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if locks is not None and self._on_lock is not None and _tflock.applies(self._settings):
+            on_lock = self._on_lock
+            module = locks
+            watch = _tflock.LockWatcher(self._settings, self._deployment, module,
+                                        lambda lock_id: on_lock(module, lock_id)).watching()  # fmt: skip
         try:
-            result = run(
-                argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd, timeout=self._settings.terraform_timeout_s,
-                on_line=on_line if stream else None, redactor=self._redact, cancel=self._cancel, check=ok_codes == (0,),
-            )  # fmt: skip
+            with watch:
+                result = run(
+                    argv, step=step, env=self.env(cwd, env_secrets), cwd=cwd,
+                    timeout=self._settings.terraform_timeout_s, on_line=on_line if stream else None,
+                    redactor=self._redact, cancel=self._cancel, check=ok_codes == (0,), output_dir=output,
+                    umask=0o077, raw_output=True, on_start=lambda pid: _private.register_tool(self._private, pid),
+                )  # fmt: skip
         except ProcessError as exc:
             raise self._failed(step, exc.argv, exc.returncode, exc.output_tail) from None
         if result.returncode not in ok_codes:
-            tail = (result.stdout + result.stderr).splitlines()
-            raise self._failed(step, result.argv, result.returncode, tuple(tail[-20:]))
+            tail = self._redact(result.stdout + "\n" + result.stderr).splitlines()
+            raise self._failed(step, result.argv, result.returncode, tuple(line for line in tail if line)[-20:])
         return result
 
     def _failed(self, step: str, argv: tuple[str, ...], code: int | None, tail: tuple[str, ...]) -> TerraformError:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from umc_infra._ansible import syntax_check
 from umc_infra._blueprint import Blueprint
-from umc_infra._catalog import Catalog, Source, directory_source
+from umc_infra._catalog import Catalog, Source, directory_source, line_of
 from umc_infra._errors import BlueprintError, BlueprintNotFound, BlueprintProblem, TerraformError
 from umc_infra._events import EventCallback, ignore
 from umc_infra._process import Redactor
@@ -52,7 +52,9 @@ def validate(
 ) -> ValidationReport:
     """Validate every blueprint of the catalog, or those at ``path`` (a YAML file or a directory of them).
 
-    A blueprint at ``path`` may extend any blueprint of the catalog.
+    A blueprint at ``path`` may extend any blueprint of the catalog. If ``path`` is (in) a directory the
+    catalog already searches (``UMC_BLUEPRINT_PATH``), its blueprints are checked as that source's. A blueprint
+    that would replace a built-in one without consent (``UMC_BLUEPRINT_OVERRIDES``) is a problem.
     """
     targets: list[tuple[str, Path, Source]] = []
     clashes: list[BlueprintProblem] = []
@@ -66,11 +68,25 @@ def validate(
             targets.append((name, file, source))
     else:
         source = _source_of(path.resolve())
-        catalog = Catalog([*catalog.sources, source])
+        known = catalog.source_of(source.blueprints)  # a directory on the search path: the same source, not a clash
+        if known is not None:
+            source = known
+        else:
+            catalog = Catalog([*catalog.sources, source], overrides=catalog.overrides)
         files = [path.resolve()] if path.is_file() else sorted(source.blueprints.glob("*.yaml"))
         targets = [(str(f), f, source) for f in files]
+        for file in files:
+            refused = catalog.override_refused(file.stem, source, file)
+            if refused is not None:
+                clashes.append(BlueprintProblem(where="override", message=refused, file=str(file),
+                                                line=_line(file, "override")))  # fmt: skip
     report = _validate(catalog, settings, targets, tools=tools, on_event=on_event or ignore)
     return report.model_copy(update={"problems": (*clashes, *report.problems)})
+
+
+def _line(file: Path, where: str) -> int | None:
+    found = line_of(file.read_text(), where)
+    return found[0] if found else None
 
 
 def _source_of(path: Path) -> Source:
@@ -101,8 +117,9 @@ def _validate(
     modules = [m for m in modules if m.is_dir()]
     playbooks = [p for p in playbooks if p.is_file()]
     if tools:
-        terraform = Terraform(settings, on_event=on_event, redactor=Redactor(), deployment="validate")
         with tempfile.TemporaryDirectory(prefix="umc-validate-") as scratch:
+            terraform = Terraform(settings, on_event=on_event, redactor=Redactor(), deployment="validate",
+                                  private_dir=Path(scratch))  # fmt: skip
             for i, module in enumerate(modules):
                 try:
                     errors = terraform.validate(module, Path(scratch) / str(i))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_failure_kinds_give_their_exit_codes(run, cli_env, info, tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time\nfrom umc_infra import Settings\nfrom umc_infra._lock import locked\n"
          "from umc_infra._store import open_store\n"
-         "with locked(open_store(Settings()), 'cli-f-play', operation='provision', timeout_s=5):\n"
+         "with locked(open_store(Settings()), 'cli-f-play', operation='provision', timeout_s=5, ttl_s=120):\n"
          "    print('locked', flush=True); time.sleep(120)\n"],
         env=cli_env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -182,3 +183,108 @@ def test_no_secret_in_anything_the_cli_printed(info, cli_env):
     for text in TRANSCRIPTS:
         for secret in secrets:
             assert secret not in text
+
+
+# -- every failure typed: no sandbox needed (a local backend, a fake or no Vault) -------------------
+
+
+@pytest.fixture
+def bare_env(tmp_path) -> dict[str, str]:
+    """The environment of a CI job with a local backend and no site settings from the sandbox."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UMC_", "VAULT_", "AWS_", "VSPHERE_"))}
+    env["UMC_STATE_DIR"] = str(tmp_path / "state")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+def umc_infra(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `umc-infra` console script of this venv, as a CI job runs it."""
+    return subprocess.run(["umc-infra", *args], env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_cli_a_python_tag_in_a_params_file(bare_env, tmp_path, debug):
+    marker = tmp_path / "ran"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(f"name: canary-file-8e2d\ninstances: !!python/object/apply:os.system ['touch {marker}']\n")
+    done = umc_infra(bare_env, *(["--debug"] if debug else []), "provision", "linux-server", "-d", "h11-cli-tag",
+                     "--params-file", str(params_file), "-o", "json")  # fmt: skip
+    assert done.returncode == Exit.BAD_INPUT, done.stderr
+    error = json.loads(done.stdout)["error"]  # exactly one JSON document
+    (problem,) = error["problems"]
+    assert problem["field"] == "--params-file"
+    assert problem["message"] == f"{params_file} line 2: a YAML tag that is not plain data (such as !!python/...); " \
+                                 "only plain values are read"  # fmt: skip
+    assert not marker.exists()
+    assert "canary-file-8e2d" not in done.stdout + done.stderr and "os.system" not in done.stdout + done.stderr
+    assert ("Traceback" in done.stderr) is debug
+
+
+SITECUSTOMIZE = """
+import os
+
+import umc_infra._provision
+
+
+def _broken(self, *args, **kwargs):
+    raise RuntimeError(f"injected: the record index is inconsistent (token {os.environ['VAULT_TOKEN']})")
+
+
+umc_infra._provision.Provisioner.deployments = _broken
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_cli_an_unexpected_error_is_typed_and_redacted(bare_env, tmp_path, debug):
+    """A bug planted at startup (sitecustomize): exit 1, one JSON InternalError, the token never printed."""
+    token = "hvs.canary-cli-token-a41f"
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = bare_env | {"PYTHONPATH": str(tmp_path / "inject"), "VAULT_TOKEN": token}
+    done = umc_infra(env, *(["--debug"] if debug else []), "deployments", "-o", "json")
+    assert done.returncode == Exit.ERROR, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert (error["type"], error["cause"], error["exit_code"]) == ("InternalError", "RuntimeError", Exit.ERROR)
+    assert error["message"].startswith("[internal] unexpected error in `umc-infra deployments`: RuntimeError: "
+                                       "injected: the record index is inconsistent (token ***)")  # fmt: skip
+    assert "rerun with --debug" in error["message"]
+    assert token not in done.stdout + done.stderr
+    assert ("Traceback" in done.stderr) is debug
+    if debug:
+        assert "in _broken" in done.stderr and "RuntimeError: injected" in done.stderr
+    text = umc_infra(env, "deployments")
+    assert text.returncode == Exit.ERROR and text.stdout == "" and text.stderr.startswith("error: [internal]")
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_cli_a_vault_that_answers_500(bare_env, debug):
+    from tests.unit.core.test_vault_errors import FakeVault
+
+    vault = FakeVault()
+    vault.answers = {path: (500, b'{"errors": ["internal error"]}', "application/json") for path in vault.answers}
+    served = threading.Thread(target=vault.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    served.start()
+    token = "hvs.canary-cli-vault-77c0"
+    try:
+        done = umc_infra(bare_env | {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": token},
+                         *(["--debug"] if debug else []), "provision", "linux-server", "-d", "h11-cli-vault", "-o",
+                         "json")  # fmt: skip
+    finally:
+        vault.shutdown()
+        vault.server_close()
+    assert done.returncode == Exit.SECRETS, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "SecretError"
+    assert f"Vault at {vault.addr} answered 500 (internal server error: internal error) while logging in with " \
+           "a token to read kv/data/" in error["message"]  # fmt: skip
+    assert token not in done.stdout + done.stderr
+    assert ("Traceback" in done.stderr) is debug
+
+
+def test_cli_a_usage_error_with_json_output(bare_env):
+    done = umc_infra(bare_env, "provision", "linux-server", "-o", "json")
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"] == {"type": "MissingParameter", "exit_code": 2, "step": "usage",
+                                                "message": "Missing option '--deployment' / '-d'."}  # fmt: skip
+    assert "Missing option" in done.stderr and "Traceback" not in done.stderr

@@ -199,7 +199,7 @@ def test_two_processes_on_one_deployment(site, info, backend):
     assert status(d, settings=site).state == "active"
 
 
-def test_a_stale_lock_is_named_and_can_be_broken(site, info):
+def test_a_live_lease_holds_and_a_dead_holders_lease_is_taken_over(site, info):
     d = "life-stale"
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -207,20 +207,26 @@ def test_a_stale_lock_is_named_and_can_be_broken(site, info):
             from umc_infra import Settings
             from umc_infra._lock import locked
             from umc_infra._store import open_store
-            with locked(open_store(Settings()), {d!r}, operation="provision", timeout_s=5):
+            with locked(open_store(Settings()), {d!r}, operation="provision", timeout_s=5, ttl_s=300):
                 print("locked", flush=True)
                 time.sleep(300)
         """)],
         env=_child_env(info, site), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    holder.kill()  # SIGKILL: no chance to release
+    with pytest.raises(DeploymentLocked, match=f"pid {holder.pid}"):
+        plan("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=0.5)
+    with pytest.raises(DeploymentLocked, match="force"):
+        Provisioner(settings=site).break_lock(d)  # a live holder's lease is not broken without force
+    holder.kill()  # SIGKILL: no chance to release; the lease is taken over at once on this machine
     holder.wait()
-    with pytest.raises(DeploymentLocked, match="its process is gone"):
-        provision("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=0.5)
-    broken = Provisioner(settings=site).break_lock(d)
-    assert broken is not None and broken.pid == holder.pid
-    assert Provisioner(settings=site).break_lock(d) is None
+    events = []
+    reviewed = plan("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=5,
+                    on_event=events.append)  # fmt: skip
+    assert reviewed.resources
+    told = [e.line for e in events if e.kind == "output" and e.step == "recover"]
+    assert told and f"pid {holder.pid}" in told[0] and "died" in told[0]
+    assert Provisioner(settings=site).break_lock(d) is None  # released at the end of the plan
 
 
 def test_sigint_mid_terraform_is_recorded_and_a_rerun_converges(site, info):

@@ -6,6 +6,7 @@ import html
 import json
 import logging
 import secrets
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -237,31 +238,36 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
     from pydantic import SecretStr
 
     from umc_infra import PlaybookError
-    from umc_infra._ansible import Ansible
+    from umc_infra._ansible import Ansible, private_dir_parent
     from umc_infra._blueprint import Content
     from umc_infra._inventory import Host, Inventory
     from umc_infra._process import Redactor
 
     key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-canary\n-----END OPENSSH PRIVATE KEY-----")
     playbooks = Content.locate().playbooks
+    run_dir = Path(tempfile.mkdtemp(prefix="itest-run-", dir=private_dir_parent()))  # the run's, as the caller's
     ansible = Ansible(site, lambda name: playbooks / f"{name}.yml", on_event=lambda e: None, redactor=Redactor([key]),
-                      deployment="itest-fail")  # fmt: skip
+                      deployment="itest-fail", private_dir=run_dir)  # fmt: skip
     inventory = Inventory(hosts=(Host(name="itest-gone-1", ip="127.0.1.253", groups=("web",), module="web"),))
     before = set(Path("/dev/shm").glob("umc-ansible-*"))
-    with pytest.raises(PlaybookError) as error:
-        ansible.run(
-            "base",
-            inventory=inventory,
-            hosts="all",
-            user="root",
-            ssh_key=key,
-            variables={"umc_deployment": "itest-fail", "umc_admin_ssh_key": "ssh-ed25519 AAAA x"},
-        )
-    assert error.value.playbook == "base"
-    assert [host for host, _, _ in error.value.failures] == ["itest-gone-1"]
-    assert "itest-gone-1" in str(error.value)
-    assert "not-a-real-key-canary" not in str(error.value)
-    assert set(Path("/dev/shm").glob("umc-ansible-*")) == before
+    try:
+        with pytest.raises(PlaybookError) as error:
+            ansible.run(
+                "base",
+                inventory=inventory,
+                hosts="all",
+                user="root",
+                ssh_key=key,
+                variables={"umc_deployment": "itest-fail", "umc_admin_ssh_key": "ssh-ed25519 AAAA x"},
+            )
+        assert error.value.playbook == "base"
+        assert [host for host, _, _ in error.value.failures] == ["itest-gone-1"]
+        assert "itest-gone-1" in str(error.value)
+        assert "not-a-real-key-canary" not in str(error.value)
+        assert list(run_dir.iterdir()) == []  # the playbook's private dir is gone with its key
+        assert set(Path("/dev/shm").glob("umc-ansible-*")) == before
+    finally:
+        run_dir.rmdir()
 
 
 def test_an_old_terraform_is_refused(site, tmp_path):

@@ -146,3 +146,80 @@ def test_sigterm_is_an_interrupt_only_inside_the_block():
         os.kill(os.getpid(), signal.SIGINT)
         assert asked.wait(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+TERRAFORM_LIKE = (
+    "import signal, sys, time\n"
+    "marker = sys.argv[1]\n"
+    "def stop(*_):\n"
+    "    time.sleep(0.5)\n"  # Terraform waits for the resource operations in flight, then reports and saves
+    "    for i in range(200):\n"  # what it prints while it stops: on a dead pipe it dies here
+    "        print('Stopping operation... still saving', i, flush=True)\n"
+    "    open(marker, 'w').write('state saved')\n"
+    "    sys.exit(1)\n"
+    "signal.signal(signal.SIGINT, stop)\n"
+    "print('applying', flush=True)\n"
+    "time.sleep(60)\n"
+)
+PARENT = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from umc_infra._process import run\n"
+    "out = Path(sys.argv[2]) if sys.argv[2] != '-' else None\n"
+    "run([sys.executable, '-c', sys.argv[3], sys.argv[1]], step='t', env={'PATH': '/usr/bin:/bin'}, output_dir=out,\n"
+    "    on_line=lambda s, line: print(line, flush=True))\n"
+)
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["files", "pipe-control"])
+def test_a_tool_outlives_its_killed_parent_long_enough_to_save_its_state(tmp_path, detached):
+    """SIGKILL the Python process mid-run: its tool gets SIGINT and, writing to a file, finishes saving.
+
+    The control (a pipe) shows why: the same tool dies on its next write once the reader is gone.
+    """
+    import os
+    import signal
+    import subprocess
+
+    marker = tmp_path / "state"
+    out = tmp_path / "out"
+    out.mkdir()
+    parent = subprocess.Popen(
+        [PY, "-c", PARENT, str(marker), str(out) if detached else "-", TERRAFORM_LIKE],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert parent.stdout is not None
+    assert parent.stdout.readline().strip() == "applying"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists() == detached
+
+
+def test_detached_output_streams_lines_and_leaves_no_files(tmp_path):
+    seen = []
+    result = run(
+        [PY, "-c", "import sys, time\nprint('one', flush=True); time.sleep(0.3); print('two', end='')\n"
+         "print('err', file=sys.stderr)"],
+        step="t", env=ENV, output_dir=tmp_path, on_line=lambda s, line: seen.append((s, line)),
+    )  # fmt: skip
+    assert result.stdout == "one\ntwo" and result.stderr == "err"
+    assert ("stdout", "one") in seen and ("stdout", "two") in seen
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_raw_output_is_for_parsing_and_errors_stay_redacted(tmp_path):
+    redactor = Redactor(["true"])
+    ok = run([PY, "-c", "print('{\"sensitive\": true}')"], step="t", env=ENV, redactor=redactor, raw_output=True)
+    assert ok.stdout == '{"sensitive": true}'
+    with pytest.raises(ProcessError) as failed:
+        run([PY, "-c", "import sys; sys.exit('value true')"], step="t", env=ENV, redactor=redactor, raw_output=True)
+    assert "value ***" in str(failed.value) and "true" not in str(failed.value)
+
+
+def test_umask_makes_what_the_tool_creates_private(tmp_path):
+    made = tmp_path / "state.tfstate"
+    run([PY, "-c", f"open({str(made)!r}, 'w').write('x')"], step="t", env=ENV, umask=0o077)
+    assert made.stat().st_mode & 0o777 == 0o600

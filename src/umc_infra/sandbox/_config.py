@@ -219,6 +219,8 @@ class SandboxInfo(BaseModel):
     vault_role_id: str
     vault_secret_id: SecretStr
     s3_endpoint: str
+    s3_secret_key: SecretStr
+    """The state backend's secret access key (the S3 stand-in accepts any; a real one is secret)."""
     guest_network: ipaddress.IPv4Network
     guest_ssh_port: int
     inventory: SandboxInventory = INVENTORY
@@ -242,6 +244,7 @@ class SandboxInfo(BaseModel):
             "UMC_VAULT_ROLE_ID": self.vault_role_id,
             "UMC_VAULT_SECRET_ID": self.vault_secret_id.get_secret_value(),
             "VSPHERE_SERVER": self.vsphere_server,
+            "UMC_VSPHERE_CREDENTIALS": f"{inv.vault_mount}/data/{inv.vault_vsphere_path}",
             "VSPHERE_USER": self.vsphere_user,
             "VSPHERE_ALLOW_UNVERIFIED_SSL": "true",
             "UMC_VSPHERE_DATACENTER": inv.datacenter,
@@ -264,7 +267,7 @@ class SandboxInfo(BaseModel):
             "UMC_BACKEND": "s3",
             "AWS_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": "sandbox",
-            "AWS_SECRET_ACCESS_KEY": "sandbox",
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key.get_secret_value(),
             "AWS_DEFAULT_REGION": inv.region,
             "UMC_STATE_BUCKET": inv.state_bucket,
             "UMC_LOCK_TABLE": inv.lock_table,
@@ -295,6 +298,8 @@ class Credentials(BaseModel):
     ssh_public_key: str
     jwt_signing_key: SecretStr
     demo_db_password: SecretStr
+    s3_secret_key: SecretStr | None = None
+    """Generated once; a sandbox made before it existed gets one on its next start."""
 
     def dump(self) -> str:
         """JSON with the secret values revealed, for the 0600 file only."""

@@ -256,6 +256,7 @@ class Sandbox:
             vault_role_id=creds.vault_role_id,
             vault_secret_id=creds.vault_secret_id,
             s3_endpoint=f"http://{host}:{self.settings.s3_port}",
+            s3_secret_key=creds.s3_secret_key or SecretStr(""),
             guest_network=self.settings.guest_network,
             guest_ssh_port=self.settings.guest_ssh_port,
         )
@@ -270,7 +271,11 @@ class Sandbox:
     def _credentials(self, *, create: bool) -> Credentials:
         path = self.paths.credentials
         try:
-            return Credentials.model_validate_json(path.read_text())
+            creds = Credentials.model_validate_json(path.read_text())
+            if creds.s3_secret_key is None:
+                creds = creds.model_copy(update={"s3_secret_key": SecretStr(secrets.token_urlsafe(24))})
+                write_private(path, creds.dump())
+            return creds
         except FileNotFoundError:
             if not create:
                 raise SandboxError(
@@ -366,4 +371,5 @@ def _new_credentials() -> Credentials:
         ssh_public_key=f"{public.decode()} umc-infra-sandbox",
         jwt_signing_key=SecretStr(_vault.new_jwt_signing_key()),
         demo_db_password=SecretStr(secrets.token_urlsafe(18)),
+        s3_secret_key=SecretStr(secrets.token_urlsafe(24)),
     )

@@ -67,3 +67,13 @@ def test_inventory_refuses_bad_outputs():
     ]:
         with pytest.raises(BlueprintError, match=message):
             build(BLUEPRINT, outputs)
+
+
+def test_ansible_loads_every_value_back_as_it_was_empty_strings_included(tmp_path):
+    """Loaded the way ansible-playbook loads ``--extra-vars @file``: ``!unsafe ""`` alone would come back None."""
+    from ansible.parsing.dataloader import DataLoader
+
+    values = {"notes": "", "title": "{{ x }}", "items": ["", "a"], "nested": {"empty": ""}, "n": 0}
+    path = tmp_path / "vars.yml"
+    path.write_text(unsafe_vars_yaml(values))
+    assert DataLoader().load_from_file(str(path), cache="none", trusted_as_template=True) == values

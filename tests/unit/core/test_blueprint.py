@@ -160,3 +160,22 @@ def test_the_shipped_blueprints_load():
         blueprint = load(name, content)
         assert blueprint.version
         assert blueprint.ansible is not None
+
+
+def test_a_secret_must_reach_a_sensitive_variable(content):
+    """A secret in a variable Terraform does not know is sensitive would show in plans (an old one after a rotation)."""
+    (content.modules / "mod" / "main.tf").write_text(MODULE.replace("sensitive = true", "sensitive = false"))
+    write(content, BASE)
+    with pytest.raises(BlueprintError, match=r"modules\.vm\.inputs\.password: receives a secret \(secrets\.password\)"):
+        load("demo", content)
+    secret_param = variant(params__label={"type": "string", "secret": True},
+                           modules__vm__inputs__password="params.label",
+                           playbooks__0__vars={})  # fmt: skip
+    (content.modules / "mod" / "main.tf").write_text(MODULE.replace("sensitive = true", "sensitive = false"))
+    write(content, secret_param)
+    with pytest.raises(BlueprintError, match=r"receives a secret \(params\.label\)") as refused:
+        load("demo", content)
+    assert "param 'label' is secret and cannot be part of a name" in str(refused.value)
+    (content.modules / "mod" / "main.tf").write_text(MODULE)  # the control: declared sensitive, it loads
+    write(content, BASE)
+    assert load("demo", content).modules["vm"].inputs["password"] == "secrets.password"

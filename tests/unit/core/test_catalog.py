@@ -1,6 +1,8 @@
 """Where blueprints come from (search path, installed packages), name clashes, and extends."""
 
+import copy
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import yaml
 
 from tests.unit.core.test_blueprint import BASE, MODULE
 from umc_infra import BlueprintError, Settings
-from umc_infra._catalog import Catalog, line_of
+from umc_infra._catalog import Catalog, Source, line_of
 from umc_infra._hooks import HookContext, HookError, call
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
@@ -93,7 +95,8 @@ def test_narrowing_is_allowed_widening_is_not(tmp_path):
 
 
 def test_enum_values_and_patterns_only_narrow(tmp_path):
-    parent = BASE | {"params": BASE["params"] | {"tier": {"type": "enum", "values": ["a", "b"], "default": "a"}}}
+    parent = copy.deepcopy(BASE)  # its module inputs change below
+    parent["params"]["tier"] = {"type": "enum", "values": ["a", "b"], "default": "a"}
     parent["modules"]["vm"]["inputs"]["name_prefix"] = {"format": "{deployment}-{label}-{tier}"}
     child = {"name": "child", "version": "1.0.0", "description": "c", "extends": "demo",
              "params": {"tier": {"values": ["a", "c"]}, "label": {"pattern": "^x$"}}}  # fmt: skip
@@ -158,3 +161,87 @@ def test_a_hostile_hook_name_is_refused_by_the_schema(tmp_path, call):
     _, problems = Catalog.from_settings(Settings(content_dir=root)).resolve("demo")
     assert [p.where for p in problems] == ["hooks[0].call"]
     assert "String should match pattern" in problems[0].message
+
+
+# -- replacing a built-in blueprint needs consent ---------------------------------------------------
+
+
+@pytest.fixture
+def builtin_and_site(tmp_path):
+    """A built-in ``demo`` (UMC_CONTENT_DIR) and a site directory on UMC_BLUEPRINT_PATH that overrides it."""
+    builtin = content_dir(tmp_path / "builtin", BASE)
+    site = content_dir(tmp_path / "site", BASE | {"description": "the site's", "override": True})
+    return builtin, site
+
+
+def test_overriding_a_built_in_blueprint_is_refused_without_consent(builtin_and_site):
+    builtin, site = builtin_and_site
+    for overrides in ([], ["web-server"]):  # consent is per name
+        catalog = Catalog.from_settings(Settings(content_dir=builtin, blueprint_path=[site],
+                                                 blueprint_overrides=overrides))  # fmt: skip
+        with pytest.raises(BlueprintError) as refused:
+            catalog.load("demo")
+        message = str(refused.value)
+        assert f"UMC_BLUEPRINT_PATH {site} ({site / 'blueprints' / 'demo.yaml'})" in message
+        assert f"built-in one ({builtin / 'blueprints' / 'demo.yaml'})" in message
+        assert "add 'demo' to UMC_BLUEPRINT_OVERRIDES" in message
+
+
+def test_overriding_a_built_in_blueprint_with_consent(builtin_and_site, monkeypatch):
+    builtin, site = builtin_and_site
+    monkeypatch.setenv("UMC_BLUEPRINT_OVERRIDES", "web-server, demo")
+    settings = Settings(content_dir=builtin, blueprint_path=[site])
+    assert settings.blueprint_overrides == ["web-server", "demo"]
+    source, path = Catalog.from_settings(settings).where("demo")
+    assert (source.label, path) == (f"UMC_BLUEPRINT_PATH {site}", site / "blueprints" / "demo.yaml")
+    assert Catalog.from_settings(settings).load("demo").description == "the site's"
+
+
+def test_a_package_overriding_a_built_in_blueprint_needs_consent_too(builtin_and_site):
+    builtin, site = builtin_and_site
+    sources = [Source(label="built-in", root=builtin, blueprints=builtin / "blueprints", builtin=True),
+               Source(label="package site (entry point site)", root=site, blueprints=site / "blueprints")]  # fmt: skip
+    with pytest.raises(BlueprintError, match=r"from package site .* would replace the built-in one"):
+        Catalog(sources).where("demo")
+    assert Catalog(sources, overrides=["demo"]).where("demo")[0].label == "package site (entry point site)"
+
+
+def test_without_override_true_it_is_the_clash_it_always_was(builtin_and_site):
+    builtin, site = builtin_and_site
+    (site / "blueprints" / "demo.yaml").write_text(yaml.safe_dump(BASE))
+    catalog = Catalog.from_settings(Settings(content_dir=builtin, blueprint_path=[site], blueprint_overrides=["demo"]))
+    with pytest.raises(BlueprintError, match="set 'override: true' in the one that should win"):
+        catalog.load("demo")
+
+
+def test_overrides_between_sources_that_are_not_built_in_need_no_consent(tmp_path):
+    """A newer copy of the installed package's ``lab-web`` on the search path (as tests/integration do)."""
+    packaged = Catalog.from_settings(Settings()).where("lab-web")
+    assert packaged[0].label.startswith("package umc-lab-blueprints") and not packaged[0].builtin
+    site = tmp_path / "site"
+    shutil.copytree(packaged[1].parent.parent, site, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    raw = yaml.safe_load(packaged[1].read_text()) | {"version": "1.2.0", "override": True}
+    (site / "blueprints" / "lab-web.yaml").write_text(yaml.safe_dump(raw))
+    catalog = Catalog.from_settings(Settings(blueprint_path=[site]))
+    assert catalog.where("lab-web")[1] == site / "blueprints" / "lab-web.yaml"
+    assert catalog.load("lab-web").version == "1.2.0"
+
+
+def test_a_directory_named_twice_is_one_source(tmp_path):
+    site = content_dir(tmp_path / "site", BASE, {"name": "child", "version": "1.0.0", "description": "c",
+                                                 "extends": "demo"})  # fmt: skip
+    (tmp_path / "link").symlink_to(site)
+    catalog = Catalog.from_settings(Settings(blueprint_path=[site, tmp_path / "link", site / "blueprints"]))
+    assert [s.label for s in catalog.sources].count(f"UMC_BLUEPRINT_PATH {site}") == 1
+    assert len(catalog.sources) == 3  # built-in, the site, the installed package
+    assert catalog.load("child").extends == "demo"
+
+
+def test_a_blueprint_file_that_cannot_be_read_is_a_problem(tmp_path):
+    site = content_dir(tmp_path / "site", BASE)
+    (site / "blueprints" / "odd.yaml").mkdir()
+    (site / "blueprints" / "latin.yaml").write_bytes(b"name: caf\xe9\n")
+    catalog = Catalog.from_settings(Settings(blueprint_path=[site]))
+    for name, kind in (("odd", "IsADirectoryError"), ("latin", "UnicodeDecodeError")):
+        with pytest.raises(BlueprintError, match=f"cannot be read \\({kind}\\)"):
+            catalog.load(name)

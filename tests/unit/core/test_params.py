@@ -5,7 +5,7 @@ from pydantic import SecretStr
 
 from umc_infra import ParamsError
 from umc_infra._blueprint import Blueprint
-from umc_infra._params import json_schema, validate
+from umc_infra._params import SYSTEM_ACCOUNTS, json_schema, validate
 
 BLUEPRINT = Blueprint.model_validate(
     {
@@ -139,3 +139,59 @@ def test_status_destroy_and_drift_refuse_hostile_deployment_names(tmp_path, name
             call(name)
         assert [p.field for p in info.value.problems] == ["deployment"]
     assert not any(tmp_path.rglob("*"))
+
+
+ADMIN = Blueprint.model_validate(
+    {
+        "name": "admin-demo",
+        "version": "1.0.0",
+        "description": "d",
+        "params": {"admin": {"type": "string", "format": "username", "default": "umcadmin"}},
+        "modules": {"vm": {"source": "x"}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [*SYSTEM_ACCOUNTS, "systemd-network", "systemd-timesync", "systemd-resolve", "systemd-", "a" * 33,
+     "Admin", "9admin", "-admin", "ad min", "admin\n", "", "ad$min", "../root"],
+)  # fmt: skip
+def test_format_username_refuses_system_accounts_and_bad_names(name):
+    with pytest.raises(ParamsError) as info:
+        validate(ADMIN, {"admin": name}, "team-x")
+    [problem] = info.value.problems
+    assert problem.field == "params.admin"
+    assert "format username: a Linux user name matching ^[a-z_][a-z0-9_-]{0,31}$" in problem.allowed
+    assert "not a system or service account (root, daemon, " in problem.allowed and "systemd-*" in problem.allowed
+    if name in SYSTEM_ACCOUNTS or name.startswith("systemd-"):
+        assert problem.message.startswith("is a system or service account")
+
+
+@pytest.mark.parametrize("name", ["umcadmin", "deploy", "a" * 32, "systemd", "rootless", "_svc", "web-admin", "adm1"])
+def test_format_username_accepts_personal_accounts(name):
+    assert validate(ADMIN, {"admin": name}, "team-x").values["admin"] == name
+
+
+def test_format_username_in_the_json_schema():
+    prop = json_schema(ADMIN)["properties"]["admin"]
+    assert prop["pattern"] == "^[a-z_][a-z0-9_-]{0,31}$"
+    assert prop["allOf"] == [{"not": {"enum": list(SYSTEM_ACCOUNTS)}}, {"not": {"pattern": "^systemd-"}}]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "string", "format": "username", "pattern": "^a"}, "format username has its own pattern"),
+        ({"type": "string", "format": "hostname", "pattern": "^a"}, "format hostname has its own pattern"),
+        ({"type": "list", "items": "string", "format": "username"}, "'format' is only for type string"),
+        ({"type": "string", "format": "email"}, "format"),
+    ],
+)
+def test_param_spec_format_rules(spec, message):
+    from pydantic import ValidationError
+
+    from umc_infra._blueprint import ParamSpec
+
+    with pytest.raises(ValidationError, match=message):
+        ParamSpec.model_validate(spec)

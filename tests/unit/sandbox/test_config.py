@@ -35,6 +35,7 @@ def make_info(tmp_path, **overrides):
         vault_role_id="role-1",
         vault_secret_id=SecretStr("secret-id-canary"),
         s3_endpoint="http://127.0.0.1:18555",
+        s3_secret_key=SecretStr("s3-secret-canary"),
         guest_network=ipaddress.IPv4Network("127.0.1.0/24"),
         guest_ssh_port=22,
     )
@@ -125,6 +126,8 @@ def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(
     assert env["UMC_VSPHERE_TEMPLATE"] == "templates/umc-linux-template"
     assert "vs-password-canary" not in json.dumps(env)
     assert all(not k.startswith("VSPHERE_PASSWORD") for k in env)
+    assert env["AWS_SECRET_ACCESS_KEY"] == "s3-secret-canary"  # generated per sandbox, never a shared word
+    assert env["UMC_VSPHERE_CREDENTIALS"] == "kv/data/umc/vsphere"  # the library reads it from Vault
 
 
 def test_export_lines_survive_a_real_shell(tmp_path):
@@ -136,7 +139,7 @@ def test_export_lines_survive_a_real_shell(tmp_path):
 
 def test_info_repr_hides_secrets(tmp_path):
     text = repr(make_info(tmp_path)) + str(make_info(tmp_path))
-    for canary in ("vs-password-canary", "read-token-canary", "secret-id-canary"):
+    for canary in ("vs-password-canary", "read-token-canary", "secret-id-canary", "s3-secret-canary"):
         assert canary not in text
 
 
