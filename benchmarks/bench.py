@@ -39,8 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 from umc_infra import Settings, destroy, plan, provision
-from umc_infra._ansible import private_dir_parent
 from umc_infra._events import ignore
+from umc_infra._private import private_root
 from umc_infra._process import Redactor
 from umc_infra._terraform import Terraform
 from umc_infra.sandbox import Sandbox, SandboxInfo
@@ -83,7 +83,7 @@ class RawPipeline:
         self.terraformrc = terraform.config_file()
         self.ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
         # SSH control sockets need a short path (108 bytes): in memory, as the library keeps them
-        self.control = Path(tempfile.mkdtemp(prefix="umc-bench-cp-", dir=private_dir_parent()))
+        self.control = Path(tempfile.mkdtemp(prefix="umc-bench-cp-", dir=private_root()))
 
     def secrets(self) -> dict[str, str]:
         client = hvac.Client(url=self.info.vault_addr)

@@ -35,6 +35,7 @@ from umc_infra._deathsig import wrapper_script
 from umc_infra._errors import Cancelled, PlaybookError
 from umc_infra._events import EventCallback, OutputLine, TaskResult
 from umc_infra._inventory import Inventory
+from umc_infra._private import write_private
 from umc_infra._process import Redactor, find_tool, notify_argv, run, signals_set
 from umc_infra._settings import Settings
 
@@ -97,12 +98,6 @@ def unsafe_vars_yaml(values: Mapping[str, Any]) -> str:
     """Extra vars as YAML in which every string, at any depth, is ``!unsafe``."""
     plain = {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in values.items()}
     return yaml.dump(plain, Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=True, allow_unicode=True)
-
-
-def private_dir_parent() -> str | None:
-    """Memory-backed ``/dev/shm`` when usable, so secrets never reach a disk; else the temp dir."""
-    shm = Path("/dev/shm")  # noqa: S108 - a private 0700 dir is made inside it
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def ansible_playbook() -> str:
@@ -181,13 +176,6 @@ def syntax_check(playbook: Path) -> list[tuple[str, int | None, str]]:
                            if o.startswith("Origin: ")), None)  # fmt: skip
             errors.append((origin[1], int(origin[2]), message) if origin else (str(playbook), None, message))
     return errors or [(str(playbook), None, f"ansible-playbook --syntax-check exited {result.returncode}")]
-
-
-def _write_private(path: Path, text: str) -> None:
-    """A file only its owner can read, created with that mode."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 class Ansible:
@@ -313,7 +301,7 @@ class Ansible:
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         private = self._new_dir("umc-ansible-")
         try:
-            _write_private(private / "ssh_key", ssh_key.get_secret_value().rstrip("\n") + "\n")
+            write_private(private / "ssh_key", ssh_key.get_secret_value().rstrip("\n") + "\n")
             inventory_file = private / "inventory.yml"
             inventory_file.write_text(
                 yaml.safe_dump(
@@ -323,9 +311,9 @@ class Ansible:
                 )
             )
             vars_file = private / "vars.yml"
-            _write_private(vars_file, unsafe_vars_yaml(variables))
+            write_private(vars_file, unsafe_vars_yaml(variables))
             if known_hosts is not None:
-                _write_private(private / "known_hosts", known_hosts)
+                write_private(private / "known_hosts", known_hosts)
             (private / "home").mkdir(mode=0o700)
             launcher = wrapper_script(private, ansible_playbook(), name="ansible-playbook")
 

@@ -37,6 +37,15 @@ def private_root() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, created with that mode (no moment where it is wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
 def process_start(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot), or None if it does not exist (or not on Linux)."""
     try:

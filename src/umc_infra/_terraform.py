@@ -341,14 +341,6 @@ def _private_tree(directory: Path) -> None:
     directory.chmod(0o700)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """A file readable by its owner only, created with that mode (no window where it is wider)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    path.chmod(0o600)
-
-
 def _copy_module(source: Path, workdir: Path) -> None:
     """The module's ``*.tf`` files into ``workdir``, replacing any left from an earlier run."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -472,7 +464,7 @@ class Terraform:
             _private_tree(workdir)
             _copy_module(source, workdir)
             (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
-            _write_private(workdir / VARS_FILE, json.dumps(dict(inputs), indent=2, sort_keys=True))
+            _private.write_private(workdir / VARS_FILE, json.dumps(dict(inputs), indent=2, sort_keys=True))
             if "path" in config:  # the local backend: state holds sensitive values in clear text
                 state = Path(config["path"])
                 _private_tree(state.parent)

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from umc_infra import HostKeyChanged, PlaybookError, _ansible, _hostkeys, destroy, provision
+from umc_infra import HostKeyChanged, PlaybookError, _ansible, _hostkeys, _private, destroy, provision
 from umc_infra._ansible import Ansible
 from umc_infra._inventory import Host, Inventory
 from umc_infra._process import Redactor
@@ -155,7 +155,7 @@ def _pids_mentioning(text: str) -> list[int]:
 
 def _kill_mid_playbook(*, armed: bool) -> tuple[list[int], list[int]]:
     """SIGKILL a process while its playbook runs a task; the playbook's processes and tasks left 5 s later."""
-    run_dir = Path(tempfile.mkdtemp(prefix="iso-", dir=_ansible.private_dir_parent()))
+    run_dir = Path(tempfile.mkdtemp(prefix="iso-", dir=_private.private_root()))
     # Names the task's ``sleep`` among all processes. Ends in 7: ``sleep`` gets the number, not the text
     # (``120.5`` for ``120.50``).
     seconds = f"120.{secrets.randbelow(10**5) * 10 + 7:06d}"
@@ -218,7 +218,7 @@ def _regenerate_host_keys(sandbox, ip: str) -> None:
 
 
 def _ping(site, key: SecretStr, host: Host, known_hosts: str) -> None:
-    run_dir = Path(tempfile.mkdtemp(prefix="iso-", dir=_ansible.private_dir_parent()))
+    run_dir = Path(tempfile.mkdtemp(prefix="iso-", dir=_private.private_root()))
     ansible = Ansible(site, lambda name: PLAYBOOKS / f"{name}.yml", on_event=lambda e: None,
                       redactor=Redactor([key]), deployment="iso-keys", private_dir=run_dir)  # fmt: skip
     try:

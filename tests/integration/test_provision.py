@@ -238,14 +238,15 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
     from pydantic import SecretStr
 
     from umc_infra import PlaybookError
-    from umc_infra._ansible import Ansible, private_dir_parent
+    from umc_infra._ansible import Ansible
     from umc_infra._blueprint import Content
     from umc_infra._inventory import Host, Inventory
+    from umc_infra._private import private_root
     from umc_infra._process import Redactor
 
     key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-canary\n-----END OPENSSH PRIVATE KEY-----")
     playbooks = Content.locate().playbooks
-    run_dir = Path(tempfile.mkdtemp(prefix="itest-run-", dir=private_dir_parent()))  # the run's, as the caller's
+    run_dir = Path(tempfile.mkdtemp(prefix="itest-run-", dir=private_root()))  # the run's, as the caller's
     ansible = Ansible(site, lambda name: playbooks / f"{name}.yml", on_event=lambda e: None, redactor=Redactor([key]),
                       deployment="itest-fail", private_dir=run_dir)  # fmt: skip
     inventory = Inventory(hosts=(Host(name="itest-gone-1", ip="127.0.1.253", groups=("web",), module="web"),))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,10 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from umc_infra._private import write_private
 from umc_infra._settings import Settings
+
+__all__ = ["write_private"]  # kept here for the sandbox's callers
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -307,14 +309,6 @@ class Credentials(BaseModel):
             name: value.get_secret_value() if isinstance(value, SecretStr) else value for name, value in self
         }
         return json.dumps(data, indent=2)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, created with that mode (no window where it is wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def vcsim_environment(listen: str, user: str, password: SecretStr, tmpdir: Path) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import shutil
 import ssl
 import tempfile
@@ -26,18 +27,98 @@ from umc_infra.sandbox._config import (
 
 NAME = "vcsim"
 GOPATH = "/usr/share/gocode"
+SIMULATOR_SOURCE = _host.VCSIM_PACKAGES["golang-github-vmware-govmomi-dev"]
+
+# govmomi 0.24.2 (Debian bookworm) has CloneVM_Task hand the source VM's own device objects to the clone and
+# blank the disk's file name in place (simulator/virtual_machine.go, CloneVMTask). The template and every clone
+# then share one disk object: a clone read while another clone runs shows an empty disk file name (provider
+# 2.0.2: "could not parse path from filename"), and destroying any of them deletes the disk of whichever VM was
+# cloned last (the next post-clone reconfigure: FileNotFound). govmomi 0.28.0 fixed it by cloning a copy of the
+# device list (vmware/govmomi#2704, issue #2706); the build overlays that fix on Debian's source.
+_CLONE_FILE = "virtual_machine.go"
+_CLONE_SHARED = (
+    "\t\tdefaultDevices := object.VirtualDeviceList(esx.VirtualDevice)\n\t\tdevices := vm.Config.Hardware.Device\n"
+)
+_CLONE_COPIED = "\t\tdefaultDevices := object.VirtualDeviceList(esx.VirtualDevice)\n\t\tdevices := vm.cloneDevice()\n"
+_CLONE_DEVICE = "func (vm *VirtualMachine) cloneDevice() []types.BaseVirtualDevice"
+_CLONE_DEVICE_FILE = "umc_clone_device.go"
+_CLONE_DEVICE_GO = f"""package simulator
+
+import "github.com/vmware/govmomi/vim25/types"
+
+// cloneDevice is govmomi commit 93c2afd1 (v0.28.0): a deep copy of the VM's devices for CloneVM_Task.
+{_CLONE_DEVICE} {{
+\tsrc := types.ArrayOfVirtualDevice{{
+\t\tVirtualDevice: vm.Config.Hardware.Device,
+\t}}
+\tdst := types.ArrayOfVirtualDevice{{}}
+\tdeepCopy(src, &dst)
+\treturn dst.VirtualDevice
+}}
+"""
 
 
 def _source() -> bytes:
     return resources.files("umc_infra.sandbox").joinpath("vcsim/main.go").read_bytes()
 
 
+def clone_fix_overlay(clone_source: str) -> dict[str, str]:
+    """The files to lay over govmomi's simulator package so CloneVM_Task gives a clone copies of the devices.
+
+    Args:
+        clone_source: the text of the package's ``virtual_machine.go``.
+
+    Returns:
+        File name in the package -> replacement text; empty when the source copies the devices already
+        (govmomi >= 0.28.0).
+
+    Raises:
+        BuildFailed: the source is a govmomi this sandbox does not know how to fix.
+
+    """
+    if _CLONE_DEVICE in clone_source:
+        return {}
+    if clone_source.count(_CLONE_SHARED) != 1:
+        raise BuildFailed(
+            f"the simulator source {SIMULATOR_SOURCE / _CLONE_FILE} is neither govmomi 0.24 (whose CloneVM_Task "
+            "shares the template's devices with every clone) nor a version that copies them: the sandbox "
+            "cannot fix its clones. Install Debian bookworm's golang-github-vmware-govmomi-dev (0.24.2) or "
+            "govmomi >= 0.28.0.",
+            step="sandbox.vcsim.build",
+        )
+    return {
+        _CLONE_FILE: clone_source.replace(_CLONE_SHARED, _CLONE_COPIED),
+        _CLONE_DEVICE_FILE: _CLONE_DEVICE_GO,
+    }
+
+
+def go_build_argv(output: Path, *, overlay: Path | None) -> list[str]:
+    """``go build`` of the command in the working directory, with an ``-overlay`` file if given."""
+    return ["go", "build", *(["-overlay", str(overlay)] if overlay is not None else []), "-o", str(output), "."]
+
+
+def write_overlay(files: dict[str, str], directory: Path) -> Path | None:
+    """Write the overlay's files and its JSON map (package file -> replacement) into ``directory``."""
+    if not files:
+        return None
+    directory.mkdir()
+    replace = {}
+    for name, text in files.items():
+        (directory / name).write_text(text)
+        replace[str(SIMULATOR_SOURCE / name)] = str(directory / name)
+    overlay = directory / "overlay.json"
+    overlay.write_text(json.dumps({"Replace": replace}))
+    return overlay
+
+
 def ensure_built(paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> Path:
-    """Build the simulator once per source and Go version; later calls reuse the binary.
+    """Build the simulator (with the clone fix laid over govmomi) once per source and Go version.
+
+    Later calls reuse the binary.
 
     Raises:
         MissingDependency: Go or the govmomi source is missing and cannot be installed here.
-        BuildFailed: ``go build`` failed.
+        BuildFailed: ``go build`` failed, or the govmomi source is a version the clone fix does not know.
 
     """
     _host.require_packages(
@@ -54,22 +135,28 @@ def ensure_built(paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> 
         "CGO_ENABLED": "0",
     }
     go_version = run(["go", "version"], step="sandbox.vcsim.build", env=env).stdout
-    digest = hashlib.sha256(_source() + go_version.encode()).hexdigest()[:16]
+    clone_source = (SIMULATOR_SOURCE / _CLONE_FILE).read_text()
+    overlay_files = clone_fix_overlay(clone_source)
+    fingerprint = _source() + go_version.encode() + clone_source.encode() + json.dumps(overlay_files).encode()
+    digest = hashlib.sha256(fingerprint).hexdigest()[:16]
     binary = paths.vcsim_binary.with_name(f"umc-vcsim-{digest}")
     if binary.exists():
         return binary
 
     on_progress("building the vCenter simulator from Debian's govmomi source (once, about 20 s)")
     binary.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="umc-vcsim-src-") as src:
-        (Path(src) / "main.go").write_bytes(_source())
+    with tempfile.TemporaryDirectory(prefix="umc-vcsim-src-") as tmp:
+        src = Path(tmp) / "cmd"
+        src.mkdir()
+        (src / "main.go").write_bytes(_source())
+        overlay = write_overlay(overlay_files, Path(tmp) / "overlay")
         partial = binary.with_suffix(".partial")
         try:
             run(
-                ["go", "build", "-o", str(partial), "."],
+                go_build_argv(partial, overlay=overlay),
                 step="sandbox.vcsim.build",
                 env=env,
-                cwd=Path(src),
+                cwd=src,
                 timeout=900,
             )
         except ProcessError as exc:

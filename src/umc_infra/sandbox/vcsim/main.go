@@ -10,6 +10,9 @@
 // The inventory is the VPX model without its sample VMs; the sandbox seeds folders and the template
 // VM through the vSphere API after start. On SIGINT or SIGTERM the server stops and the model removes
 // its datastore directories (created under TMPDIR).
+//
+// Build it through umc_infra.sandbox._vcsim.ensure_built, not a bare `go build`: that lays govmomi 0.28's
+// CloneVM_Task fix (a clone gets a copy of the source VM's devices) over Debian's govmomi 0.24.2 source.
 package main
 
 import (

@@ -1,0 +1,75 @@
+"""The simulator build lays govmomi 0.28's clone fix (a copy of the devices) over Debian's govmomi 0.24."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from umc_infra import BuildFailed
+from umc_infra.sandbox import _vcsim
+
+SHARED = "\t\tdefaultDevices := object.VirtualDeviceList(esx.VirtualDevice)\n\t\tdevices := vm.Config.Hardware.Device\n"
+CLONE = f"func (vm *VirtualMachine) CloneVMTask() {{\n{SHARED}\t\tfor _, device := range devices {{}}\n}}\n"
+DEBIAN = _vcsim.SIMULATOR_SOURCE / "virtual_machine.go"
+
+
+def test_the_clone_gets_a_copy_of_the_devices_and_nothing_else_changes():
+    files = _vcsim.clone_fix_overlay(CLONE)
+    assert sorted(files) == ["umc_clone_device.go", "virtual_machine.go"]
+    assert "\t\tdevices := vm.cloneDevice()\n" in files["virtual_machine.go"]
+    assert files["virtual_machine.go"].replace("vm.cloneDevice()", "vm.Config.Hardware.Device") == CLONE
+    helper = files["umc_clone_device.go"]
+    assert helper.startswith("package simulator\n")
+    assert "func (vm *VirtualMachine) cloneDevice() []types.BaseVirtualDevice {" in helper
+    assert "deepCopy(src, &dst)" in helper
+
+
+def test_a_source_that_copies_already_needs_no_overlay():
+    fixed = CLONE.replace("vm.Config.Hardware.Device", "vm.cloneDevice()") + (
+        "func (vm *VirtualMachine) cloneDevice() []types.BaseVirtualDevice { return nil }\n"
+    )
+    assert _vcsim.clone_fix_overlay(fixed) == {}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "",
+        CLONE.replace("devices := vm.Config", "devices := vm.config"),  # a govmomi this fix does not know
+        CLONE + CLONE,  # ambiguous: which clone is CloneVM_Task?
+    ],
+)
+def test_an_unknown_govmomi_is_a_build_error_that_says_what_to_install(source):
+    with pytest.raises(BuildFailed, match=r"neither govmomi 0\.24 .* Install Debian bookworm's") as info:
+        _vcsim.clone_fix_overlay(source)
+    assert info.value.step == "sandbox.vcsim.build"
+
+
+@pytest.mark.skipif(not DEBIAN.exists(), reason="Debian's govmomi source is not installed")
+def test_debians_govmomi_gets_exactly_its_clone_line_changed():
+    source = DEBIAN.read_text()
+    patched = _vcsim.clone_fix_overlay(source)["virtual_machine.go"]
+    changed = [(a, b) for a, b in zip(source.splitlines(), patched.splitlines(), strict=True) if a != b]
+    assert changed == [("\t\tdevices := vm.Config.Hardware.Device", "\t\tdevices := vm.cloneDevice()")]
+
+
+@pytest.mark.parametrize(
+    ("overlay", "argv"),
+    [
+        (None, ["go", "build", "-o", "/b/umc-vcsim", "."]),
+        (Path("/t/overlay.json"), ["go", "build", "-overlay", "/t/overlay.json", "-o", "/b/umc-vcsim", "."]),
+    ],
+)
+def test_go_build_argv(overlay, argv):
+    assert _vcsim.go_build_argv(Path("/b/umc-vcsim"), overlay=overlay) == argv
+
+
+def test_the_overlay_maps_each_package_file_to_its_replacement(tmp_path):
+    files = _vcsim.clone_fix_overlay(CLONE)
+    overlay = _vcsim.write_overlay(files, tmp_path / "overlay")
+    assert overlay is not None
+    replace = json.loads(overlay.read_text())["Replace"]
+    assert sorted(replace) == sorted(str(_vcsim.SIMULATOR_SOURCE / name) for name in files)
+    for name, text in files.items():
+        assert Path(replace[str(_vcsim.SIMULATOR_SOURCE / name)]).read_text() == text
+    assert _vcsim.write_overlay({}, tmp_path / "none") is None
