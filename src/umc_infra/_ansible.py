@@ -330,9 +330,11 @@ class Ansible:
                         res = data.get("res", {}) if isinstance(data.get("res"), dict) else {}
                         message = str(res.get("msg") or res.get("stderr") or status)
                         failures.append((host, task, self._redact(message)[:500]))
+                    duration = data.get("duration")
                     self._on_event(TaskResult(
                         deployment=self._deployment, playbook=playbook, host=host, task=task,
                         status="changed" if status == "ok" and changed else status,  # type: ignore[arg-type]
+                        seconds=float(duration) if isinstance(duration, int | float) else None,
                     ))  # fmt: skip
                 stdout = event.get("stdout")
                 if stdout:

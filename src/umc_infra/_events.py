@@ -1,17 +1,28 @@
-"""Typed progress events, handed to the caller's ``on_event`` as they happen."""
+"""Typed progress events, handed to the caller's ``on_event`` as they happen.
+
+Every event of a run carries ``seq``, its number in the run (1, 2, ...: a stream replayed from the
+start keeps its order and can resume after the last one seen), and ``at``, when it happened (UTC).
+"""
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     deployment: str
+    seq: int = 0
+    """The event's number in its run, from 1 (0: not yet numbered)."""
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    """When it happened (UTC)."""
 
 
 class StepStarted(_Event):
@@ -49,6 +60,8 @@ class TaskResult(_Event):
     host: str
     task: str
     status: Literal["started", "ok", "changed", "failed", "unreachable", "skipped"]
+    seconds: float | None = None
+    """How long the task took on the host (None for ``started``)."""
 
 
 class OutputLine(_Event):
@@ -65,3 +78,16 @@ EventCallback = Callable[[Event], None]
 
 def ignore(event: Event) -> None:
     """The default callback: drop events."""
+
+
+def numbered(on_event: EventCallback) -> EventCallback:
+    """``on_event`` for one run: each event numbered in order (events may come from several threads)."""
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def forward(event: Event) -> None:
+        with lock:
+            stamped = event.model_copy(update={"seq": next(counter)})
+        on_event(stamped)
+
+    return forward

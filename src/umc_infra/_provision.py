@@ -52,7 +52,7 @@ from umc_infra._errors import (
     StateBackendError,
     UmcInfraError,
 )
-from umc_infra._events import Event, EventCallback, OutputLine, StepFinished, StepStarted, ignore
+from umc_infra._events import Event, EventCallback, OutputLine, StepFinished, StepStarted, ignore, numbered
 from umc_infra._hooks import HookContext
 from umc_infra._inventory import Host, Inventory
 from umc_infra._journal import Journal, error_text
@@ -476,6 +476,8 @@ class _Session:
         self._terraform: Terraform | None = None
         self._ansible: Ansible | None = None
         self._secret_source: SecretSource | None = None
+        self.on_event = numbered(provisioner._on_event)
+        """The caller's callback, each event of this run numbered."""
         self.cleanup = contextlib.ExitStack()
         self.failed_step: str | None = None
         self.previous_run: RunRecord | None = None
@@ -488,7 +490,7 @@ class _Session:
     # -- plumbing -----------------------------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        self.p._on_event(event)
+        self.on_event(event)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -525,7 +527,7 @@ class _Session:
     @property
     def terraform(self) -> Terraform:
         if self._terraform is None:
-            self._terraform = Terraform(self.settings, on_event=self.p._on_event, redactor=self.redactor,
+            self._terraform = Terraform(self.settings, on_event=self.on_event, redactor=self.redactor,
                                         deployment=self.deployment, cancel=self.p.cancel, private_dir=self.private,
                                         on_lock=self.lock_taken)  # fmt: skip
             with self.step("terraform.version"):
@@ -740,7 +742,7 @@ class _Session:
         """The run's Ansible: its playbooks share SSH connections (removed when the run ends)."""
         if self._ansible is None:
             self._ansible = self.cleanup.enter_context(Ansible(
-                self.settings, self.spec.playbook_file, on_event=self.p._on_event, redactor=self.redactor,
+                self.settings, self.spec.playbook_file, on_event=self.on_event, redactor=self.redactor,
                 deployment=self.deployment, cancel=self.p.cancel, private_dir=self.private,
             ))  # fmt: skip
         return self._ansible
