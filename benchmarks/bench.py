@@ -39,11 +39,11 @@ from rich.console import Console
 from rich.table import Table
 
 from umc_infra import Settings, destroy, plan, provision
-from umc_infra._events import ignore
-from umc_infra._private import private_root
-from umc_infra._process import Redactor
-from umc_infra._terraform import Terraform
+from umc_infra.events import ignore
+from umc_infra.private import private_root
+from umc_infra.process import Redactor
 from umc_infra.sandbox import Sandbox, SandboxInfo
+from umc_infra.terraform.runner import Terraform
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "127.0.1.160-127.0.1.229"  # the library's deployments (outside the sandbox's own pool)

@@ -14,9 +14,10 @@ local sandbox (:mod:`umc_infra.sandbox`) runs the whole stack on one machine.
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from umc_infra._ansible import HostStats, PlaybookResult
-from umc_infra._blueprint import Blueprint
-from umc_infra._errors import (
+from umc_infra.ansible.inventory import Host
+from umc_infra.ansible.runner import HostStats, PlaybookResult
+from umc_infra.blueprint.model import Blueprint
+from umc_infra.errors import (
     AddressError,
     BlueprintError,
     BlueprintNotFound,
@@ -44,11 +45,9 @@ from umc_infra._errors import (
     TerraformError,
     UmcInfraError,
 )
-from umc_infra._events import Event, OutputLine, ResourceChanged, StepFinished, StepStarted, TaskResult
-from umc_infra._hooks import HookContext, HookError
-from umc_infra._inventory import Host
-from umc_infra._lock import LockInfo
-from umc_infra._provision import (
+from umc_infra.events import Event, OutputLine, ResourceChanged, StepFinished, StepStarted, TaskResult
+from umc_infra.run.hooks import HookContext, HookError
+from umc_infra.run.provisioner import (
     ConfigChange,
     DestroyResult,
     DriftReport,
@@ -62,10 +61,11 @@ from umc_infra._provision import (
     provision,
     status,
 )
-from umc_infra._records import Actor, DeploymentRecord, RunRecord
-from umc_infra._secrets import SecretSource
-from umc_infra._settings import Settings, load_settings
-from umc_infra._terraform import AttributeChange, ChangeCounts, ResourceChange
+from umc_infra.secrets.vault import SecretSource
+from umc_infra.settings import Settings, load_settings
+from umc_infra.state.lease import LockInfo
+from umc_infra.state.records import Actor, DeploymentRecord, RunRecord
+from umc_infra.terraform.runner import AttributeChange, ChangeCounts, ResourceChange
 
 # A library logs to "umc_infra" and leaves the handlers to the application (nothing on stderr unless asked).
 logging.getLogger("umc_infra").addHandler(logging.NullHandler())

@@ -30,11 +30,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from umc_infra import HostKeyChanged, PlaybookError, _ansible, _hostkeys, _private, destroy, provision
-from umc_infra._ansible import Ansible
-from umc_infra._inventory import Host, Inventory
-from umc_infra._process import Redactor
-from umc_infra._store import LocalStore
+from umc_infra import HostKeyChanged, PlaybookError, destroy, provision
+from umc_infra import private as _private
+from umc_infra.ansible import hostkeys as _hostkeys
+from umc_infra.ansible import runner as _ansible
+from umc_infra.ansible.inventory import Host, Inventory
+from umc_infra.ansible.runner import Ansible
+from umc_infra.process import Redactor
+from umc_infra.state.store import LocalStore
 
 from .conftest import destroy_vm, read_secret, vm_names
 
@@ -124,11 +127,11 @@ _CHILD = """
 import sys
 from pathlib import Path
 from pydantic import SecretStr
-from umc_infra import _ansible
-from umc_infra._ansible import Ansible
-from umc_infra._inventory import Host, Inventory
-from umc_infra._process import Redactor
-from umc_infra._settings import Settings
+from umc_infra.ansible import runner as _ansible
+from umc_infra.ansible.runner import Ansible
+from umc_infra.ansible.inventory import Host, Inventory
+from umc_infra.process import Redactor
+from umc_infra.settings import Settings
 
 run_dir, playbooks, seconds, armed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "armed"
 if not armed:  # the control: ansible-playbook started directly, as ansible-runner does by default

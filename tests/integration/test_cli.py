@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import read_secret
-from umc_infra._cli_deploy import Exit
+from umc_infra.cli.deploy import Exit
 
 TRANSCRIPTS: list[str] = []
 """Everything the CLI printed in this module (stdout, stderr, the terminal), scanned for secrets at the end."""
@@ -113,8 +113,8 @@ def test_failure_kinds_give_their_exit_codes(run, cli_env, info, tmp_path):
     assert "cli-f-play-1" in json.loads(ansible.stdout)["error"]["message"]
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom umc_infra import Settings\nfrom umc_infra._lock import locked\n"
-         "from umc_infra._store import open_store\n"
+        [sys.executable, "-c", "import time\nfrom umc_infra import Settings\nfrom umc_infra.state.lease import locked\n"
+         "from umc_infra.state.store import open_store\n"
          "with locked(open_store(Settings()), 'cli-f-play', operation='provision', timeout_s=5, ttl_s=120):\n"
          "    print('locked', flush=True); time.sleep(120)\n"],
         env=cli_env, stdout=subprocess.PIPE, text=True,
@@ -224,14 +224,14 @@ def test_cli_a_python_tag_in_a_params_file(bare_env, tmp_path, debug):
 SITECUSTOMIZE = """
 import os
 
-import umc_infra._provision
+import umc_infra.run.provisioner
 
 
 def _broken(self, *args, **kwargs):
     raise RuntimeError(f"injected: the record index is inconsistent (token {os.environ['VAULT_TOKEN']})")
 
 
-umc_infra._provision.Provisioner.deployments = _broken
+umc_infra.run.provisioner.Provisioner.deployments = _broken
 """
 
 

@@ -32,9 +32,9 @@ from umc_infra import (
     provision,
     status,
 )
-from umc_infra._ipam import held
-from umc_infra._store import open_store
 from umc_infra.sandbox import Sandbox, SandboxSettings, _vcsim
+from umc_infra.state.ipam import held
+from umc_infra.state.store import open_store
 
 from .conftest import destroy_vm, free_port, vm_names
 
@@ -205,8 +205,8 @@ def test_a_live_lease_holds_and_a_dead_holders_lease_is_taken_over(site, info):
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
             from umc_infra import Settings
-            from umc_infra._lock import locked
-            from umc_infra._store import open_store
+            from umc_infra.state.lease import locked
+            from umc_infra.state.store import open_store
             with locked(open_store(Settings()), {d!r}, operation="provision", timeout_s=5, ttl_s=300):
                 print("locked", flush=True)
                 time.sleep(300)

@@ -22,7 +22,7 @@ from umc_infra import (
     UmcInfraError,
     provision,
 )
-from umc_infra._process import add_argv_observer
+from umc_infra.process import add_argv_observer
 from umc_infra.sandbox import _s3, _vcsim
 
 PREFIX = "itest-"
@@ -204,8 +204,8 @@ def test_missing_secret_is_named_and_nothing_is_created(site, info):
 
 
 def test_denied_and_unreachable_vault_are_secret_errors(sandbox, site):
-    from umc_infra._blueprint import SecretRef
-    from umc_infra._secrets import VaultSource
+    from umc_infra.blueprint.model import SecretRef
+    from umc_infra.secrets.vault import VaultSource
 
     sandbox.put_secret("elsewhere/thing", {"k": "v"})
     with pytest.raises(SecretError, match="denied reading kv/data/elsewhere/thing#k"):  # the read-only token
@@ -223,8 +223,8 @@ def test_site_setting_missing_is_named(site):
 
 
 def test_approle_and_jwt_logins_work_for_provisioning_secrets(sandbox, site, info):
-    from umc_infra._blueprint import SecretRef
-    from umc_infra._secrets import VaultSource
+    from umc_infra.blueprint.model import SecretRef
+    from umc_infra.secrets.vault import VaultSource
 
     ref = SecretRef(mount="kv", path="umc/vsphere", key="user")
     approle = site.model_copy(update={"vault_token": None})
@@ -238,11 +238,11 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
     from pydantic import SecretStr
 
     from umc_infra import PlaybookError
-    from umc_infra._ansible import Ansible
-    from umc_infra._blueprint import Content
-    from umc_infra._inventory import Host, Inventory
-    from umc_infra._private import private_root
-    from umc_infra._process import Redactor
+    from umc_infra.ansible.inventory import Host, Inventory
+    from umc_infra.ansible.runner import Ansible
+    from umc_infra.blueprint.model import Content
+    from umc_infra.private import private_root
+    from umc_infra.process import Redactor
 
     key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-canary\n-----END OPENSSH PRIVATE KEY-----")
     playbooks = Content.locate().playbooks
@@ -273,8 +273,8 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
 
 def test_an_old_terraform_is_refused(site, tmp_path):
     from umc_infra import TerraformError
-    from umc_infra._process import Redactor
-    from umc_infra._terraform import Terraform
+    from umc_infra.process import Redactor
+    from umc_infra.terraform.runner import Terraform
 
     fake = tmp_path / "terraform"
     fake.write_text('#!/bin/sh\necho \'{"terraform_version": "0.14.11"}\'\n')

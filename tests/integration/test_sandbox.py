@@ -15,7 +15,7 @@ import pytest
 from pyVmomi import vim
 
 from umc_infra import PortInUse
-from umc_infra._process import run
+from umc_infra.process import run
 from umc_infra.sandbox import Sandbox, SandboxSettings, _s3, _vcsim
 from umc_infra.sandbox._config import LOOPBACK
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from umc_infra import ParamsError, destroy, plan, provision
-from umc_infra._ipam import claims
-from umc_infra._store import LocalStore
 from umc_infra.sandbox import _vcsim
+from umc_infra.state.ipam import claims
+from umc_infra.state.store import LocalStore
 
 from .conftest import destroy_vm, find_vm, vm_names
 

@@ -26,9 +26,9 @@ from umc_infra import (
     provision,
     status,
 )
-from umc_infra._ipam import held
-from umc_infra._store import open_store
 from umc_infra.sandbox import _daemons
+from umc_infra.state.ipam import held
+from umc_infra.state.store import open_store
 
 from .conftest import assert_consistent, assert_no_secret
 
@@ -222,8 +222,8 @@ def test_s3_backend_down_at_state_write(sandbox, info, site, secrets):
 def test_lock_held_by_another_process(info, site):
     d = "res-lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom umc_infra import Settings\nfrom umc_infra._lock import locked\n"
-         "from umc_infra._store import open_store\n"
+        [sys.executable, "-c", "import sys, time\nfrom umc_infra import Settings\nfrom umc_infra.state.lease import locked\n"
+         "from umc_infra.state.store import open_store\n"
          f"with locked(open_store(Settings()), {d!r}, operation='provision', timeout_s=5):\n"
          "    print('locked', flush=True); sys.stdin.readline()\n"],
         env=dict(os.environ) | {"UMC_STATE_DIR": str(site.state_dir), "UMC_BACKEND": "local"},

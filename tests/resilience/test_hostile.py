@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from umc_infra import ParamsError, Settings, destroy, provision
-from umc_infra._ansible import unsafe_vars_yaml
-from umc_infra._catalog import Catalog
-from umc_infra._params import validate
+from umc_infra.ansible.runner import unsafe_vars_yaml
+from umc_infra.blueprint.catalog import Catalog
+from umc_infra.params import validate
 
 INJECTIONS = [
     '${file("/etc/passwd")}', "%{ if true }x%{ endif }", "${jsonencode(var.vsphere_password)}",  # HCL

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from tests.unit.conftest import CANARIES, fake_credentials
 from umc_infra import __version__
-from umc_infra._cli import EXIT_ERROR, EXIT_UNHEALTHY, app
-from umc_infra._cli_deploy import Exit
+from umc_infra.cli.app import EXIT_ERROR, EXIT_UNHEALTHY, app
+from umc_infra.cli.deploy import Exit
 from umc_infra.sandbox._config import write_private
 
 runner = CliRunner()
@@ -87,7 +87,7 @@ def test_bad_setting_in_the_environment_names_the_variable(state_dir, monkeypatc
 
 
 def test_settings_flags_win_over_the_environment(tmp_path, monkeypatch):
-    from umc_infra._cli_deploy import provisioner
+    from umc_infra.cli.deploy import provisioner
 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "from-env"))
     monkeypatch.setenv("UMC_BACKEND", "s3")
@@ -119,7 +119,7 @@ def test_credentials_come_from_files_never_argv(tmp_path, monkeypatch):
     token = tmp_path / "token"
     token.write_text("hvs.canary-token-4f1e\n")
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "state"))
-    from umc_infra._cli_deploy import provisioner, state
+    from umc_infra.cli.deploy import provisioner, state
 
     result = runner.invoke(app, ["--debug", "--vault-token-file", str(token), "--vault-addr", "http://127.0.0.1:9",
                                  "provision", "linux-server", "-d", "tok-test", "-o", "json"])  # fmt: skip
@@ -151,11 +151,15 @@ def _broken(*args, **kwargs):
 @pytest.mark.parametrize(
     ("argv", "patch", "command"),
     [
-        (["deployments"], "umc_infra._provision.Provisioner.deployments", "umc-infra deployments"),
-        (["status", "x"], "umc_infra._provision.Provisioner.status", "umc-infra status"),
-        (["blueprints", "list"], "umc_infra._catalog.Catalog.names", "umc-infra blueprints list"),
-        (["blueprints", "validate", "--no-tools"], "umc_infra._validate._validate", "umc-infra blueprints validate"),
-        (["plan", "linux-server", "-d", "x"], "umc_infra._cli_deploy.typed_params", "umc-infra plan"),
+        (["deployments"], "umc_infra.run.provisioner.Provisioner.deployments", "umc-infra deployments"),
+        (["status", "x"], "umc_infra.run.provisioner.Provisioner.status", "umc-infra status"),
+        (["blueprints", "list"], "umc_infra.blueprint.catalog.Catalog.names", "umc-infra blueprints list"),
+        (
+            ["blueprints", "validate", "--no-tools"],
+            "umc_infra.blueprint.validate._validate",
+            "umc-infra blueprints validate",
+        ),
+        (["plan", "linux-server", "-d", "x"], "umc_infra.cli.deploy.typed_params", "umc-infra plan"),
     ],
 )
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
@@ -175,7 +179,8 @@ def test_an_unexpected_error_in_a_command_is_typed(tmp_path, monkeypatch, argv, 
 
 def test_an_error_outside_a_commands_guard_is_still_one_json_document(tmp_path, monkeypatch, capsys):
     """main() catches what a command does not: here, writing its result fails."""
-    from umc_infra import _cli, _cli_deploy
+    from umc_infra.cli import app as _cli
+    from umc_infra.cli import deploy as _cli_deploy
 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
     monkeypatch.setattr(_cli_deploy, "emit", _broken)
@@ -197,7 +202,7 @@ def test_an_error_outside_a_commands_guard_is_still_one_json_document(tmp_path, 
     ],
 )
 def test_usage_errors_keep_clicks_exit_code_and_give_a_json_error_when_asked(argv, says, capsys):
-    from umc_infra._cli import main
+    from umc_infra.cli.app import main
 
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -213,7 +218,7 @@ def test_usage_errors_keep_clicks_exit_code_and_give_a_json_error_when_asked(arg
 
 
 def test_main_exits_with_the_commands_code_and_prints_nothing_more(tmp_path, monkeypatch, capsys):
-    from umc_infra._cli import main
+    from umc_infra.cli.app import main
 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as ok:

@@ -20,9 +20,9 @@ from umc_infra import (
     TerraformError,
     UmcInfraError,
 )
-from umc_infra._blueprint import Blueprint
-from umc_infra._cli_deploy import Exit, exit_code, guarded, requested_output, state, typed_params
-from umc_infra._redact import Redactor
+from umc_infra.blueprint.model import Blueprint
+from umc_infra.cli.deploy import Exit, exit_code, guarded, requested_output, state, typed_params
+from umc_infra.secrets.redact import Redactor
 
 BLUEPRINT = Blueprint.model_validate({
     "name": "demo", "version": "1.0.0", "description": "d", "modules": {"vm": {"source": "x"}},
@@ -179,7 +179,7 @@ def test_a_json_params_file_and_flags_together(tmp_path):
 def _validation_error() -> Exception:
     from pydantic import ValidationError
 
-    from umc_infra._records import DeploymentRecord
+    from umc_infra.state.records import DeploymentRecord
 
     try:
         DeploymentRecord.model_validate({"deployment": 5})
@@ -247,7 +247,7 @@ def test_guarded_types_every_error(capsys, monkeypatch, raised, kind, code, debu
 @pytest.mark.parametrize("planted", [False, True], ids=["redacted", "control-planted-leak"])
 def test_an_unexpected_error_never_shows_a_credential(capsys, monkeypatch, tmp_path, planted):
     """The credential in the exception's text is hidden in the message and in the --debug traceback."""
-    from umc_infra import _cli_deploy
+    from umc_infra.cli import deploy as _cli_deploy
 
     token = "hvs.canary-internal-5d1c"
     monkeypatch.setenv("VAULT_TOKEN", token)

@@ -5,7 +5,7 @@ import io
 from rich.console import Console
 
 from umc_infra import ResourceChanged, StepFinished, StepStarted, TaskResult
-from umc_infra._cli_progress import ProgressView, progress
+from umc_infra.cli.progress import ProgressView, progress
 
 
 class Clock:

@@ -4,7 +4,7 @@ import threading
 from datetime import UTC, datetime
 
 from umc_infra import OutputLine, StepStarted, TaskResult
-from umc_infra._events import numbered
+from umc_infra.events import numbered
 
 
 def test_events_of_a_run_are_numbered_once_in_order_across_threads():

@@ -7,7 +7,7 @@ import pytest
 from pydantic import SecretStr
 
 from umc_infra import ProcessError, ProcessTimeout, UmcInfraError
-from umc_infra._process import Redactor, add_argv_observer, run
+from umc_infra.process import Redactor, add_argv_observer, run
 
 PY = sys.executable
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -133,7 +133,7 @@ def test_sigterm_is_an_interrupt_only_inside_the_block():
     import signal
     import threading
 
-    from umc_infra._process import signals_set, sigterm_as_interrupt
+    from umc_infra.process import signals_set, sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="signal 15"), sigterm_as_interrupt():
@@ -164,7 +164,7 @@ TERRAFORM_LIKE = (
 PARENT = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from umc_infra._process import run\n"
+    "from umc_infra.process import run\n"
     "out = Path(sys.argv[2]) if sys.argv[2] != '-' else None\n"
     "run([sys.executable, '-c', sys.argv[3], sys.argv[1]], step='t', env={'PATH': '/usr/bin:/bin'}, output_dir=out,\n"
     "    on_line=lambda s, line: print(line, flush=True))\n"

@@ -6,7 +6,7 @@ import urllib.parse
 
 import pytest
 
-from umc_infra._redact import MIN_SUBSTRING, Redactor
+from umc_infra.secrets.redact import MIN_SUBSTRING, Redactor
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from umc_infra._errors import UmcInfraError
+from umc_infra.errors import UmcInfraError
 from umc_infra.sandbox import _guests, _vcsim
 from umc_infra.sandbox._config import SandboxInfo, SandboxPaths, SandboxSettings
 from umc_infra.sandbox._guests import GuestVM

@@ -15,8 +15,8 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from umc_infra._private import write_private
-from umc_infra._settings import Settings
+from umc_infra.private import write_private
+from umc_infra.settings import Settings
 
 __all__ = ["write_private"]  # kept here for the sandbox's callers
 

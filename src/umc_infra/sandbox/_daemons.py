@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from umc_infra._errors import ComponentFailed, PortInUse
-from umc_infra._process import spawn_daemon
+from umc_infra.errors import ComponentFailed, PortInUse
+from umc_infra.process import spawn_daemon
 
 
 class Daemon(BaseModel):

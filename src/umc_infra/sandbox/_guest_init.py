@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from umc_infra._process import run
+from umc_infra.process import run
 from umc_infra.sandbox._config import sshd_argv
 from umc_infra.sandbox._host import host_env
 

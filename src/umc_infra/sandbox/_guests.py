@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from umc_infra._errors import SandboxError
-from umc_infra._process import run
+from umc_infra.errors import SandboxError
+from umc_infra.process import run
 from umc_infra.sandbox import _daemons, _host
 from umc_infra.sandbox._config import SandboxPaths, SandboxSettings
 

@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from umc_infra._errors import MissingDependency
-from umc_infra._process import run
+from umc_infra.errors import MissingDependency
+from umc_infra.process import run
 
 # Debian package -> a file it installs, to tell whether it is there.
 VCSIM_PACKAGES = {

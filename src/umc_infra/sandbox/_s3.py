@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from umc_infra._errors import MissingDependency
-from umc_infra._process import find_tool
+from umc_infra.errors import MissingDependency
+from umc_infra.process import find_tool
 from umc_infra.sandbox import _daemons
 from umc_infra.sandbox._config import SandboxInfo, SandboxInventory, SandboxPaths
 

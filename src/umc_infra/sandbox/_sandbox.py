@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra._errors import ComponentFailed, SandboxError
+from umc_infra.errors import ComponentFailed, SandboxError
 from umc_infra.sandbox import _daemons, _guests, _s3, _vault, _vcsim
 from umc_infra.sandbox._config import (
     INVENTORY,

@@ -8,8 +8,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from umc_infra._errors import MissingDependency
-from umc_infra._process import find_tool
+from umc_infra.errors import MissingDependency
+from umc_infra.process import find_tool
 from umc_infra.sandbox import _daemons
 from umc_infra.sandbox._config import (
     Credentials,

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from umc_infra._errors import BuildFailed, ComponentFailed, ProcessError
-from umc_infra._process import run
+from umc_infra.errors import BuildFailed, ComponentFailed, ProcessError
+from umc_infra.process import run
 from umc_infra.sandbox import _daemons, _host
 from umc_infra.sandbox._config import (
     Credentials,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from moto.server import ThreadedMotoServer
 
-from umc_infra._settings import Settings
-from umc_infra._store import LocalStore, S3Store, StateStore, s3_client
+from umc_infra.settings import Settings
+from umc_infra.state.store import LocalStore, S3Store, StateStore, s3_client
 
 REGION = "eu-west-1"
 

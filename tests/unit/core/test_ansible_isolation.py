@@ -18,11 +18,11 @@ import ansible_runner
 import pytest
 from pydantic import SecretStr
 
-from umc_infra import _ansible
-from umc_infra._ansible import Ansible, keep_event, prepare_isolated
-from umc_infra._inventory import Host, Inventory
-from umc_infra._process import Redactor
-from umc_infra._settings import Settings
+from umc_infra.ansible import runner as _ansible
+from umc_infra.ansible.inventory import Host, Inventory
+from umc_infra.ansible.runner import Ansible, keep_event, prepare_isolated
+from umc_infra.process import Redactor
+from umc_infra.settings import Settings
 
 CANARIES = {
     "VAULT_TOKEN": "hvs.canary-vault-token-5f1e",

@@ -3,9 +3,9 @@
 import yaml
 from pydantic import SecretStr
 
-from umc_infra._ansible import unsafe_vars_yaml
-from umc_infra._blueprint import Blueprint
-from umc_infra._inventory import build
+from umc_infra.ansible.inventory import build
+from umc_infra.ansible.runner import unsafe_vars_yaml
+from umc_infra.blueprint.model import Blueprint
 
 
 class _Unsafe(str):

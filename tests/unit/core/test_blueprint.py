@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from umc_infra import BlueprintError, BlueprintNotFound
-from umc_infra._blueprint import Content, SecretRef
-from umc_infra._catalog import Catalog, Source
+from umc_infra.blueprint.catalog import Catalog, Source
+from umc_infra.blueprint.model import Content, SecretRef
 
 
 def catalog(content: Content) -> Catalog:

@@ -11,8 +11,8 @@ import yaml
 
 from tests.unit.core.test_blueprint import BASE, MODULE
 from umc_infra import BlueprintError, Settings
-from umc_infra._catalog import Catalog, Source, line_of
-from umc_infra._hooks import HookContext, HookError, call
+from umc_infra.blueprint.catalog import Catalog, Source, line_of
+from umc_infra.run.hooks import HookContext, HookError, call
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 
@@ -136,7 +136,7 @@ def test_a_hook_stops_the_run_with_its_name_and_nothing_secret():
 
 
 def test_the_hook_records_hosts(tmp_path, monkeypatch):
-    from umc_infra._inventory import Host
+    from umc_infra.ansible.inventory import Host
 
     monkeypatch.setenv("UMC_LAB_CMDB", str(tmp_path / "cmdb.jsonl"))
     context = HookContext(at="after_provision", action="provision", deployment="d", blueprint="lab-web",

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from umc_infra import HostKeyChanged, UmcInfraError
-from umc_infra._hostkeys import (
+from umc_infra.ansible.hostkeys import (
     HostKeyPin,
     fingerprint,
     forget,
@@ -19,7 +19,7 @@ from umc_infra._hostkeys import (
     parse_keyscan,
     pin_key,
 )
-from umc_infra._store import LocalStore
+from umc_infra.state.store import LocalStore
 
 D = "iso-unit"
 

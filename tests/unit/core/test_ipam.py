@@ -5,10 +5,10 @@ import logging
 import pytest
 
 from umc_infra import AddressError, ParamsError, SettingsError
-from umc_infra._blueprint import Blueprint
-from umc_infra._ipam import Site, allocate, check_given, claims, held, release, release_unused
-from umc_infra._settings import Settings, load_settings
-from umc_infra._store import LocalStore
+from umc_infra.blueprint.model import Blueprint
+from umc_infra.settings import Settings, load_settings
+from umc_infra.state.ipam import Site, allocate, check_given, claims, held, release, release_unused
+from umc_infra.state.store import LocalStore
 
 # The sandbox's site: a loopback subnet, 127.0.1.0/24, gateway .1; plus a DNS server inside it.
 SANDBOX = Site.of(Settings(ip_gateway="127.0.1.1", ip_netmask=24, dns_servers=["127.0.1.53", "::1"]))

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from umc_infra import DeploymentLocked, StateBackendError, _lock
-from umc_infra._cli import app
-from umc_infra._cli_deploy import Exit
-from umc_infra._lock import LockInfo, break_lock, holder, locked
-from umc_infra._records import Actor
-from umc_infra._store import LocalStore
+from umc_infra import DeploymentLocked, StateBackendError
+from umc_infra.cli.app import app
+from umc_infra.cli.deploy import Exit
+from umc_infra.state import lease as _lock
+from umc_infra.state.lease import LockInfo, break_lock, holder, locked
+from umc_infra.state.records import Actor
+from umc_infra.state.store import LocalStore
 
 
 class Faulty:
@@ -67,9 +68,9 @@ def test_a_second_run_waits_then_gives_up_naming_the_holder_and_the_expiry(any_s
 CHILD = r"""
 import sys, time
 from pathlib import Path
-from umc_infra._lock import locked
-from umc_infra._settings import Settings
-from umc_infra._store import LocalStore, S3Store, s3_client
+from umc_infra.state.lease import locked
+from umc_infra.settings import Settings
+from umc_infra.state.store import LocalStore, S3Store, s3_client
 
 kind, *where = sys.argv[1:]
 if kind == "local":

@@ -4,8 +4,8 @@ import pytest
 from pydantic import SecretStr
 
 from umc_infra import ParamsError
-from umc_infra._blueprint import Blueprint
-from umc_infra._params import SYSTEM_ACCOUNTS, json_schema, validate
+from umc_infra.blueprint.model import Blueprint
+from umc_infra.params import SYSTEM_ACCOUNTS, json_schema, validate
 
 BLUEPRINT = Blueprint.model_validate(
     {
@@ -191,7 +191,7 @@ def test_format_username_in_the_json_schema():
 def test_param_spec_format_rules(spec, message):
     from pydantic import ValidationError
 
-    from umc_infra._blueprint import ParamSpec
+    from umc_infra.blueprint.model import ParamSpec
 
     with pytest.raises(ValidationError, match=message):
         ParamSpec.model_validate(spec)

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from umc_infra import DeploymentLocked, StateBackendError
-from umc_infra._lock import break_lock, holder, locked
-from umc_infra._records import Actor, DeploymentRecord, Records, RunRecord
-from umc_infra._store import LocalStore
+from umc_infra.state.lease import break_lock, holder, locked
+from umc_infra.state.records import Actor, DeploymentRecord, Records, RunRecord
+from umc_infra.state.store import LocalStore
 
 TTL = 30.0
 

@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from umc_infra import _private, _recovery, _tflock
-from umc_infra._journal import Journal
-from umc_infra._records import Actor, DeploymentRecord, InFlight, Records, RunRecord
-from umc_infra._redact import Redactor
-from umc_infra._store import LocalStore
+from umc_infra import private as _private
+from umc_infra.run import recovery as _recovery
+from umc_infra.run.journal import Journal
+from umc_infra.secrets.redact import Redactor
+from umc_infra.state.records import Actor, DeploymentRecord, InFlight, Records, RunRecord
+from umc_infra.state.store import LocalStore
+from umc_infra.terraform import statelock as _tflock
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def shm(tmp_path, monkeypatch):
 
 DEAD_OWNER = (
     "import pathlib, subprocess, sys, time\n"
-    "from umc_infra import _private\n"
+    "from umc_infra import private as _private\n"
     "_private.private_root = lambda: pathlib.Path(sys.argv[3])\n"
     "with _private.run_directory(sys.argv[1]) as d:\n"
     "    tool = subprocess.Popen([sys.executable, '-c', sys.argv[2]])\n"

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from umc_infra import ParamsError, Settings
-from umc_infra._blueprint import Blueprint, ParamSpec
-from umc_infra._catalog import Catalog
-from umc_infra._params import SYSTEM_ACCOUNTS, USERNAME, json_schema, validate
+from umc_infra.blueprint.catalog import Catalog
+from umc_infra.blueprint.model import Blueprint, ParamSpec
+from umc_infra.params import SYSTEM_ACCOUNTS, USERNAME, json_schema, validate
 
 CATALOG = Catalog.from_settings(Settings())
 BLUEPRINTS = [CATALOG.load(name) for name in CATALOG.names()]

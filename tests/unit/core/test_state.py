@@ -6,8 +6,8 @@ import pytest
 
 from tests.unit.core.conftest import HeaderDroppingProxy, client_for, new_bucket, s3_settings
 from umc_infra import AddressError, StateBackendError, UmcInfraError
-from umc_infra._ipam import allocate, claims, release
-from umc_infra._store import LocalStore, S3Store, conditional_write_problems, open_store
+from umc_infra.state.ipam import allocate, claims, release
+from umc_infra.state.store import LocalStore, S3Store, conditional_write_problems, open_store
 
 POOL = "127.0.1.10-127.0.1.14"
 
@@ -86,7 +86,7 @@ def test_held_addresses_come_in_vm_order_not_string_order(store):
     assert allocate(store, pool=pool, deployment="a", module="web", count=3, given=[]) == [
         "127.0.1.8", "127.0.1.9", "127.0.1.10",
     ]  # fmt: skip
-    from umc_infra._ipam import held
+    from umc_infra.state.ipam import held
 
     assert held(store, deployment="a", module="web") == ["127.0.1.8", "127.0.1.9", "127.0.1.10"]
 
@@ -205,7 +205,7 @@ def test_the_probe_names_the_one_condition_that_is_ignored(moto_endpoint, droppe
 
 
 def test_open_store_probes_a_good_endpoint_once_per_process(moto_endpoint, monkeypatch):
-    from umc_infra import _store
+    from umc_infra.state import store as _store
 
     settings = s3_settings(moto_endpoint, new_bucket(moto_endpoint))
     calls = []

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from umc_infra import UmcInfraError
-from umc_infra._settings import Settings
-from umc_infra._terraform import (
+from umc_infra.settings import Settings
+from umc_infra.terraform.runner import (
     _argv,
     argv_apply,
     argv_apply_plan,
@@ -117,7 +117,7 @@ def test_mirror_from_installed_provider_packages(tmp_path):
 
 
 def test_resource_changes_mask_sensitive_values_and_ignore_empty_noise():
-    from umc_infra._terraform import counts_of, resource_changes
+    from umc_infra.terraform.runner import counts_of, resource_changes
 
     entries = [
         {"address": "vm[0]", "change": {

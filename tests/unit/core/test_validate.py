@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from umc_infra import Settings
-from umc_infra._catalog import Catalog
-from umc_infra._cli_deploy import Exit
-from umc_infra._validate import validate
+from umc_infra.blueprint.catalog import Catalog
+from umc_infra.blueprint.validate import validate
+from umc_infra.cli.deploy import Exit
 
 BROKEN = Path(__file__).parents[2] / "fixtures" / "broken-blueprints"
 LAB = Path(__file__).parents[2] / "fixtures" / "umc-lab-blueprints" / "umc_lab_blueprints"

@@ -8,8 +8,8 @@ import yaml
 from tests.unit.core.test_blueprint import BASE
 from tests.unit.core.test_catalog import content_dir
 from umc_infra import Settings
-from umc_infra._catalog import Catalog
-from umc_infra._validate import validate
+from umc_infra.blueprint.catalog import Catalog
+from umc_infra.blueprint.validate import validate
 
 CHILD = {"name": "child", "version": "1.0.0", "description": "c", "extends": "demo"}
 

@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from umc_infra import SecretError, Settings
-from umc_infra._blueprint import SecretRef
-from umc_infra._cli_deploy import Exit, exit_code
-from umc_infra._secrets import VaultSource
+from umc_infra.blueprint.model import SecretRef
+from umc_infra.cli.deploy import Exit, exit_code
+from umc_infra.secrets.vault import VaultSource
 
 TOKEN = "hvs.canary-token-0b7e"
 SECRET_ID = "canary-secret-id-3c9a"

@@ -1,0 +1,407 @@
+"""Ansible through ansible-runner, with nothing left behind and nothing inherited.
+
+Each playbook runs in a private directory of its own, inside the run's private directory (memory-backed,
+0700): the SSH key, the vars file (secrets included), the inventory, the pinned host keys and
+ansible-runner's artifacts live there and are removed when the playbook ends, whatever happens. Every
+value reaches Ansible as unsafe text (the YAML ``!unsafe`` tag), so ``{{ lookup('pipe', 'id') }}`` in a
+parameter is shown, never run.
+
+``ansible-playbook`` sees none of this process's environment: it gets a PATH, a HOME inside its private
+directory, a UTF-8 locale, our ``ANSIBLE_*`` settings and the variables ansible-runner sets for its own
+callback plugin, nothing else. A playbook from a blueprint package cannot read the runner's Vault token or
+cloud credentials with ``lookup('env', ...)``, and ansible-runner's ``artifacts/<ident>/command`` file
+records only that environment. Task results stay in memory: of ansible-runner's event files only the
+play recap is written. ``ansible-playbook`` is started through a launcher that arms Linux's
+parent-death signal (SIGINT), so it stops when this process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from umc_infra.ansible.inventory import Inventory
+from umc_infra.deathsig import wrapper_script
+from umc_infra.errors import Cancelled, PlaybookError
+from umc_infra.events import EventCallback, OutputLine, TaskResult
+from umc_infra.private import write_private
+from umc_infra.process import Redactor, find_tool, notify_argv, run, signals_set
+from umc_infra.settings import Settings
+
+_STATUS = {
+    "runner_on_start": "started",
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+# ansible-runner reads ``runner.stats`` back from this event's file: the only event written to disk.
+_STATS_EVENT = "playbook_on_stats"
+_SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+_TAIL_LINES = 6
+
+
+class HostStats(BaseModel):
+    """The play recap of one host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+
+class PlaybookResult(BaseModel):
+    """What one playbook did, per host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    playbook: str
+    hosts: dict[str, HostStats]
+    seconds: float
+    changed_tasks: tuple[tuple[str, str], ...] = ()
+    """``(host, task)`` for every task that changed (in check mode: would change)."""
+
+    @property
+    def changed(self) -> int:
+        """Changed tasks over all hosts."""
+        return sum(h.changed for h in self.hosts.values())
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    """Dumps every string with Ansible's ``!unsafe`` tag: Ansible never templates it."""
+
+
+def _unsafe_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    if not value:  # ansible-core 2.19 loads `!unsafe ""` as None; an empty string has nothing to template
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_scalar("!unsafe", value, style='"')
+
+
+_UnsafeDumper.add_representer(str, _unsafe_str)
+
+
+def unsafe_vars_yaml(values: Mapping[str, Any]) -> str:
+    """Extra vars as YAML in which every string, at any depth, is ``!unsafe``."""
+    plain = {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in values.items()}
+    return yaml.dump(plain, Dumper=_UnsafeDumper, default_flow_style=False, sort_keys=True, allow_unicode=True)
+
+
+def ansible_playbook() -> str:
+    """``ansible-playbook`` beside this Python (the venv umc_infra runs in), else on PATH."""
+    found = find_tool("ansible-playbook")
+    if found is None:
+        raise PlaybookError(
+            "ansible-playbook not found; install ansible-core (pip install umc-infra)",
+            playbook="",
+            failures=[],
+            step="ansible",
+        )
+    return str(found)
+
+
+def base_env(*, home: Path) -> dict[str, str]:
+    """The environment of every ``ansible-playbook`` before its ``ANSIBLE_*`` settings; nothing inherited.
+
+    PATH holds the directory of ``ansible-playbook`` (its venv) and the system's; ansible-core needs a
+    UTF-8 locale.
+    """
+    return {
+        "PATH": f"{Path(ansible_playbook()).parent}:{_SYSTEM_PATH}",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+
+
+def prepare_isolated(config: Any, env: Mapping[str, str]) -> None:
+    """``config.prepare()`` (an ansible-runner ``RunnerConfig``), then ``config.env``: ``env`` and nothing inherited.
+
+    ansible-runner seeds the child's environment with a copy of ``os.environ``, and builds some of its own
+    variables from inherited ones (``ANSIBLE_CALLBACK_PLUGINS``, ``ORIGINAL_STDOUT_CALLBACK``). Every
+    inherited name is therefore handed to it blanked: afterwards a name with a value is ours, or one
+    ansible-runner set itself (its callback plugin's directory, artifact dir, fact cache), from nothing
+    inherited. ansible-runner writes ``config.env`` to ``artifacts/<ident>/command``: only this survives.
+    """
+    blanked = set(os.environ)
+    config.envvars = dict.fromkeys(blanked, "") | dict(env)
+    config.prepare()
+    kept = dict(env)
+    for name, value in config.env.items():
+        if name in kept or value == "":
+            continue
+        if name not in blanked and os.environ.get(name) == value:
+            continue  # appeared in os.environ while ansible-runner copied it: inherited all the same
+        kept[name] = value
+    config.env = kept
+
+
+def keep_event(event: Mapping[str, Any]) -> bool:
+    """Whether ansible-runner writes the event to its job_events dir: the play recap only (``runner.stats``).
+
+    Every other event may carry task results (values a task read or printed, secrets included); they
+    are handled in memory and never written.
+    """
+    return event.get("event") == _STATS_EVENT
+
+
+def syntax_check(playbook: Path) -> list[tuple[str, int | None, str]]:
+    """``ansible-playbook --syntax-check``: each error as (file, line, message); empty if the playbook is sound."""
+    with tempfile.TemporaryDirectory(prefix="umc-syntax-") as home:
+        env = base_env(home=Path(home)) | {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(Path(home) / "tmp"),
+                                           "ANSIBLE_DEPRECATION_WARNINGS": "False"}  # fmt: skip
+        result = run([ansible_playbook(), "--syntax-check", "-i", "localhost,", str(playbook)], step="validate.ansible",
+                     env=env, cwd=playbook.parent, timeout=300, check=False)  # fmt: skip
+    if result.returncode == 0:
+        return []
+    lines = (result.stdout + "\n" + result.stderr).splitlines()
+    errors: list[tuple[str, int | None, str]] = []
+    for i, line in enumerate(lines):
+        if line.startswith(("[ERROR]:", "ERROR!")):
+            message = line.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
+            origin = next((re.match(r"Origin: (.+?):(\d+)(?::\d+)?$", o) for o in lines[i + 1 : i + 4]
+                           if o.startswith("Origin: ")), None)  # fmt: skip
+            errors.append((origin[1], int(origin[2]), message) if origin else (str(playbook), None, message))
+    return errors or [(str(playbook), None, f"ansible-playbook --syntax-check exited {result.returncode}")]
+
+
+class Ansible:
+    """Runs a blueprint's playbooks against an inventory.
+
+    Args:
+        settings: The site's settings.
+        locate: The file of a playbook by name.
+        on_event: Receives task results and output lines (redacted).
+        redactor: Hides secret values in everything that streams out.
+        deployment: The deployment the playbooks configure (for events and errors).
+        private_dir: The run's private directory (0700, in memory): each playbook's files and the SSH
+            control sockets are made inside it, and a run killed outright leaves them there for the
+            sweep of dead runs. Keep its path short: a control socket's path must fit in 108 bytes.
+        cancel: When set from another thread, the running playbook is stopped and :class:`Cancelled` raised.
+
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        locate: Callable[[str], Path],
+        *,
+        on_event: EventCallback,
+        redactor: Redactor,
+        deployment: str,
+        private_dir: Path,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self._cancel = cancel or threading.Event()
+        self._settings = settings
+        self._locate = locate
+        self._private_dir = private_dir
+        self._control: Path | None = None
+        self._on_event = on_event
+        self._redact = redactor
+        self._deployment = deployment
+
+    def __repr__(self) -> str:
+        return f"Ansible(settings={type(self._settings).__name__})"
+
+    def __enter__(self) -> Ansible:
+        """Playbooks run inside the block share SSH master connections (a 0700 dir in the private dir)."""
+        self._control = self._new_dir("ssh-")  # short: a socket path must fit in 108 bytes
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._control is not None:
+            shutil.rmtree(self._control, ignore_errors=True)
+            self._control = None
+
+    def _new_dir(self, prefix: str) -> Path:
+        """A new 0700 directory in the run's private dir."""
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir=self._private_dir))
+        directory.chmod(0o700)
+        return directory
+
+    def _env(self, private: Path, *, pinned: bool) -> dict[str, str]:
+        """Everything ``ansible-playbook`` gets in its environment, besides ansible-runner's own variables.
+
+        With ``pinned`` host keys in ``known_hosts``, SSH accepts those alone; without, each host's key is
+        trusted on first use, for this playbook only.
+        """
+        ssh_args = (
+            f"-o UserKnownHostsFile={private / 'known_hosts'} -o GlobalKnownHostsFile=/dev/null "
+            f"-o StrictHostKeyChecking={'yes' if pinned else 'accept-new'} "
+            "-o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=20 -o ServerAliveInterval=15"
+        )
+        return base_env(home=private / "home") | {
+            "ANSIBLE_PRIVATE_KEY_FILE": str(private / "ssh_key"),
+            "ANSIBLE_SSH_ARGS": ssh_args,
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self._control or private / "cp"),
+            "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_FORKS": str(self._settings.ansible_forks),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        }
+
+    def run(
+        self,
+        playbook: str,
+        *,
+        inventory: Inventory,
+        hosts: str,
+        user: str,
+        ssh_key: SecretStr,
+        variables: Mapping[str, Any],
+        check: bool = False,
+        only: Sequence[str] | None = None,
+        known_hosts: str | None = None,
+    ) -> PlaybookResult:
+        """Run ``playbooks/<playbook>.yml`` on group ``hosts``.
+
+        Args:
+            playbook: The playbook's name.
+            inventory: Every host of the deployment.
+            hosts: The group to run on (``all``: every host).
+            user: The SSH user.
+            ssh_key: The SSH private key.
+            variables: Extra vars; every string reaches Ansible unsafe (never templated).
+            check: Check mode with diff: report what would change, change nothing.
+            only: Limit the run to these hosts.
+            known_hosts: The hosts' pinned SSH host keys (``known_hosts`` lines, see
+                :func:`umc_infra.ansible.hostkeys.known_hosts`): SSH then refuses any other key. Without them, each
+                host's key is trusted on first use within this playbook.
+
+        Raises:
+            PlaybookError: A task failed or a host was unreachable (hosts, tasks and messages named).
+            Cancelled: ``cancel`` was set while the playbook ran.
+
+        """
+        import time
+
+        import ansible_runner
+
+        step = f"ansible.{'check.' if check else ''}{playbook}"
+        started = time.monotonic()
+        failures: list[tuple[str, str, str]] = []
+        changed_tasks: list[tuple[str, str]] = []
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        private = self._new_dir("umc-ansible-")
+        try:
+            write_private(private / "ssh_key", ssh_key.get_secret_value().rstrip("\n") + "\n")
+            inventory_file = private / "inventory.yml"
+            inventory_file.write_text(
+                yaml.safe_dump(
+                    inventory.to_ansible(
+                        user=user, port=self._settings.ssh_port, python=self._settings.python_interpreter
+                    )
+                )
+            )
+            vars_file = private / "vars.yml"
+            write_private(vars_file, unsafe_vars_yaml(variables))
+            if known_hosts is not None:
+                write_private(private / "known_hosts", known_hosts)
+            (private / "home").mkdir(mode=0o700)
+            launcher = wrapper_script(private, ansible_playbook(), name="ansible-playbook")
+
+            def on_runner_event(event: dict[str, Any]) -> bool:
+                data = event.get("event_data", {})
+                status = _STATUS.get(str(event.get("event")))
+                if status is not None:
+                    host = str(data.get("host", "?"))
+                    task = self._redact(str(data.get("task", "?")))
+                    changed = bool(data.get("res", {}).get("changed")) if isinstance(data.get("res"), dict) else False
+                    if status == "ok" and changed:
+                        changed_tasks.append((host, task))
+                    if status in ("failed", "unreachable") and not data.get("ignore_errors"):
+                        res = data.get("res", {}) if isinstance(data.get("res"), dict) else {}
+                        message = str(res.get("msg") or res.get("stderr") or status)
+                        failures.append((host, task, self._redact(message)[:500]))
+                    duration = data.get("duration")
+                    self._on_event(TaskResult(
+                        deployment=self._deployment, playbook=playbook, host=host, task=task,
+                        status="changed" if status == "ok" and changed else status,  # type: ignore[arg-type]
+                        seconds=float(duration) if isinstance(duration, int | float) else None,
+                    ))  # fmt: skip
+                stdout = event.get("stdout")
+                if stdout:
+                    for line in str(stdout).splitlines():
+                        if line.strip():
+                            clean = self._redact(line)
+                            tail.append(clean)
+                            self._on_event(OutputLine(deployment=self._deployment, step=step, line=clean))
+                return keep_event(event)
+
+            playbook_file = self._locate(playbook).absolute()
+            args = ["--extra-vars", f"@{vars_file}", *(["--check", "--diff"] if check else []), str(playbook_file)]
+            config = ansible_runner.RunnerConfig(
+                private_data_dir=str(private),
+                project_dir=str(playbook_file.parent),
+                binary=str(launcher),  # arms the parent-death signal, then becomes ansible-playbook
+                inventory=str(inventory_file),
+                limit=",".join(only) if only else hosts,
+                cmdline=shlex.join(args),
+                quiet=True,
+                suppress_env_files=True,
+                fact_cache_type="memory",  # facts (the hosts' environment among them) are not written either
+                timeout=int(self._settings.ansible_timeout_s),
+            )
+            prepare_isolated(config, self._env(private, pinned=known_hosts is not None))
+            # The console output shows task results too: kept in memory only. (prepare() resets this option
+            # from the private dir's env/settings file, which there is none of.)
+            config.suppress_output_file = True
+            notify_argv(tuple(config.command))
+            # ansible-runner stops ansible-playbook when cancel_callback returns True.
+            interrupted = threading.Event()  # Ctrl-C or SIGTERM while the playbook runs
+            runner = ansible_runner.Runner(
+                config=config, event_handler=on_runner_event,
+                cancel_callback=lambda: self._cancel.is_set() or interrupted.is_set(),
+            )  # fmt: skip
+            with signals_set(interrupted):
+                runner.run()
+            if interrupted.is_set():
+                raise KeyboardInterrupt(f"playbook {playbook!r} interrupted; ansible-playbook was stopped")
+            if runner.status == "canceled":
+                raise Cancelled(f"playbook {playbook!r} was cancelled", step=step)
+            stats = runner.stats or {}
+            per_host: dict[str, HostStats] = {}
+            for host in inventory.in_group(hosts):
+                if only and host.name not in only:
+                    continue
+                per_host[host.name] = HostStats(
+                    ok=stats.get("ok", {}).get(host.name, 0),
+                    changed=stats.get("changed", {}).get(host.name, 0),
+                    failed=stats.get("failures", {}).get(host.name, 0),
+                    unreachable=stats.get("dark", {}).get(host.name, 0),
+                    skipped=stats.get("skipped", {}).get(host.name, 0),
+                )
+            if runner.status != "successful" or failures:
+                shown = "; ".join(f"{h}: {t}: {m}" for h, t, m in failures[:10]) or (
+                    f"status {runner.status}: " + (" | ".join(tail) or "no output")
+                )
+                raise PlaybookError(
+                    f"playbook {playbook!r} failed in deployment {self._deployment!r} on "
+                    f"{len({h for h, _, _ in failures}) or 'some'} host(s): {shown}",
+                    playbook=playbook,
+                    failures=failures,
+                    step=step,
+                )
+            return PlaybookResult(
+                playbook=playbook, hosts=per_host, seconds=time.monotonic() - started,
+                changed_tasks=tuple(changed_tasks),
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(private, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""Recovery: the first run on a deployment after a run that died.
+
+A run killed outright (SIGKILL, the OOM killer, a lost CI runner, SIGTERM to a provision running off
+the main thread) cannot write its outcome, release its lease or clean up. The next run on the
+deployment finds out: it took the lease over from a holder that is gone or expired, or the record's
+last run still says ``running`` while nobody holds the lease. Before it does anything else it:
+
+1. records the dead run as ``abandoned`` (with what it was doing);
+2. waits for the dead run's tools on this machine to stop (they got SIGINT when it died: Terraform
+   finishes the resource operations in flight and writes its state) and removes its private directory
+   (:func:`umc_infra.private.sweep`);
+3. releases the Terraform state locks the dead run left in DynamoDB: those whose ids it recorded, and
+   those its Terraform identity took while it ran (:mod:`umc_infra.terraform.statelock`);
+4. repairs a local state file left empty by a Terraform killed while writing it (from Terraform's own
+   ``.backup``);
+5. removes VMs the dead run's apply created that Terraform's state does not know (a Terraform killed
+   before it wrote its state): the journal noted the VMs each apply was to create before it started.
+
+Then the run goes on as usual, and Terraform converges the deployment to exactly what is asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from umc_infra.state.lease import LockInfo
+from umc_infra.state.records import DeploymentRecord, RunRecord
+
+log = logging.getLogger("umc_infra")
+
+
+class DeadRun(BaseModel):
+    """What is known of a run that died: its lease (if it was taken over) and its record (if it wrote one)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    holder: LockInfo | None = None
+    run: RunRecord | None = None
+
+    @property
+    def since(self) -> datetime | None:
+        """When it started (lease or record)."""
+        times = [t for t in (self.holder.since if self.holder else None, self.run.started_at if self.run else None)
+                 if t is not None]  # fmt: skip
+        return min(times) if times else None
+
+    @property
+    def who(self) -> str | None:
+        """The ``user@host`` its Terraform wrote into state locks (or the host it ran on)."""
+        return self.run.terraform_who if self.run and self.run.terraform_who else None
+
+    @property
+    def lock_ids(self) -> tuple[str, ...]:
+        """State lock ids it recorded."""
+        return tuple(i for f in (self.run.in_flight.values() if self.run else ()) for i in f.lock_ids)
+
+    def new_vms(self, module: str) -> tuple[str, ...]:
+        """VMs its apply of ``module`` was to create when it died."""
+        flight = self.run.in_flight.get(module) if self.run else None
+        return flight.new_vms if flight else ()
+
+    def describe(self) -> str:
+        """``provision by alice@ci-7 pid 42, started 2026-11-26 13:10:00 UTC``."""
+        if self.holder is not None:
+            who, what = self.holder.holder, self.holder.operation
+        else:
+            who = self.run.actor.user + "@" + self.run.actor.host if self.run else "?"
+            what = self.run.action if self.run else "?"
+        since = self.since
+        return f"{what} by {who}" + (f", started {since:%Y-%m-%d %H:%M:%S} UTC" if since else "")
+
+
+def dead_run(record: DeploymentRecord | None, taken_over: LockInfo | None) -> DeadRun | None:
+    """The run that died before this one, if any.
+
+    Called while holding the lease: a last run still ``running`` is dead (its holder would hold the lease).
+    """
+    last = record.last_run if record is not None else None
+    running = last if last is not None and last.outcome == "running" else None
+    if taken_over is None and running is None:
+        return None
+    return DeadRun(holder=taken_over, run=running)
+
+
+def repair_local_state(path: Path) -> bool:
+    """Put Terraform's backup back when a local state file was left empty or cut short; True if it did.
+
+    Terraform rewrites a local state file in place; killed in the middle, it leaves it empty or cut.
+    Its ``.backup`` is the state before that process's first write: what the apply made after that is
+    not in it, and is found as VMs the state does not know.
+    """
+    if not path.exists():
+        return False
+    try:
+        json.loads(path.read_text() or "x")
+        return False
+    except ValueError:
+        pass
+    backup = path.with_name(path.name + ".backup")
+    try:
+        json.loads(backup.read_text())
+    except (OSError, ValueError):
+        log.warning("state file %s is damaged and has no usable backup: removed, as if it never existed", path)
+        path.unlink()
+        return True
+    log.warning("state file %s was left damaged by a Terraform that was killed; restored its backup", path)
+    backup.replace(path)
+    path.chmod(0o600)
+    return True
