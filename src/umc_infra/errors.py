@@ -1,54 +1,113 @@
-"""The one exception tree of umc_infra.
+"""The one exception tree of umc_infra, and the exit code of each error.
 
-Every error the library raises on purpose derives from :class:`UmcInfraError`::
+Every error the library raises derives from :class:`UmcInfraError`, and every raise names a leaf (a class
+without subclasses): a caller catches a precise error, or a branch, or the root::
 
     UmcInfraError
     ├── BlueprintNotFound           no blueprint of that name (lists the ones there are)
     ├── BlueprintError              a blueprint is invalid or references something missing
     ├── ParamsError                 parameters are wrong: every invalid field, with what is allowed
-    ├── SettingsError               a site setting (UMC_* variable, flag or argument) is invalid
+    ├── SettingsError               a site setting (UMC_* variable, flag or argument) is invalid or missing
+    ├── UnresolvedReference         a blueprint reference has no value during a run (an output, an item, a setting)
     ├── SecretError                 a secret is missing, denied, or Vault is unreachable (names the reference)
     ├── AddressError                the pool is exhausted, an address is taken, or its claim is unreadable
     ├── StateBackendError           the state backend (S3 bucket or local directory) cannot be reached or used
+    ├── InvalidStateKey             a name cannot be a key in the state backend (it would escape its prefix)
     ├── DeploymentLocked            another run holds the deployment (names the holder and since when)
     ├── DeploymentNotFound          no record of that deployment
     ├── DestroyNotAllowed           the change would delete or replace VMs (lists them); pass allow_destroy
     ├── PlanChanged                 the world moved since the reviewed plan (lists what differs)
     ├── Cancelled                   cancelled from another thread, or a step ran past its timeout
+    ├── UnsafeArgv                  refused to start a process with a secret value or a map in its argv
+    ├── ToolMissing                 a program umc_infra runs (terraform, ssh-keyscan) is not installed
+    ├── ToolTooOld                  a program umc_infra runs is older than it supports
     ├── ProcessError                a child process failed (argv redacted, exit code, output tail)
-    │   ├── ProcessTimeout          ... or ran past its timeout and was stopped
-    │   └── TerraformError          terraform init/apply/output failed (step, exit code, redacted tail)
+    │   ├── ProcessNotStarted       ... could not be started (not found, not executable)
+    │   ├── ProcessFailed           ... exited non-zero
+    │   ├── ProcessTimeout          ... ran past its timeout and was stopped
+    │   └── TerraformError          terraform init/plan/apply/output failed (step, exit code, redacted tail)
     ├── PlaybookError               a playbook failed: the failed hosts and tasks
+    ├── HookError                   a blueprint's hook stopped the run, or is not installed
+    ├── SshUnreachable              a VM did not answer SSH in time (names the hosts and their addresses)
+    ├── HostKeyChanged              a VM's SSH host key differs from the pinned one (both fingerprints)
     ├── RecoveryError               the run before died and left something this run cannot clean up
     ├── VCenterError                umc_infra's own vCenter call failed (login, reachability)
     ├── RollbackFailed              on_failure='destroy' could not remove a failed new deployment
-    ├── HostKeyChanged              a VM's SSH host key differs from the pinned one (both fingerprints)
     ├── InternalError               an unexpected failure a command caught: its type and a redacted line
     └── SandboxError                the local sandbox cannot start or answer
         ├── MissingDependency       a Debian package or binary is missing (names the install command)
+        ├── RootRequired            the sandbox's SSH guests need root
         ├── PortInUse               a sandbox port is taken by a process the sandbox did not start
         ├── BuildFailed             building the vCenter simulator failed
-        └── ComponentFailed         a component did not come up or answer its health check
+        ├── ComponentFailed         a component did not come up or answer its health check
+        ├── SandboxNotFound         no sandbox runs from this state directory
+        ├── SandboxDamaged          the sandbox's state directory is damaged
+        └── GuestNotRunning         no SSH guest runs for an address
 
 Each message says what failed, where, and what to do next. None carries a secret value: messages are
 built from names and redacted output only.
+
+Each class declares the exit code of the ``umc-infra`` command it ends, one of :class:`ExitCode`, in its
+``class`` line (``class DeploymentLocked(UmcInfraError, exit_code=ExitCode.LOCKED)``); the command line
+takes it from ``exit_code`` and nowhere else.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import IntEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 
+class ExitCode(IntEnum):
+    """The exit codes of ``umc-infra``, for CI pipelines: the one table (docs/cli.md shows it, a test compares)."""
+
+    OK = 0
+    """The command did what it was asked."""
+    ERROR = 1
+    """Any other error, or an unexpected one (:class:`InternalError`)."""
+    BAD_INPUT = 2
+    """Bad parameters, blueprint, deployment name, settings or usage: nothing was created."""
+    LOCKED = 3
+    """Another run holds the deployment."""
+    TERRAFORM = 4
+    """Terraform failed."""
+    ANSIBLE = 5
+    """Ansible failed on some hosts."""
+    DRIFT = 6
+    """``drift`` found drift: a result, not an error."""
+    REFUSED = 7
+    """Refused: VMs would be deleted or replaced, the reviewed plan changed, or a VM's host key changed."""
+    SECRETS = 8
+    """A secret could not be read from Vault."""
+    UNHEALTHY = 9
+    """``sandbox status`` found a component unhealthy: a result, not an error."""
+    INTERRUPTED = 130
+    """Interrupted (Ctrl-C, SIGTERM) or cancelled."""
+
+
 class UmcInfraError(Exception):
-    """Root of every error umc_infra raises on purpose.
+    """Root of every error umc_infra raises; raise one of its leaves, never the root or a branch.
 
     Args:
         message: What failed and what to do about it.
         step: The step that failed (``"sandbox.vcsim"``, ``"terraform.apply"`` ...), if known.
 
     """
+
+    exit_code: ClassVar[int] = ExitCode.ERROR
+    """The exit code of a ``umc-infra`` command this error ends."""
+
+    def __init_subclass__(cls, *, exit_code: ExitCode | None = None) -> None:
+        """Take the exit code a class declares in its ``class`` line; without one, it keeps its parent's.
+
+        Every class of this module declares its own (a test checks).
+        """
+        super().__init_subclass__()
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
     def __init__(self, message: str, *, step: str | None = None) -> None:
         super().__init__(message)
@@ -59,36 +118,7 @@ class UmcInfraError(Exception):
         return f"[{self.step}] {message}" if self.step else message
 
 
-class ProcessError(UmcInfraError):
-    """A child process exited non-zero.
-
-    Attributes:
-        argv: The command line, with secret values redacted.
-        returncode: The exit status (negative: killed by that signal).
-        output_tail: The last lines the process printed, redacted.
-
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        step: str | None = None,
-        argv: tuple[str, ...] = (),
-        returncode: int | None = None,
-        output_tail: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message, step=step)
-        self.argv = argv
-        self.returncode = returncode
-        self.output_tail = output_tail
-
-
-class ProcessTimeout(ProcessError):
-    """A child process ran past its timeout and was stopped."""
-
-
-class BlueprintNotFound(UmcInfraError):
+class BlueprintNotFound(UmcInfraError, exit_code=ExitCode.BAD_INPUT):
     """No blueprint has that name."""
 
 
@@ -108,7 +138,7 @@ class BlueprintProblem(BaseModel):
         return f"{at}{self.where}: {self.message}" if self.where else f"{at}{self.message}"
 
 
-class BlueprintError(UmcInfraError):
+class BlueprintError(UmcInfraError, exit_code=ExitCode.BAD_INPUT):
     """A blueprint is invalid or references a module, playbook, param or secret that does not exist.
 
     Attributes:
@@ -138,7 +168,7 @@ def _lines(problems: list[ParamProblem]) -> str:
     return "; ".join(f"{p.field}: {p.message} (allowed: {p.allowed})" for p in problems)
 
 
-class ParamsError(UmcInfraError):
+class ParamsError(UmcInfraError, exit_code=ExitCode.BAD_INPUT):
     """The parameters do not fit the blueprint; ``problems`` lists every invalid field at once."""
 
     def __init__(self, problems: list[ParamProblem], *, blueprint: str | None, step: str = "params") -> None:
@@ -149,7 +179,7 @@ class ParamsError(UmcInfraError):
         self.blueprint = blueprint
 
 
-class SettingsError(UmcInfraError):
+class SettingsError(UmcInfraError, exit_code=ExitCode.BAD_INPUT):
     """Site settings are invalid; ``problems`` names each setting (its variable or argument) and what is allowed."""
 
     def __init__(self, problems: list[ParamProblem]) -> None:
@@ -157,7 +187,28 @@ class SettingsError(UmcInfraError):
         self.problems = tuple(problems)
 
 
-class SecretError(UmcInfraError):
+class UnresolvedReference(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A blueprint reference has no value during a run: a module's output, a list item, a site setting.
+
+    The blueprint checked out, so something may already have been created: the message names the reference,
+    the module that needs it and what to do.
+
+    Attributes:
+        reference: The reference as written (``modules.db.ips[0]``, ``site.datacenter``, a format).
+        where: Where the blueprint uses it (``modules.web.inputs.db_host``), if known.
+        missing: What is missing, and what to do about it.
+    """
+
+    def __init__(
+        self, message: str, *, reference: str, where: str | None, missing: str, step: str = "references"
+    ) -> None:
+        super().__init__(message, step=step)
+        self.reference = reference
+        self.where = where
+        self.missing = missing
+
+
+class SecretError(UmcInfraError, exit_code=ExitCode.SECRETS):
     """A secret could not be read: missing, denied, deleted, or Vault unreachable.
 
     Attributes:
@@ -170,15 +221,22 @@ class SecretError(UmcInfraError):
         self.reference = reference
 
 
-class StateBackendError(UmcInfraError):
-    """The state backend cannot be reached or refused a request (names the bucket or directory)."""
-
-
-class AddressError(UmcInfraError):
+class AddressError(UmcInfraError, exit_code=ExitCode.ERROR):
     """No free address in the pool, or a requested address belongs to another deployment."""
 
 
-class DeploymentLocked(UmcInfraError):
+class StateBackendError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """The state backend cannot be reached or refused a request (names the bucket or directory)."""
+
+
+class InvalidStateKey(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A name cannot be a key in the state backend: it would leave its prefix, or is not lowercase text.
+
+    Keys are made of deployment, module and host names; the message quotes the key and what keys may hold.
+    """
+
+
+class DeploymentLocked(UmcInfraError, exit_code=ExitCode.LOCKED):
     """Another run holds the deployment's lock.
 
     Attributes:
@@ -192,11 +250,11 @@ class DeploymentLocked(UmcInfraError):
         self.since = since
 
 
-class DeploymentNotFound(UmcInfraError):
+class DeploymentNotFound(UmcInfraError, exit_code=ExitCode.BAD_INPUT):
     """No record of that deployment in the state backend."""
 
 
-class DestroyNotAllowed(UmcInfraError):
+class DestroyNotAllowed(UmcInfraError, exit_code=ExitCode.REFUSED):
     """The change would delete or replace resources; ``resources`` lists them. Pass ``allow_destroy=True``."""
 
     def __init__(self, message: str, *, resources: list[str], step: str) -> None:
@@ -204,19 +262,71 @@ class DestroyNotAllowed(UmcInfraError):
         self.resources = tuple(resources)
 
 
-class PlanChanged(UmcInfraError):
+class PlanChanged(UmcInfraError, exit_code=ExitCode.REFUSED):
     """What would change now differs from the reviewed plan; nothing was applied."""
 
 
-class Cancelled(UmcInfraError):
+class Cancelled(UmcInfraError, exit_code=ExitCode.INTERRUPTED):
     """The run was cancelled, or a step ran past its timeout; the record says where."""
 
 
-class TerraformError(ProcessError):
+class UnsafeArgv(UmcInfraError, exit_code=ExitCode.ERROR):
+    """umc_infra refused to start a process whose argv holds a secret value or a map (a bug in the caller).
+
+    Every process on the machine can read a command line: secrets go in the environment, maps in a vars file.
+    """
+
+
+class ToolMissing(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A program umc_infra runs (``terraform``, ``ssh-keyscan`` ...) is not installed; the message says how to."""
+
+
+class ToolTooOld(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A program umc_infra runs is older than umc_infra supports (names both versions)."""
+
+
+class ProcessError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A child process failed: the branch of its leaves (not started, failed, timed out, Terraform).
+
+    Attributes:
+        argv: The command line, with secret values redacted.
+        returncode: The exit status (negative: killed by that signal; None: it never ran).
+        output_tail: The last lines the process printed, redacted.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        argv: tuple[str, ...] = (),
+        returncode: int | None = None,
+        output_tail: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, step=step)
+        self.argv = argv
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class ProcessNotStarted(ProcessError, exit_code=ExitCode.ERROR):
+    """A child process could not be started: its program is not there, or not executable."""
+
+
+class ProcessFailed(ProcessError, exit_code=ExitCode.ERROR):
+    """A child process exited non-zero."""
+
+
+class ProcessTimeout(ProcessError, exit_code=ExitCode.ERROR):
+    """A child process ran past its timeout and was stopped."""
+
+
+class TerraformError(ProcessError, exit_code=ExitCode.TERRAFORM):
     """A Terraform command failed; ``output_tail`` holds its last lines (redacted)."""
 
 
-class PlaybookError(UmcInfraError):
+class PlaybookError(UmcInfraError, exit_code=ExitCode.ANSIBLE):
     """A playbook failed on some hosts.
 
     Attributes:
@@ -231,7 +341,25 @@ class PlaybookError(UmcInfraError):
         self.failures = tuple(failures)
 
 
-class HostKeyChanged(UmcInfraError):
+class HookError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A blueprint's hook stopped the run (or is not installed).
+
+    Attributes:
+        hook: The hook's entry point name.
+        at: Where in the run it was called.
+    """
+
+    def __init__(self, message: str, *, hook: str, at: str) -> None:
+        super().__init__(message, step=f"hook.{at}.{hook}")
+        self.hook = hook
+        self.at = at
+
+
+class SshUnreachable(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A VM did not answer SSH (or presented no host key) in time; the message names the hosts and addresses."""
+
+
+class HostKeyChanged(UmcInfraError, exit_code=ExitCode.REFUSED):
     """A VM presents an SSH host key other than the one pinned for it: nothing connected to it.
 
     Either the VM was rebuilt outside umc_infra (then forget its pinned key and run again), or another
@@ -265,7 +393,33 @@ class HostKeyChanged(UmcInfraError):
         self.presented = presented
 
 
-class InternalError(UmcInfraError):
+class RecoveryError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """The deployment's previous run died and left something behind that this run cannot clean up itself.
+
+    The message names what (VMs that exist in vCenter but not in Terraform's state, a state lock) and what
+    to do; nothing was changed by this run.
+    """
+
+
+class VCenterError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """umc_infra's own vCenter call failed: vCenter unreachable, or the login refused."""
+
+
+class RollbackFailed(UmcInfraError, exit_code=ExitCode.ERROR):
+    """A new deployment failed and removing what it made (``on_failure="destroy"``) failed too.
+
+    Attributes:
+        cause: The error that failed the run (its message, redacted).
+        rollback: The error of the rollback (its message, redacted).
+    """
+
+    def __init__(self, message: str, *, cause: str, rollback: str, step: str | None = None) -> None:
+        super().__init__(message, step=step)
+        self.cause = cause
+        self.rollback = rollback
+
+
+class InternalError(UmcInfraError, exit_code=ExitCode.ERROR):
     """An unexpected failure (not an :class:`UmcInfraError`) that a ``umc-infra`` command caught.
 
     It is a bug, or a failure umc_infra does not know yet: rerun with ``--debug`` for the traceback and report it.
@@ -282,11 +436,11 @@ class InternalError(UmcInfraError):
         self.cause = cause
 
 
-class SandboxError(UmcInfraError):
-    """The local sandbox cannot start, stop or answer."""
+class SandboxError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """The local sandbox cannot start, stop or answer: the branch of its leaves."""
 
 
-class MissingDependency(SandboxError):
+class MissingDependency(SandboxError, exit_code=ExitCode.ERROR):
     """A program or Debian package the sandbox needs is not installed.
 
     Attributes:
@@ -299,39 +453,29 @@ class MissingDependency(SandboxError):
         self.fix = fix
 
 
-class PortInUse(SandboxError):
+class RootRequired(SandboxError, exit_code=ExitCode.ERROR):
+    """The sandbox's SSH guests need root (mount namespaces, overlay mounts, chroot); or start it without guests."""
+
+
+class PortInUse(SandboxError, exit_code=ExitCode.ERROR):
     """A port the sandbox wants is taken by a process the sandbox did not start."""
 
 
-class BuildFailed(SandboxError):
+class BuildFailed(SandboxError, exit_code=ExitCode.ERROR):
     """Building the vCenter simulator from Debian's govmomi source failed."""
 
 
-class ComponentFailed(SandboxError):
+class ComponentFailed(SandboxError, exit_code=ExitCode.ERROR):
     """A sandbox component did not start or did not pass its health check."""
 
 
-class RecoveryError(UmcInfraError):
-    """The deployment's previous run died and left something behind that this run cannot clean up itself.
-
-    The message names what (VMs that exist in vCenter but not in Terraform's state, a state lock) and what
-    to do; nothing was changed by this run.
-    """
+class SandboxNotFound(SandboxError, exit_code=ExitCode.ERROR):
+    """No sandbox was started from this state directory (``umc-infra sandbox up`` starts one)."""
 
 
-class VCenterError(UmcInfraError):
-    """umc_infra's own vCenter call failed: vCenter unreachable, or the login refused."""
+class SandboxDamaged(SandboxError, exit_code=ExitCode.ERROR):
+    """A file of the sandbox's state directory is damaged (``umc-infra sandbox down --purge`` starts afresh)."""
 
 
-class RollbackFailed(UmcInfraError):
-    """A new deployment failed and removing what it made (``on_failure="destroy"``) failed too.
-
-    Attributes:
-        cause: The error that failed the run (its message, redacted).
-        rollback: The error of the rollback (its message, redacted).
-    """
-
-    def __init__(self, message: str, *, cause: str, rollback: str, step: str | None = None) -> None:
-        super().__init__(message, step=step)
-        self.cause = cause
-        self.rollback = rollback
+class GuestNotRunning(SandboxError, exit_code=ExitCode.ERROR):
+    """No SSH guest runs for that address."""

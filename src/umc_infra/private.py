@@ -8,8 +8,8 @@ directories whose owner is gone (:func:`sweep`). The tools a run started are reg
 (``tools/<pid>.<start>``): a dead run's tools got SIGINT when it died (:mod:`umc_infra.deathsig`); the
 sweep waits for those of the deployment it is about to work on, and stops them if they linger.
 
-A process is identified by its pid *and* its start time (``/proc/<pid>/stat``), so a reused pid never
-makes a dead run look alive.
+A process is identified by its pid *and* its start time (:mod:`umc_infra.process_identity`), so a reused
+pid never makes a dead run look alive.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from umc_infra.process_identity import is_running, process_start
+
 log = logging.getLogger("umc_infra")
 
 PREFIX = "umc-run."
@@ -37,6 +39,20 @@ def private_root() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+def make_private_dirs(directory: Path) -> None:
+    """``directory`` and its missing parents, each made 0700 whatever the umask (existing ones are left as they are).
+
+    ``Path.mkdir(mode=0o700, parents=True)`` would give the parents the umask's mode.
+    """
+    missing = []
+    while not directory.is_dir() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        each.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(each, 0o700)
+
+
 def write_private(path: Path, text: str) -> None:
     """A file only its owner can read, created with that mode (no moment where it is wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,35 +60,6 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     path.chmod(0o600)
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), or None if it does not exist (or not on Linux)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # a zombie has ended; only its exit status is left
-        return None
-    return int(fields[19])
-
-
-def boot_id() -> str | None:
-    """The id of the machine's current boot (Linux): a pid of an earlier boot is another process."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def is_running(pid: int, start: int | None) -> bool:
-    """Whether the process ``pid`` that started at ``start`` still runs on this machine."""
-    current = process_start(pid)
-    if current is None:
-        return False
-    return start is None or current == start
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from umc_infra import deathsig as _deathsig
-from umc_infra.errors import Cancelled, ProcessError, ProcessTimeout, UmcInfraError
+from umc_infra.errors import Cancelled, ProcessFailed, ProcessNotStarted, ProcessTimeout, UnsafeArgv
 from umc_infra.secrets.redact import REDACTED, Redactor
 
 __all__ = ["REDACTED", "ProcessResult", "Redactor", "run"]
@@ -107,7 +107,7 @@ def run(
         timeout: Seconds before the child is stopped and :class:`ProcessTimeout` raised.
         on_line: Called with each redacted output line as it arrives.
         redactor: Hides secret values in output and errors; argv containing one is refused.
-        check: Raise :class:`ProcessError` on a non-zero exit status.
+        check: Raise :class:`ProcessFailed` on a non-zero exit status.
         stdin_text: Text written to the child's standard input (e.g. a secret), then closed.
         interrupt_grace_s: How long the child may take to stop after SIGINT before SIGTERM.
         cancel: When set (from another thread), the child is stopped the same way and
@@ -126,14 +126,17 @@ def run(
         The result (redacted unless ``raw_output``).
 
     Raises:
-        ProcessError: The child exited non-zero (and ``check`` is set), or could not start.
+        UnsafeArgv: A secret value the redactor knows is in ``argv``.
+        ProcessNotStarted: The program could not be started.
+        ProcessFailed: The child exited non-zero (and ``check`` is set).
         ProcessTimeout: The child ran past ``timeout``.
+        Cancelled: ``cancel`` was set and the child was stopped.
 
     """
     redact = redactor or Redactor()
     args = tuple(str(a) for a in argv)
     if redact.in_argv(args):
-        raise UmcInfraError("refusing to start a process with a secret value in its argv", step=step)
+        raise UnsafeArgv("refusing to start a process with a secret value in its argv", step=step)
     notify_argv(args)
 
     parent = os.getpid()
@@ -168,7 +171,9 @@ def run(
     except OSError as exc:
         for path in files.values():
             path.unlink(missing_ok=True)
-        raise ProcessError(f"cannot start {args[0]!r}: {exc.strerror}", step=step, argv=args, returncode=None) from None
+        raise ProcessNotStarted(
+            f"cannot start {args[0]!r}: {exc.strerror}", step=step, argv=args, returncode=None
+        ) from None
     if on_start is not None:
         on_start(proc.pid)
 
@@ -261,7 +266,7 @@ def run(
         )
     if check and returncode != 0:
         shown_tail = "".join(f"\n  | {line}" for line in tail[-_SHOWN_LINES:]) or " (no output)"
-        raise ProcessError(
+        raise ProcessFailed(
             f"{Path(args[0]).name} exited with status {returncode}:{shown_tail}",
             step=step,
             argv=result.argv,

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from tests.unit.conftest import CANARIES, fake_credentials
 from umc_infra import __version__
-from umc_infra.cli.app import EXIT_ERROR, EXIT_UNHEALTHY, app
-from umc_infra.cli.deploy import Exit
+from umc_infra.cli.app import app
+from umc_infra.errors import ExitCode
 from umc_infra.sandbox._config import write_private
 
 runner = CliRunner()
@@ -37,7 +37,7 @@ def test_version():
 
 def test_env_without_a_sandbox_says_how_to_start_one(state_dir):
     result = runner.invoke(app, ["sandbox", "env"])
-    assert result.exit_code == EXIT_ERROR
+    assert result.exit_code == ExitCode.ERROR
     assert "no sandbox at" in result.stderr
     assert "umc-infra sandbox up" in result.stderr
     assert result.stdout == ""
@@ -72,7 +72,7 @@ def test_env_json(state_dir):
 def test_status_of_a_stopped_sandbox_is_unhealthy(state_dir):
     write_credentials(state_dir)
     result = runner.invoke(app, ["sandbox", "status", "--json"])
-    assert result.exit_code == EXIT_UNHEALTHY
+    assert result.exit_code == ExitCode.UNHEALTHY
     components = {c["name"]: c for c in json.loads(result.stdout)["components"]}
     assert components["vcsim"]["healthy"] is False
     assert components["vcsim"]["detail"] == "not running"
@@ -81,13 +81,13 @@ def test_status_of_a_stopped_sandbox_is_unhealthy(state_dir):
 def test_bad_setting_in_the_environment_names_the_variable(state_dir, monkeypatch):
     monkeypatch.setenv("UMC_SANDBOX_HOST", "10.0.0.1")
     result = runner.invoke(app, ["sandbox", "env"])
-    assert result.exit_code == Exit.BAD_INPUT
+    assert result.exit_code == ExitCode.BAD_INPUT
     assert "UMC_SANDBOX_HOST" in result.stderr
     assert "not a loopback address" in result.stderr
 
 
 def test_settings_flags_win_over_the_environment(tmp_path, monkeypatch):
-    from umc_infra.cli.deploy import provisioner
+    from umc_infra.cli.common import provisioner
 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "from-env"))
     monkeypatch.setenv("UMC_BACKEND", "s3")
@@ -106,7 +106,7 @@ def test_a_bad_settings_flag_is_named_with_what_is_allowed(tmp_path, monkeypatch
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("UMC_IP_NETMASK", "99")
     result = runner.invoke(app, ["--backend", "ftp", "deployments", "-o", "json"])
-    assert result.exit_code == Exit.BAD_INPUT
+    assert result.exit_code == ExitCode.BAD_INPUT
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "SettingsError"
     assert {p["field"]: p["allowed"] for p in error["problems"]} == {"--backend": "'local' or 's3'",
@@ -119,7 +119,7 @@ def test_credentials_come_from_files_never_argv(tmp_path, monkeypatch):
     token = tmp_path / "token"
     token.write_text("hvs.canary-token-4f1e\n")
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "state"))
-    from umc_infra.cli.deploy import provisioner, state
+    from umc_infra.cli.common import provisioner, state
 
     result = runner.invoke(app, ["--debug", "--vault-token-file", str(token), "--vault-addr", "http://127.0.0.1:9",
                                  "provision", "linux-server", "-d", "tok-test", "-o", "json"])  # fmt: skip
@@ -135,7 +135,7 @@ def test_credentials_come_from_files_never_argv(tmp_path, monkeypatch):
 def test_a_hostile_settings_flag_names_the_flag(tmp_path, monkeypatch, bucket):
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
     result = runner.invoke(app, ["--state-bucket", bucket, "deployments", "-o", "json"])
-    assert result.exit_code == Exit.BAD_INPUT
+    assert result.exit_code == ExitCode.BAD_INPUT
     (problem,) = json.loads(result.stdout)["error"]["problems"]
     assert problem["field"] == "--state-bucket" and problem["allowed"].startswith("text matching ^[a-z0-9]")
     assert bucket not in result.stderr  # the value is never quoted back: it may be a credential
@@ -167,9 +167,9 @@ def test_an_unexpected_error_in_a_command_is_typed(tmp_path, monkeypatch, argv, 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
     monkeypatch.setattr(patch, _broken)
     result = runner.invoke(app, [*(["--debug"] if debug else []), *argv, "-o", "json"])
-    assert result.exit_code == EXIT_ERROR
+    assert result.exit_code == ExitCode.ERROR
     error = json.loads(result.stdout)["error"]  # the one document on stdout
-    assert (error["type"], error["cause"], error["exit_code"]) == ("InternalError", "KeyError", EXIT_ERROR)
+    assert (error["type"], error["cause"], error["exit_code"]) == ("InternalError", "KeyError", ExitCode.ERROR)
     assert error["message"] == (f"[internal] unexpected error in `{command}`: KeyError: 'runs'; this is a bug or "
                                 "a failure umc_infra does not handle yet: rerun with --debug for the traceback and "
                                 "report it")  # fmt: skip
@@ -180,14 +180,14 @@ def test_an_unexpected_error_in_a_command_is_typed(tmp_path, monkeypatch, argv, 
 def test_an_error_outside_a_commands_guard_is_still_one_json_document(tmp_path, monkeypatch, capsys):
     """main() catches what a command does not: here, writing its result fails."""
     from umc_infra.cli import app as _cli
-    from umc_infra.cli import deploy as _cli_deploy
+    from umc_infra.cli import records as _cli_records
 
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(_cli_deploy, "emit", _broken)
+    monkeypatch.setattr(_cli_records, "emit", _broken)
     with pytest.raises(SystemExit) as exited:
         _cli.main(["deployments", "-o", "json"])
     captured = capsys.readouterr()
-    assert exited.value.code == EXIT_ERROR
+    assert exited.value.code == ExitCode.ERROR
     assert json.loads(captured.out)["error"]["type"] == "InternalError"
     assert "Traceback" not in captured.err
 
@@ -207,13 +207,13 @@ def test_usage_errors_keep_clicks_exit_code_and_give_a_json_error_when_asked(arg
     with pytest.raises(SystemExit) as exited:
         main(argv)
     captured = capsys.readouterr()
-    assert exited.value.code == Exit.BAD_INPUT
+    assert exited.value.code == ExitCode.BAD_INPUT
     error = json.loads(captured.out)["error"]
-    assert error["exit_code"] == Exit.BAD_INPUT and error["step"] == "usage" and says in error["message"]
+    assert error["exit_code"] == ExitCode.BAD_INPUT and error["step"] == "usage" and says in error["message"]
     assert says in captured.err and "Traceback" not in captured.err
     with pytest.raises(SystemExit) as text_mode:
         main([a for a in argv if a not in ("-o", "--output", "json", "--json")])
-    assert text_mode.value.code == Exit.BAD_INPUT
+    assert text_mode.value.code == ExitCode.BAD_INPUT
     assert capsys.readouterr().out == ""  # no JSON asked for, none printed
 
 
@@ -226,7 +226,7 @@ def test_main_exits_with_the_commands_code_and_prints_nothing_more(tmp_path, mon
     assert ok.value.code == 0 and json.loads(capsys.readouterr().out) == []
     with pytest.raises(SystemExit) as missing:
         main(["status", "nope", "-o", "json"])
-    assert missing.value.code == Exit.BAD_INPUT
+    assert missing.value.code == ExitCode.BAD_INPUT
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "DeploymentNotFound"
 
 
@@ -235,7 +235,7 @@ def test_a_credential_file_that_cannot_be_read_is_a_settings_error(tmp_path, mon
     token = tmp_path / "token"
     token.write_bytes(b"\xff\xfe not text")
     result = runner.invoke(app, ["--vault-token-file", str(token), "deployments", "-o", "json"])
-    assert result.exit_code == Exit.BAD_INPUT
+    assert result.exit_code == ExitCode.BAD_INPUT
     (problem,) = json.loads(result.stdout)["error"]["problems"]
     assert problem["field"] == "--vault-token-file" and "UnicodeDecodeError" in problem["message"]
     assert "Traceback" not in result.stderr
@@ -243,8 +243,8 @@ def test_a_credential_file_that_cannot_be_read_is_a_settings_error(tmp_path, mon
 
 def test_sandbox_json_commands_print_a_json_error(state_dir):
     result = runner.invoke(app, ["sandbox", "env", "--json"])  # no sandbox here
-    assert result.exit_code == EXIT_ERROR
-    assert json.loads(result.stdout)["error"]["type"] == "SandboxError"
+    assert result.exit_code == ExitCode.ERROR
+    assert json.loads(result.stdout)["error"]["type"] == "SandboxNotFound"
     bad = runner.invoke(app, ["sandbox", "status", "--json"], env={"UMC_SANDBOX_HOST": "10.0.0.1"})
-    assert bad.exit_code == Exit.BAD_INPUT
+    assert bad.exit_code == ExitCode.BAD_INPUT
     assert json.loads(bad.stdout)["error"]["problems"][0]["field"] == "UMC_SANDBOX_HOST"

@@ -13,6 +13,7 @@ from umc_infra import (
     Cancelled,
     DeploymentLocked,
     DestroyNotAllowed,
+    ExitCode,
     InternalError,
     ParamsError,
     PlaybookError,
@@ -21,7 +22,7 @@ from umc_infra import (
     UmcInfraError,
 )
 from umc_infra.blueprint.model import Blueprint
-from umc_infra.cli.deploy import Exit, exit_code, guarded, requested_output, state, typed_params
+from umc_infra.cli.common import exit_code, guarded, requested_output, state, typed_params
 from umc_infra.secrets.redact import Redactor
 
 BLUEPRINT = Blueprint.model_validate({
@@ -64,17 +65,17 @@ def test_malformed_flags_and_files(tmp_path):
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        (ParamsError([], blueprint="x"), Exit.BAD_INPUT),
-        (BlueprintNotFound("x"), Exit.BAD_INPUT),
-        (DeploymentLocked("x", holder="h", since=__import__("datetime").datetime.now()), Exit.LOCKED),
-        (TerraformError("x"), Exit.TERRAFORM),
-        (PlaybookError("x", playbook="p", failures=[], step="s"), Exit.ANSIBLE),
-        (DestroyNotAllowed("x", resources=[], step="s"), Exit.REFUSED),
-        (SecretError("x"), Exit.SECRETS),
-        (Cancelled("x"), Exit.INTERRUPTED),
-        (KeyboardInterrupt(), Exit.INTERRUPTED),
-        (InternalError("x", command="umc-infra status", cause="KeyError"), Exit.ERROR),
-        (UmcInfraError("x"), Exit.ERROR),
+        (ParamsError([], blueprint="x"), ExitCode.BAD_INPUT),
+        (BlueprintNotFound("x"), ExitCode.BAD_INPUT),
+        (DeploymentLocked("x", holder="h", since=__import__("datetime").datetime.now()), ExitCode.LOCKED),
+        (TerraformError("x"), ExitCode.TERRAFORM),
+        (PlaybookError("x", playbook="p", failures=[], step="s"), ExitCode.ANSIBLE),
+        (DestroyNotAllowed("x", resources=[], step="s"), ExitCode.REFUSED),
+        (SecretError("x"), ExitCode.SECRETS),
+        (Cancelled("x"), ExitCode.INTERRUPTED),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+        (InternalError("x", command="umc-infra status", cause="KeyError"), ExitCode.ERROR),
+        (UmcInfraError("x"), ExitCode.ERROR),
     ],
 )
 def test_exit_codes(error, code):
@@ -199,22 +200,22 @@ def _constructor_error() -> Exception:
 @pytest.mark.parametrize(
     ("raised", "kind", "code"),
     [
-        (ValueError("boom"), "InternalError", Exit.ERROR),
-        (KeyError("records"), "InternalError", Exit.ERROR),
-        (OSError(5, "Input/output error"), "InternalError", Exit.ERROR),
-        (RecursionError("maximum recursion depth exceeded"), "InternalError", Exit.ERROR),
-        (_validation_error(), "InternalError", Exit.ERROR),
-        (_constructor_error(), "InternalError", Exit.ERROR),
+        (ValueError("boom"), "InternalError", ExitCode.ERROR),
+        (KeyError("records"), "InternalError", ExitCode.ERROR),
+        (OSError(5, "Input/output error"), "InternalError", ExitCode.ERROR),
+        (RecursionError("maximum recursion depth exceeded"), "InternalError", ExitCode.ERROR),
+        (_validation_error(), "InternalError", ExitCode.ERROR),
+        (_constructor_error(), "InternalError", ExitCode.ERROR),
         (
             hvac.exceptions.InternalServerError("internal error", url="http://127.0.0.1:9/v1/x"),
             "InternalError",
-            Exit.ERROR,
+            ExitCode.ERROR,
         ),
-        (requests.exceptions.ConnectionError("refused"), "InternalError", Exit.ERROR),
-        (SecretError("x", reference="kv/data/a#b"), "SecretError", Exit.SECRETS),
-        (ParamsError([], blueprint="x"), "ParamsError", Exit.BAD_INPUT),
-        (TerraformError("x"), "TerraformError", Exit.TERRAFORM),
-        (KeyboardInterrupt(), "KeyboardInterrupt", Exit.INTERRUPTED),
+        (requests.exceptions.ConnectionError("refused"), "InternalError", ExitCode.ERROR),
+        (SecretError("x", reference="kv/data/a#b"), "SecretError", ExitCode.SECRETS),
+        (ParamsError([], blueprint="x"), "ParamsError", ExitCode.BAD_INPUT),
+        (TerraformError("x"), "TerraformError", ExitCode.TERRAFORM),
+        (KeyboardInterrupt(), "KeyboardInterrupt", ExitCode.INTERRUPTED),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
 )
@@ -247,7 +248,7 @@ def test_guarded_types_every_error(capsys, monkeypatch, raised, kind, code, debu
 @pytest.mark.parametrize("planted", [False, True], ids=["redacted", "control-planted-leak"])
 def test_an_unexpected_error_never_shows_a_credential(capsys, monkeypatch, tmp_path, planted):
     """The credential in the exception's text is hidden in the message and in the --debug traceback."""
-    from umc_infra.cli import deploy as _cli_deploy
+    from umc_infra.cli import common as _cli_common
 
     token = "hvs.canary-internal-5d1c"
     monkeypatch.setenv("VAULT_TOKEN", token)
@@ -256,7 +257,7 @@ def test_an_unexpected_error_never_shows_a_credential(capsys, monkeypatch, tmp_p
     monkeypatch.setattr(state, "settings", {})
     monkeypatch.setattr(state, "secret_files", {})
     if planted:  # without the redactor the same run leaks: the checks below can fail
-        monkeypatch.setattr(_cli_deploy, "redactor", Redactor)
+        monkeypatch.setattr(_cli_common, "redactor", Redactor)
 
     def action() -> None:
         raise RuntimeError(f"request with token {token} failed\nsecond line {token}")

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from umc_infra.errors import HostKeyChanged, StateBackendError, UmcInfraError
+from umc_infra.errors import HostKeyChanged, SshUnreachable, StateBackendError, ToolMissing
 from umc_infra.process import find_tool, run
 from umc_infra.state.store import StateStore
 
@@ -81,12 +81,12 @@ def scan(ip: str, port: int, *, timeout_s: float) -> tuple[str, ...]:
     """The public host keys ``ip`` presents on ``port`` (``ssh-keyscan``); empty if none answered in time.
 
     Raises:
-        UmcInfraError: ``ssh-keyscan`` is not installed.
+        ToolMissing: ``ssh-keyscan`` is not installed.
 
     """
     tool = find_tool("ssh-keyscan")
     if tool is None:
-        raise UmcInfraError("ssh-keyscan not found; install the OpenSSH client (apt-get install openssh-client)",
+        raise ToolMissing("ssh-keyscan not found; install the OpenSSH client (apt-get install openssh-client)",
                             step=_STEP)  # fmt: skip
     wait = max(1, round(timeout_s))
     result = run(
@@ -179,7 +179,7 @@ def known_hosts(
 
     Raises:
         HostKeyChanged: A host presents keys other than its pinned ones.
-        UmcInfraError: A host presented no key within ``timeout_s``.
+        SshUnreachable: A host presented no key within ``timeout_s``.
         StateBackendError: The backend cannot be read or written.
 
     """
@@ -187,7 +187,7 @@ def known_hosts(
     for name, ip, vm_id in hosts:
         presented = scan(ip, port, timeout_s=timeout_s)
         if not presented:
-            raise UmcInfraError(
+            raise SshUnreachable(
                 f"{name} ({ip}) in deployment {deployment!r} presented no SSH host key within {timeout_s:.0f} s "
                 f"on port {port}; check that its sshd runs and that the address is its own",
                 step=_STEP,

@@ -1,4 +1,4 @@
-"""Where blueprints come from, and how a child blueprint extends its parent.
+"""Where blueprints come from, and resolving one (its parent merged in by :mod:`.extends`, then checked).
 
 Sources, searched in this order:
 
@@ -15,11 +15,6 @@ says ``override: true``. A blueprint that would replace a *built-in* one that wa
 its name in ``UMC_BLUEPRINT_OVERRIDES`` (``settings.blueprint_overrides``); without it, loading it is an
 error naming both files and the setting. A directory named twice (``UMC_BLUEPRINT_PATH`` listing it
 again, or the built-in content) is one source.
-
-``extends: <parent>`` takes the parent's params, secrets, modules, hosts, playbooks, outputs, hooks and
-ansible settings. The child may add any of them. It may override defaults, descriptions and module
-inputs, and narrow a param's constraints, but never widen them. Its playbooks and hooks come after the
-parent's.
 """
 
 from __future__ import annotations
@@ -29,12 +24,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from umc_infra.blueprint.model import BLUEPRINT_NAME, Blueprint, Content, ParamSpec, check
+from umc_infra.blueprint.checks import check
+from umc_infra.blueprint.content import Content
+from umc_infra.blueprint.extends import merge
+from umc_infra.blueprint.model import BLUEPRINT_NAME, Blueprint
 from umc_infra.errors import BlueprintError, BlueprintNotFound, BlueprintProblem
 from umc_infra.params import default_problems
 from umc_infra.settings import Settings
@@ -260,79 +257,16 @@ def _says_override(path: Path) -> bool:
     return isinstance(raw, dict) and raw.get("override") is True
 
 
-# -- extends --------------------------------------------------------------------------------------
-
-_APPENDED = ("hosts", "playbooks", "hooks")
-_MERGED = ("secrets", "outputs")
-_FIXED = ("type", "items", "format", "secret")
-
-
-def merge(parent: Blueprint, child: dict[str, Any]) -> tuple[dict[str, Any], list[BlueprintProblem]]:
-    """The child's raw mapping with the parent's merged in, and every constraint the child widens."""
-    base = parent.model_dump(mode="python", exclude_unset=True, exclude={"override", "extends"})
-    merged: dict[str, Any] = {**base, **{k: v for k, v in child.items() if k not in ("params", "modules", *_APPENDED,
-                                                                                  *_MERGED)}}  # fmt: skip
-    problems: list[BlueprintProblem] = []
-    params = dict(base.get("params", {}))
-    for name, spec in (child.get("params") or {}).items():
-        if name in parent.params and isinstance(spec, dict):
-            problems += _widened(name, parent.params[name], spec)
-            params[name] = {**params[name], **spec}
-        else:
-            params[name] = spec
-    merged["params"] = params
-    modules = dict(base.get("modules", {}))
-    for name, spec in (child.get("modules") or {}).items():
-        if name in modules and isinstance(spec, dict):
-            inputs = {**modules[name].get("inputs", {}), **(spec.get("inputs") or {})}
-            modules[name] = {**modules[name], **spec, "inputs": inputs}
-        else:
-            modules[name] = spec
-    merged["modules"] = modules
-    for key in _APPENDED:
-        merged[key] = [*base.get(key, []), *(child.get(key) or [])]
-    for key in _MERGED:
-        merged[key] = {**base.get(key, {}), **(child.get(key) or {})}
-    return merged, problems
-
-
-def _widened(name: str, parent: ParamSpec, child: dict[str, Any]) -> list[BlueprintProblem]:
-    """How a child's param entry widens or changes its parent's constraints (empty if it only narrows)."""
-    where = f"params.{name}"
-    problems = []
-
-    def widen(key: str, message: str) -> None:
-        problems.append(BlueprintProblem(where=f"{where}.{key}", message=f"widens the parent's constraint: {message}"))
-
-    for key in _FIXED:
-        if key in child and child[key] != getattr(parent, key):
-            problems.append(BlueprintProblem(where=f"{where}.{key}", message=f"cannot change {key!r} of an inherited "
-                                             f"param (parent: {getattr(parent, key)!r})"))  # fmt: skip
-    for key, lower_is_wider in (("min", True), ("min_length", True), ("max", False), ("max_length", False)):
-        before = getattr(parent, key)
-        if key in child and before is not None:
-            after = child[key]
-            if after is None or (isinstance(after, int | float) and (after < before) == lower_is_wider
-                                 and after != before):  # fmt: skip
-                widen(key, f"{key} {after!r} where the parent has {before!r}")
-    if "values" in child and parent.values is not None:
-        added = [v for v in (child["values"] or []) if v not in parent.values]
-        if added or not child["values"]:
-            widen("values", f"adds {added!r}" if added else "removes the allowed values")
-    if "pattern" in child and parent.pattern is not None and child["pattern"] != parent.pattern:
-        widen("pattern", "a new pattern cannot be proven narrower; keep the parent's and narrow with values, "
-              "min_length or max_length")  # fmt: skip
-    if child.get("multiline") is True and not parent.multiline:
-        widen("multiline", "allows newlines where the parent does not")
-    return problems
-
-
 # -- where a problem is in the YAML ---------------------------------------------------------------
 
 
 def _dotted(loc: Sequence[int | str]) -> str:
+    """A validation error's place as the blueprint names it: ``modules.web.inputs.cpu``, ``playbooks[0].vars``.
+
+    The form a value took (``<reference>``, ``<literal>``, ``<format>``: tags of a union) is not part of it.
+    """
     text = ""
-    for part in loc:
+    for part in (p for p in loc if not (isinstance(p, str) and p.startswith("<"))):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 

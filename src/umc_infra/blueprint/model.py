@@ -1,21 +1,12 @@
-"""Service blueprints: the YAML schema, loading, and checking every reference before anything runs.
+"""Service blueprints: the YAML schema.
 
 A blueprint composes Terraform modules (``modules/<source>``) and Ansible playbooks
-(``playbooks/<name>.yml``). Values flow between them by *references*, plain strings of the form:
+(``playbooks/<name>.yml``). Values flow between them by *references* (``params.cpu``,
+``modules.db.ips[0]`` ...), literals (``{value: ...}``) and formats (``{format: "{deployment}-web"}``):
+:mod:`umc_infra.blueprint.references` has their grammar, checks and resolution. Nothing is ever templated
+into HCL, YAML or a shell line: values travel as JSON to Terraform and as unsafe text to Ansible.
 
-- ``params.<name>``                  a validated parameter
-- ``secrets.<name>``                 a secret from Vault (never shown, never on disk)
-- ``site.<name>``                    a site setting (datacenter, template, gateway ...)
-- ``deployment``                     the deployment name
-- ``addresses.<module>``             the IPv4 addresses allocated for a module
-- ``modules.<module>.<output>``      a Terraform output of an earlier module
-- ``hosts.<group>.ips``              the addresses of an inventory group (playbook vars only)
-
-A list-valued reference may take an index: ``hosts.db.ips[0]``.
-
-A literal is written ``{value: ...}``; a name built from other values ``{format: "{deployment}-web"}``
-(only ``{deployment}`` and string or integer params may appear). Nothing is ever templated into HCL,
-YAML or a shell line: values travel as JSON to Terraform and as unsafe text to Ansible.
+Checking a loaded blueprint against its modules and playbooks is :mod:`umc_infra.blueprint.checks`.
 """
 
 from __future__ import annotations
@@ -25,56 +16,53 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from umc_infra.errors import BlueprintError, BlueprintProblem
-from umc_infra.settings import SITE_FIELDS
+from umc_infra.blueprint.content import Content as Content  # for tests/integration: import it from .content
+from umc_infra.blueprint.content import (  # for run/: removed once run/ imports from umc_infra.blueprint.content
+    module_interface as module_interface,
+)
+from umc_infra.blueprint.references import SYNTAX, Format, Literal_, parse
 
 IDENT = r"^[a-z][a-z0-9_]{0,62}$"
 BLUEPRINT_NAME = r"^[a-z][a-z0-9-]{0,48}[a-z0-9]$"
 SOURCE_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-SITE_KEYS = frozenset(SITE_FIELDS)
-_REF = re.compile(
-    r"^(?:deployment|params\.[a-z][a-z0-9_]*|secrets\.[a-z][a-z0-9_]*|site\.[a-z][a-z0-9_]*"
-    r"|addresses\.[a-z][a-z0-9_]*|modules\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*|hosts\.[a-z][a-z0-9_]*\.ips)"
-    r"(?:\[\d{1,3}\])?$"
-)
 _SECRET_REF = re.compile(r"^(?P<mount>[a-z0-9_-]+)/data/(?P<path>[A-Za-z0-9_{}./-]+)#(?P<key>[A-Za-z0-9_.-]+)$")
 
 Ident = Annotated[str, Field(pattern=IDENT)]
 
 
+def _reference_text(text: str) -> str:
+    parse(text)
+    return text
+
+
+RefText = Annotated[str, AfterValidator(_reference_text)]
+"""A reference: the string as written, accepted only if :func:`~umc_infra.blueprint.references.parse` accepts it."""
+
+
+def _value_form(value: Any) -> str | None:
+    """Which form a value has (a tag of :data:`Value`): validation then reports that form's problem only."""
+    if isinstance(value, str):
+        return "<reference>"
+    if isinstance(value, Literal_) or (isinstance(value, dict) and "value" in value):
+        return "<literal>"
+    if isinstance(value, Format) or (isinstance(value, dict) and "format" in value):
+        return "<format>"
+    return None
+
+
+Value = Annotated[
+    Annotated[RefText, Tag("<reference>")] | Annotated[Literal_, Tag("<literal>")]
+    | Annotated[Format, Tag("<format>")],
+    Discriminator(_value_form, custom_error_type="value_form", custom_error_message=(
+        f"a value is a reference ({SYNTAX}), a literal {{value: ...}} or a name {{format: \"...\"}}")),
+]  # fmt: skip
+"""A value in a blueprint: a reference (a string), a literal or a format."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Literal_(_Model):
-    """A literal value: ``{value: 2}``."""
-
-    value: Any
-
-
-class Format(_Model):
-    """A string made of the deployment name and params: ``{format: "{deployment}-web"}``."""
-
-    format: str
-
-    def fields(self) -> list[str]:
-        """The placeholders the format uses."""
-        return [name for _, name, _, _ in string.Formatter().parse(self.format) if name is not None]
-
-
-Reference = Annotated[str, Field(pattern=_REF.pattern)]
-Value = Reference | Literal_ | Format
-
-
-def refs_in(value: Value) -> list[str]:
-    """The references a value reads (a format reads ``deployment`` and ``params.<name>``)."""
-    if isinstance(value, str):
-        return [value.partition("[")[0]]
-    if isinstance(value, Format):
-        return ["deployment" if f == "deployment" else f"params.{f}" for f in value.fields()]
-    return []
 
 
 class ParamSpec(_Model):
@@ -161,7 +149,7 @@ class AddressSpec(_Model):
     """How many IPv4 addresses a module needs; given ones are used, missing ones allocated from the pool."""
 
     count: Value
-    given: Reference | None = None
+    given: RefText | None = None
 
 
 class ModuleSpec(_Model):
@@ -203,7 +191,7 @@ class AnsibleSpec(_Model):
     """How Ansible reaches the hosts."""
 
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
-    ssh_private_key: Reference
+    ssh_private_key: RefText
 
 
 HookPoint = Literal[
@@ -270,230 +258,3 @@ class Blueprint(_Model):
     def _find(self, kind: str, name: str, exists: Any) -> Path:
         candidates = [root / kind / name for root in self.roots] or [Path(kind) / name]
         return next((c for c in candidates if exists(c)), candidates[0])
-
-
-class Content(BaseModel):
-    """The content shipped with umc_infra (or ``UMC_CONTENT_DIR``): ``blueprints/``, ``modules/``, ``playbooks/``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    root: Path
-
-    @property
-    def blueprints(self) -> Path:
-        """The directory of blueprint YAML files."""
-        return self.root / "blueprints"
-
-    @property
-    def modules(self) -> Path:
-        """The directory of Terraform modules."""
-        return self.root / "modules"
-
-    @property
-    def playbooks(self) -> Path:
-        """The directory of playbooks and roles."""
-        return self.root / "playbooks"
-
-    @classmethod
-    def locate(cls, content_dir: Path | None = None) -> Content:
-        """The given directory, else the content shipped with umc_infra (source tree or installed data)."""
-        import sys
-
-        candidates = [content_dir] if content_dir is not None else [
-            Path(__file__).resolve().parents[3],  # src/umc_infra/blueprint/model.py -> the checkout
-            Path(sys.prefix) / "share" / "umc-infra",
-        ]  # fmt: skip
-        for root in candidates:
-            if root is not None and (root / "blueprints").is_dir():
-                return cls(root=root)
-        raise BlueprintError(
-            f"no blueprints/ directory in {', '.join(str(c) for c in candidates)}; "
-            "set UMC_CONTENT_DIR to the directory that holds blueprints/, modules/ and playbooks/",
-            step="blueprint.load",
-        )
-
-
-class ModuleInterface(BaseModel):
-    """The variables (and which of them have no default) and outputs a Terraform module declares."""
-
-    model_config = ConfigDict(frozen=True)
-
-    variables: frozenset[str]
-    required: frozenset[str]
-    outputs: frozenset[str]
-    sensitive: frozenset[str] = frozenset()
-    """Variables declared ``sensitive = true``: Terraform hides their values in plans, output and errors."""
-
-
-def module_interface(module_dir: Path) -> ModuleInterface:
-    """What a module declares, read from its ``*.tf`` files with an HCL parser.
-
-    Raises:
-        BlueprintError: A file is not valid HCL (names it).
-    """
-    import hcl2
-
-    variables: set[str] = set()
-    required: set[str] = set()
-    outputs: set[str] = set()
-    sensitive: set[str] = set()
-    for tf in sorted(module_dir.glob("*.tf")):
-        try:
-            parsed = hcl2.loads(tf.read_text())
-        except Exception as exc:  # the parser raises lark's errors, which have no common public base
-            raise BlueprintError(f"{tf}: not valid HCL: {str(exc).splitlines()[0]}") from None
-        for block in parsed.get("variable", []):
-            for name, body in block.items():
-                variables.add(name.strip('"'))
-                if "default" not in body:
-                    required.add(name.strip('"'))
-                if body.get("sensitive") in (True, "true"):
-                    sensitive.add(name.strip('"'))
-        for block in parsed.get("output", []):
-            outputs.update(name.strip('"') for name in block)
-    return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs),
-                           sensitive=frozenset(sensitive))  # fmt: skip
-
-
-def _is_secret(blueprint: Blueprint, ref: str) -> bool:
-    """Whether a reference reads a secret: ``secrets.*``, or a param declared ``secret``."""
-    kind, _, rest = ref.partition(".")
-    return kind == "secrets" or (kind == "params" and rest in blueprint.params and blueprint.params[rest].secret)
-
-
-def check(blueprint: Blueprint) -> list[BlueprintProblem]:
-    """Every broken reference in a resolved blueprint, and every module input missing or param unused."""
-    problems: list[BlueprintProblem] = []
-    outputs_of: dict[str, frozenset[str]] = {}
-    used: set[str] = set()
-
-    def problem(where: str, message: str) -> None:
-        problems.append(BlueprintProblem(where=where, message=message))
-
-    def check_ref(ref: str, where: str, *, earlier_modules: set[str] | None, playbook: bool = False) -> None:
-        used.add(ref)
-        kind, _, rest = ref.partition(".")
-        if kind == "params" and rest not in blueprint.params:
-            problem(where, f"unknown param {rest!r}; params: {', '.join(sorted(blueprint.params)) or 'none'}")
-        elif kind == "secrets" and rest not in blueprint.secrets:
-            problem(where, f"unknown secret {rest!r}; secrets: {', '.join(sorted(blueprint.secrets)) or 'none'}")
-        elif kind == "site" and rest not in SITE_KEYS:
-            problem(where, f"unknown site setting {rest!r}; known: {', '.join(sorted(SITE_KEYS))}")
-        elif kind == "addresses":
-            spec = blueprint.modules.get(rest)
-            if spec is None or spec.addresses is None:
-                problem(where, f"module {rest!r} declares no addresses")
-        elif kind == "modules":
-            module, _, output = rest.partition(".")
-            allowed = set(blueprint.modules) if earlier_modules is None else earlier_modules
-            if module not in allowed:
-                problem(where, f"{ref!r} needs module {module!r} to come earlier")
-            elif output not in outputs_of.get(module, frozenset()):
-                problem(where, f"module {module!r} has no output {output!r}")
-        elif kind == "hosts":
-            group = rest.partition(".")[0]
-            if not playbook:
-                problem(where, "hosts.* references are only for playbook vars")
-            elif group not in blueprint.groups:
-                problem(where, f"unknown host group {group!r}")
-
-    done: set[str] = set()
-    for name, module in blueprint.modules.items():
-        where = f"modules.{name}"
-        module_dir = blueprint.module_dir(module.source)
-        if not module_dir.is_dir() or not list(module_dir.glob("*.tf")):
-            searched = ", ".join(str(root / "modules") for root in blueprint.roots)
-            problem(f"{where}.source", f"module {module.source!r} not found in {searched}")
-            outputs_of[name] = frozenset()
-        else:
-            try:
-                interface = module_interface(module_dir)
-            except BlueprintError as exc:
-                problem(f"{where}.source", str(exc))
-                interface = ModuleInterface(variables=frozenset(), required=frozenset(), outputs=frozenset())
-            outputs_of[name] = interface.outputs
-            for unknown in sorted(set(module.inputs) - interface.variables):
-                problem(f"{where}.inputs.{unknown}", f"module {module.source!r} has no variable {unknown!r}")
-            for missing in sorted(interface.required - set(module.inputs)):
-                problem(f"{where}.inputs", f"module {module.source!r} needs variable {missing!r} (it has no default)")
-            for input_name, value in module.inputs.items():
-                secret = next((r for r in refs_in(value) if _is_secret(blueprint, r)), None)
-                if secret is not None and input_name in interface.variables and input_name not in interface.sensitive:
-                    problem(f"{where}.inputs.{input_name}", f"receives a secret ({secret}), but variable "
-                            f"{input_name!r} of module {module.source!r} is not declared `sensitive = true`: "
-                            "Terraform would show its value in plans (the old one too, after a rotation) and in "
-                            "errors")  # fmt: skip
-        for input_name, value in module.inputs.items():
-            for ref in refs_in(value):
-                check_ref(ref, f"{where}.inputs.{input_name}", earlier_modules=done)
-        if module.addresses is not None:
-            given = [module.addresses.given] if module.addresses.given else []
-            for address_ref in [*refs_in(module.addresses.count), *given]:
-                check_ref(address_ref, f"{where}.addresses", earlier_modules=done)
-        done.add(name)
-
-    for i, hosts in enumerate(blueprint.hosts):
-        where = f"hosts[{i}]"
-        if hosts.module not in blueprint.modules:
-            problem(f"{where}.module", f"unknown module {hosts.module!r}")
-            continue
-        for output_name in (hosts.names, hosts.ips):
-            if outputs_of.get(hosts.module) and output_name not in outputs_of[hosts.module]:
-                problem(where, f"module {hosts.module!r} has no output {output_name!r}")
-
-    for i, play in enumerate(blueprint.playbooks):
-        where = f"playbooks[{i}]"
-        if not blueprint.playbook_file(play.playbook).is_file():
-            searched = ", ".join(str(root / "playbooks") for root in blueprint.roots)
-            problem(f"{where}.playbook", f"playbook {play.playbook!r} not found in {searched}")
-        if play.hosts not in blueprint.groups:
-            problem(f"{where}.hosts", f"unknown group {play.hosts!r}; groups: {', '.join(sorted(blueprint.groups))}")
-        for var, value in play.vars.items():
-            for ref in refs_in(value):
-                check_ref(ref, f"{where}.vars.{var}", earlier_modules=None, playbook=True)
-        for var in play.secret_vars:
-            if var not in play.vars:
-                problem(f"{where}.secret_vars", f"{var!r} is not one of its vars")
-
-    for out_name, output in blueprint.outputs.items():
-        for ref in refs_in(output.value):
-            check_ref(ref, f"outputs.{out_name}", earlier_modules=None, playbook=True)
-
-    for secret_name in blueprint.secrets:
-        for placeholder in blueprint.secret_ref(secret_name).placeholders():
-            used.add(f"params.{placeholder}")
-            param = blueprint.params.get(placeholder)
-            if placeholder != "deployment" and (param is None or param.secret or param.type not in ("string", "enum")):
-                problem(f"secrets.{secret_name}", f"placeholder {{{placeholder}}} must be 'deployment' or a "
-                        "non-secret string or enum param")  # fmt: skip
-    formats = [v for m in blueprint.modules.values() for v in m.inputs.values() if isinstance(v, Format)]
-    for fmt in formats:
-        for field in fmt.fields():
-            param = blueprint.params.get(field)
-            if field != "deployment" and param is not None and param.type not in ("string", "integer", "enum"):
-                problem("modules", f"format {fmt.format!r}: param {field!r} must be a string, integer or enum")
-            elif param is not None and param.secret:
-                problem("modules", f"format {fmt.format!r}: param {field!r} is secret and cannot be part of a name")
-    if blueprint.playbooks and blueprint.ansible is None:
-        problem("ansible", "a blueprint with playbooks needs 'ansible: {ssh_private_key: secrets.<name>}'")
-    if blueprint.ansible is not None:
-        check_ref(blueprint.ansible.ssh_private_key, "ansible.ssh_private_key", earlier_modules=None)
-        if not blueprint.ansible.ssh_private_key.startswith("secrets."):
-            problem("ansible.ssh_private_key", "must be a secrets.<name> reference")
-    for name in blueprint.params:
-        if f"params.{name}" not in used:
-            problem(f"params.{name}", "is never used (by a module input, address, secret path, playbook var or output)")
-    problems += _check_hooks(blueprint)
-    return problems
-
-
-def _check_hooks(blueprint: Blueprint) -> list[BlueprintProblem]:
-    from importlib.metadata import entry_points
-
-    installed = {ep.name for ep in entry_points(group=HOOK_GROUP)}
-    return [
-        BlueprintProblem(where=f"hooks[{i}].call", message=f"no hook {hook.call!r} is installed (entry points in "
-                         f"group {HOOK_GROUP!r}: {', '.join(sorted(installed)) or 'none'})")
-        for i, hook in enumerate(blueprint.hooks)
-        if hook.call not in installed
-    ]  # fmt: skip

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from umc_infra.ansible.inventory import Host
 from umc_infra.blueprint.model import HOOK_GROUP, HookPoint
-from umc_infra.errors import UmcInfraError
+from umc_infra.errors import HookError
 
 
 class HookContext(BaseModel):
@@ -47,20 +47,6 @@ class HookContext(BaseModel):
     """Terraform outputs per module (those known at this point)."""
     hosts: tuple[Host, ...]
     """The deployment's hosts (known from ``after_terraform`` on)."""
-
-
-class HookError(UmcInfraError):
-    """A blueprint's hook stopped the run (or is not installed).
-
-    Attributes:
-        hook: The hook's entry point name.
-        at: Where in the run it was called.
-    """
-
-    def __init__(self, message: str, *, hook: str, at: str) -> None:
-        super().__init__(message, step=f"hook.{at}.{hook}")
-        self.hook = hook
-        self.at = at
 
 
 Hook = Callable[[HookContext], object]

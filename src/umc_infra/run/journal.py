@@ -20,7 +20,7 @@ from typing import Any, Literal
 from umc_infra.errors import Cancelled, UmcInfraError
 from umc_infra.secrets.redact import Redactor
 from umc_infra.state.records import Actor, DeploymentRecord, InFlight, Outcome, Records, RunRecord
-from umc_infra.terraform.runner import ChangeCounts
+from umc_infra.terraform.plan import ChangeCounts
 from umc_infra.terraform.statelock import terraform_who
 
 
@@ -55,12 +55,13 @@ class Journal:
         *,
         action: Literal["provision", "destroy"],
         blueprint_version: str,
+        params_digest: str | None = None,
         state: Any = None,
     ) -> Journal:
         """Write a new run as ``running`` (and the deployment's ``state`` if given)."""
         run = RunRecord(
             action=action, outcome="running", actor=Actor.from_environment(), started_at=datetime.now(UTC),
-            blueprint_version=blueprint_version, terraform_who=terraform_who(),
+            blueprint_version=blueprint_version, terraform_who=terraform_who(), params_digest=params_digest,
         )  # fmt: skip
         journal = cls(records, record, run)
         journal._write(run, **({"state": state} if state is not None else {}))

@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from umc_infra import vcenter
+from umc_infra.errors import RecoveryError
+from umc_infra.events import OutputLine
 from umc_infra.state.lease import LockInfo
 from umc_infra.state.records import DeploymentRecord, RunRecord
+from umc_infra.terraform import statelock
+from umc_infra.terraform.backend import backend
+
+if TYPE_CHECKING:
+    from umc_infra.run.session import Session
 
 log = logging.getLogger("umc_infra")
 
@@ -112,3 +121,80 @@ def repair_local_state(path: Path) -> bool:
     backup.replace(path)
     path.chmod(0o600)
     return True
+
+
+def recover(session: Session, *, full: bool) -> None:
+    """Clean up after a run on the session's deployment that died (nothing to do if the last run did not).
+
+    ``full`` (provision, destroy): also record it abandoned and remove the VMs it left that no state knows;
+    plan and drift only release its state locks and repair damaged state, which they need to read.
+    """
+    dead = session.dead
+    if dead is None:
+        return
+    with session.step("recover"):
+        _tell(session, f"the last run ({dead.describe()}) died; cleaning up after it")
+        record = session.records.get(session.deployment)
+        if full and record is not None and dead.run is not None:
+            abandoned = dead.run.model_copy(update={
+                "outcome": "abandoned", "finished_at": datetime.now(UTC),
+                "error": "the run's process died before it finished; the next run cleaned up after it",
+            })  # fmt: skip
+            state = "interrupted" if record.state == "provisioning" else record.state
+            session.records.update_run(record, abandoned, state=state)
+        modules = [m for m in dict.fromkeys((*(record.modules if record else ()), *session.spec.modules))
+                   if m in session.spec.modules]  # fmt: skip
+        orphans: list[str] = []
+        for module in modules:
+            _, config = backend(session.settings, deployment=session.deployment, module=module)
+            if "path" in config:
+                repair_local_state(Path(config["path"]))
+            _release_stale_lock(session, module, dead)
+            if full and dead.new_vms(module):
+                known = session.terraform.state_vms(session.init_only(module), module=module)
+                orphans += [vm for vm in dead.new_vms(module) if vm not in known]
+        if orphans:
+            _remove_orphans(session, orphans, dead)
+        session.dead = None
+
+
+def _tell(session: Session, line: str) -> None:
+    session.emit(OutputLine(deployment=session.deployment, step="recover", line=line))
+
+
+def _release_stale_lock(session: Session, module: str, dead: DeadRun) -> None:
+    """Release the module's state lock in DynamoDB if the dead run left it."""
+    if not statelock.applies(session.settings) or dead.since is None:
+        return
+    lock = statelock.read(session.settings, session.deployment, module)
+    if lock is None:
+        return
+    if not statelock.is_stale(lock, recorded=dead.lock_ids, who=dead.who, since=dead.since):
+        raise RecoveryError(
+            f"module {module!r} of deployment {session.deployment!r} has a Terraform state lock ({lock.id}, held by "
+            f"{lock.who} since {lock.created}) that the run which died did not take. If no Terraform runs on it, "
+            f"release it with `terraform force-unlock {lock.id}`; nothing was changed",
+            step="recover",
+        )
+    _tell(session, f"releasing the state lock {lock.id} of module {module!r} that the run left")
+    session.terraform.force_unlock(session.init_only(module), module=module, lock_id=lock.id)
+
+
+def _remove_orphans(session: Session, vms: list[str], dead: DeadRun) -> None:
+    """Remove VMs the dead run created that Terraform's state does not know (they would be duplicates)."""
+    settings = session.settings
+    if not settings.vsphere_credentials or not settings.vsphere_datacenter:
+        raise RecoveryError(
+            f"the last run of deployment {session.deployment!r} ({dead.describe()}) died while creating VMs; these "
+            f"may exist in vCenter but not in Terraform's state: {', '.join(vms)}. Set UMC_VSPHERE_CREDENTIALS (and "
+            "UMC_VSPHERE_DATACENTER) so umc_infra removes them, or remove them by hand; nothing was changed",
+            step="recover",
+        )
+    user, password = vcenter.credentials(settings, session.secret_source)
+    session.redactor.add(password)
+    with vcenter.connect(settings, user, password) as si:
+        for path in vms:
+            vm = vcenter.find_vm(si, settings.vsphere_datacenter, path)
+            if vm is not None:
+                _tell(session, f"removing VM {path}: the run that died created it, no state knows it")
+                vcenter.remove_vm(si, vm)

@@ -111,8 +111,8 @@ def reconcile(settings: SandboxSettings, paths: SandboxPaths, vms: list[dict[str
             _guests.start_guest(settings, paths, vm)
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """SIGTERM or SIGINT: a stop, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -26,8 +26,11 @@ from umc_infra.sandbox._config import sshd_argv
 from umc_infra.sandbox._host import host_env
 
 
-class _Stop(Exception):
-    """Raised by the signal handler: os.wait() would otherwise resume after the handler returns."""
+class _Stop(BaseException):
+    """Raised by the signal handler: os.wait() would otherwise resume after the handler returns.
+
+    A stop, like KeyboardInterrupt, rather than an error: no ``except Exception`` on the way swallows it.
+    """
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from umc_infra.errors import SandboxError
+from umc_infra.errors import GuestNotRunning, RootRequired
 from umc_infra.process import run
 from umc_infra.sandbox import _daemons, _host
 from umc_infra.sandbox._config import SandboxPaths, SandboxSettings
@@ -99,7 +99,7 @@ def unmount_under(path: Path) -> None:
 
 def require_root() -> None:
     if not _host.is_root():
-        raise SandboxError(
+        raise RootRequired(
             "sandbox guests need root (mount namespaces, overlay mounts and chroot). "
             "Run `umc-infra sandbox up` "
             "as root, or start without guests: export UMC_SANDBOX_GUESTS=false",
@@ -187,7 +187,7 @@ def guest_root(paths: SandboxPaths, ip: ipaddress.IPv4Address) -> Path:
     """The guest's root directory as the host sees it (through the guest sshd's ``/proc/PID/root``).
 
     Raises:
-        SandboxError: No guest runs for ``ip``.
+        GuestNotRunning: No guest runs for ``ip``.
 
     """
     daemon = _daemons.running(paths.pids, _daemon_name(ip))
@@ -198,4 +198,4 @@ def guest_root(paths: SandboxPaths, ip: ipaddress.IPv4Address) -> Path:
                 root = Path(f"/proc/{child}/root")
                 if (root / "etc" / "hostname").exists():
                     return root
-    raise SandboxError(f"no guest runs for {ip}", step="sandbox.guests")
+    raise GuestNotRunning(f"no guest runs for {ip}", step="sandbox.guests")

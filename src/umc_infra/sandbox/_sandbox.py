@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra.errors import ComponentFailed, SandboxError
+from umc_infra.errors import ComponentFailed, SandboxDamaged, SandboxError, SandboxNotFound
 from umc_infra.sandbox import _daemons, _guests, _s3, _vault, _vcsim
 from umc_infra.sandbox._config import (
     INVENTORY,
@@ -239,7 +239,8 @@ class Sandbox:
         """Connection settings of this sandbox (it need not be running).
 
         Raises:
-            SandboxError: The sandbox was never brought up here.
+            SandboxNotFound: The sandbox was never brought up here.
+            SandboxDamaged: Its credentials file is damaged.
 
         """
         return self._info(self._credentials(create=False))
@@ -278,12 +279,12 @@ class Sandbox:
             return creds
         except FileNotFoundError:
             if not create:
-                raise SandboxError(
+                raise SandboxNotFound(
                     f"no sandbox at {self.paths.state_dir}; start it with: umc-infra sandbox up",
                     step="sandbox",
                 ) from None
         except ValueError:
-            raise SandboxError(
+            raise SandboxDamaged(
                 f"{path} is damaged; remove the sandbox state with: umc-infra sandbox down --purge",
                 step="sandbox",
             ) from None

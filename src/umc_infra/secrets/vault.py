@@ -1,92 +1,50 @@
-"""Secrets from Vault (KV v2) through hvac: token, AppRole or JWT login, values as ``SecretStr``.
+"""Secrets from Vault (KV v2) through hvac: log in with the first configured auth method, read values as ``SecretStr``.
 
-A failure names the reference (``kv/data/apps/x#db_password``) and what to do, never a value.
+The auth methods (token, AppRole, JWT ...) are in :mod:`umc_infra.secrets.auth`; this module logs in with the one
+the settings configure, renews its token, reads and caches, and turns every failure into a SecretError naming
+the reference and what to do, never a value or a credential.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
 
-from umc_infra.blueprint.model import Blueprint, SecretRef
+from umc_infra.blueprint.model import SecretRef
 from umc_infra.errors import SecretError
-from umc_infra.params import ResolvedParams
+from umc_infra.secrets.auth import AuthMethod, AuthRegistry, default_registry
 from umc_infra.secrets.redact import Redactor
+
+# for run/: removed once run/, vcenter.py and umc_infra/__init__.py import these from umc_infra.secrets.source
+from umc_infra.secrets.source import Secrets, SecretSource, resolve
 from umc_infra.settings import Settings
 
-_PLACEHOLDER_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+__all__ = ["SecretSource", "Secrets", "VaultSource", "resolve"]
+
 _RENEW_BELOW_S = 120
-
-
-class SecretSource(Protocol):
-    """Reads one key of a KV v2 secret."""
-
-    def read(self, ref: SecretRef) -> SecretStr:
-        """The value at ``ref``.
-
-        Raises:
-            SecretError: Missing, denied, deleted or unreachable.
-
-        """
-        ...
-
-
-class Secrets(BaseModel):
-    """Resolved secrets by name; the values show as ``**********`` everywhere."""
-
-    model_config = ConfigDict(frozen=True)
-
-    values: dict[str, SecretStr]
-
-    def __getitem__(self, name: str) -> SecretStr:
-        return self.values[name]
-
-    def all(self) -> list[SecretStr]:
-        """Every value, for redaction."""
-        return list(self.values.values())
-
-
-def concrete_ref(blueprint: Blueprint, name: str, params: ResolvedParams) -> SecretRef:
-    """The reference of secret ``name`` with its placeholders filled from validated params.
-
-    Raises:
-        SecretError: A placeholder value could escape its path (``/``, ``..``, odd characters).
-
-    """
-    ref = blueprint.secret_ref(name)
-    fills: dict[str, str] = {}
-    for placeholder in ref.placeholders():
-        value = params.deployment if placeholder == "deployment" else str(params.values[placeholder])
-        if not _PLACEHOLDER_VALUE.fullmatch(value) or value in {".", ".."}:
-            raise SecretError(
-                f"secret {name!r}: the value of {{{placeholder}}} cannot be part of a Vault path "
-                "(letters, digits, '.', '_' and '-' only)",
-                reference=str(ref),
-            )
-        fills[placeholder] = value
-    return ref.model_copy(update={"path": ref.path.format(**fills)})
-
-
-def resolve(blueprint: Blueprint, params: ResolvedParams, source: SecretSource) -> Secrets:
-    """Read every secret the blueprint declares."""
-    return Secrets(values={name: source.read(concrete_ref(blueprint, name, params)) for name in blueprint.secrets})
 
 
 class VaultSource:
     """KV v2 reads with hvac; logs in on first use and renews or re-logs in as the token runs out.
 
-    Auth, first that is configured: token; AppRole (role id + secret id); JWT (a CI job's ID token).
     Every failure to talk to Vault (an HTTP error status, no answer, an answer that is not Vault's) is a
     :class:`SecretError` naming the reference and the status or kind; never a response body beyond Vault's
     short error message, and never a credential.
+
+    Args:
+        settings: Where Vault is, and the credentials of the auth methods.
+        client: An ``hvac.Client`` already logged in (then no login, no renewal).
+        auth: The auth methods to choose from; default :func:`~umc_infra.secrets.auth.default_registry` (token,
+            AppRole, JWT: the first configured one logs in).
+
     """
 
-    def __init__(self, settings: Settings, *, client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, *, client: Any | None = None, auth: AuthRegistry | None = None) -> None:
         self._settings = settings
+        self._auth = auth if auth is not None else default_registry()
         self._client = client
         self._expires_at: float | None = None
         self._cache: dict[tuple[str, str, str], Mapping[str, Any]] = {}
@@ -102,38 +60,21 @@ class VaultSource:
         s = self._settings
         if not s.vault_addr:
             raise SecretError(f"no Vault address to read {ref}: set VAULT_ADDR (or UMC_VAULT_ADDR)", reference=str(ref))
-        if s.vault_token is not None:
-            method = "a token"
-        elif s.vault_role_id and s.vault_secret_id is not None:
-            method = f"AppRole (mount {s.vault_approle_mount})"
-        elif s.vault_jwt is not None:
-            method = f"JWT (role {s.vault_jwt_role}, mount {s.vault_jwt_mount})"
-        else:
-            raise SecretError(
-                f"no Vault credentials to read {ref}: set VAULT_TOKEN, or UMC_VAULT_ROLE_ID and UMC_VAULT_SECRET_ID "
-                "(AppRole), or UMC_VAULT_JWT (CI job token)",
-                reference=str(ref),
-            )
+        method = self._auth.first_configured(s)
+        if method is None:
+            raise SecretError(f"no Vault credentials to read {ref}: {self._auth.setup()}", reference=str(ref))
         session = requests.Session()
         session.hooks["response"].append(self._note_status)
         client = hvac.Client(url=s.vault_addr, timeout=s.vault_timeout_s, namespace=s.vault_namespace, session=session)
         try:
-            if s.vault_token is not None:
-                client.token = s.vault_token.get_secret_value()
-            elif s.vault_role_id and s.vault_secret_id is not None:
-                client.auth.approle.login(
-                    role_id=s.vault_role_id,
-                    secret_id=s.vault_secret_id.get_secret_value(),
-                    mount_point=s.vault_approle_mount,
-                )
-            elif s.vault_jwt is not None:
-                client.auth.jwt.jwt_login(role=s.vault_jwt_role, jwt=s.vault_jwt.get_secret_value(),
-                                          path=s.vault_jwt_mount)  # fmt: skip
+            method.login(client, s)
             ttl = int(client.auth.token.lookup_self()["data"].get("ttl") or 0)
+        except SecretError as exc:  # the method's own: it names the method, the reference is the source's
+            exc.reference = exc.reference or str(ref)
+            raise
         except _failures() as exc:
-            raise self._failure(
-                exc, doing=f"logging in with {method} to read {ref}", client=client, ref=ref, login=True
-            ) from None
+            doing = f"logging in with {method.describe(s)} to read {ref}"
+            raise self._failure(exc, doing=doing, client=client, ref=ref, method=method) from None
         self._expires_at = None if ttl == 0 else time.monotonic() + ttl
         return client
 
@@ -170,8 +111,12 @@ class VaultSource:
         value = data[ref.key]
         return SecretStr(value if isinstance(value, str) else str(value))
 
-    def _failure(self, exc: Exception, *, doing: str, client: Any, ref: SecretRef, login: bool = False) -> SecretError:
+    def _failure(
+        self, exc: Exception, *, doing: str, client: Any, ref: SecretRef, method: AuthMethod | None = None
+    ) -> SecretError:
         """What went wrong talking to Vault, and what to do: the HTTP status or the kind of failure.
+
+        ``method`` is the auth method while logging in, None while reading.
 
         Only Vault's short error message (its JSON ``errors``, one line, clipped, redacted) is quoted; never
         a response body, which a proxy may fill with anything, and never a credential.
@@ -201,16 +146,15 @@ class VaultSource:
             status = self._last_status
         answered = f"{at} answered {status or 'an unexpected status'}"
         said = _short_message(exc, self._redactor(client))
+        login = method is not None
         if not login and isinstance(exc, vault.InvalidPath):
             message = f"secret {ref} does not exist (or its latest version is deleted)"
         elif not login and isinstance(exc, vault.Forbidden):
             message = f"Vault denied reading {ref}: the policy does not allow it (403)"
         elif login and isinstance(exc, vault.InvalidRequest | vault.Unauthorized | vault.Forbidden):
             message = f"{at} refused {doing} ({status}{said}); check the credentials"
-        elif isinstance(exc, vault.InvalidPath):
-            message = (
-                f"{answered} (no such path{said}) while {doing}; check UMC_VAULT_APPROLE_MOUNT or UMC_VAULT_JWT_MOUNT"
-            )
+        elif isinstance(exc, vault.InvalidPath) and method is not None:
+            message = f"{answered} (no such path{said}) while {doing}; check {method.path_setting}"
         elif isinstance(exc, vault.Unauthorized):
             message = f"{answered} (the token is not valid{said}) while {doing}; check the credentials"
         elif isinstance(exc, vault.RateLimitExceeded):
@@ -230,9 +174,8 @@ class VaultSource:
 
     def _redactor(self, client: Any) -> Redactor:
         """Every credential this source knows, the token a login returned included."""
-        s = self._settings
         token = getattr(client, "token", None)
-        return Redactor([v for v in (s.vault_token, s.vault_secret_id, s.vault_jwt, token) if v])
+        return Redactor([*self._auth.credentials(self._settings), *([token] if token else [])])
 
 
 _STATUS = {

@@ -46,20 +46,18 @@ document, and only ``break_lock(..., force=True)`` (``umc-infra unlock --force``
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from umc_infra.errors import DeploymentLocked, UmcInfraError
+from umc_infra.errors import DeploymentLocked, ParamProblem, SettingsError, UmcInfraError
+from umc_infra.process_identity import boot_id, is_gone, pid_namespace, process_start
 from umc_infra.state.records import Actor
 from umc_infra.state.store import StateStore, parse_document
 
@@ -67,36 +65,6 @@ CLOCK_SKEW_S = 5.0
 """How far apart the clocks of machines sharing the backend may be (see the module docstring)."""
 
 _log = logging.getLogger("umc_infra")
-
-
-@functools.cache
-def _boot_id() -> str | None:
-    """The boot id of the running kernel (Linux); None elsewhere."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-@functools.cache
-def _pid_namespace() -> str | None:
-    """The PID namespace of this process (``pid:[4026531836]``): containers on one kernel have their own."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def _process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot, field 22 of its stat); None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
-    if fields[0] == "Z":  # exited, not yet reaped by its parent
-        return None
-    return int(fields[19])
 
 
 class LockInfo(BaseModel):
@@ -131,14 +99,9 @@ class LockInfo(BaseModel):
         Exact on the holder's own machine (same host name, boot and PID namespace): a reused pid has
         another start time. None elsewhere: another machine, or a document without the process's identity.
         """
-        if (
-            self.actor.host != socket.gethostname()
-            or self.boot_id is None
-            or self.process_start is None
-            or (self.boot_id, self.pid_namespace) != (_boot_id(), _pid_namespace())
-        ):
-            return None
-        return _process_start(self.pid) != self.process_start
+        return is_gone(
+            self.pid, start=self.process_start, host=self.actor.host, boot=self.boot_id, namespace=self.pid_namespace
+        )
 
     def expired(self, *, now: datetime | None = None) -> bool:
         """The lease ran out: ``expires_at`` plus the clock-skew margin is past."""
@@ -311,8 +274,8 @@ def _identity(*, lock_id: str, deployment: str, operation: str, ttl_s: float) ->
     pid = os.getpid()
     return LockInfo(
         lock_id=lock_id, deployment=deployment, operation=operation, actor=Actor.from_environment(), pid=pid,
-        since=now, expires_at=now + timedelta(seconds=ttl_s), ttl_s=ttl_s, boot_id=_boot_id(),
-        pid_namespace=_pid_namespace(), process_start=_process_start(pid),
+        since=now, expires_at=now + timedelta(seconds=ttl_s), ttl_s=ttl_s, boot_id=boot_id(),
+        pid_namespace=pid_namespace(), process_start=process_start(pid),
     )  # fmt: skip
 
 
@@ -385,9 +348,11 @@ def locked(
     Raises:
         DeploymentLocked: A live holder kept it for all of ``timeout_s``.
         StateBackendError: The lease document is corrupt, or the backend cannot be used.
+        SettingsError: ``ttl_s`` is not positive.
     """
     if ttl_s <= 0:
-        raise UmcInfraError(f"a lease needs a positive ttl_s, not {ttl_s}", step="lock")
+        problem = ParamProblem(field="ttl_s (UMC_LEASE_TTL)", message=f"{ttl_s} is not positive", allowed="seconds > 0")
+        raise SettingsError([problem])
     info, version, valid_until, previous = _acquire(
         store, deployment, operation=operation, timeout_s=timeout_s, ttl_s=ttl_s, poll_s=poll_s
     )

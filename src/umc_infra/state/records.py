@@ -20,11 +20,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from umc_infra.ansible.inventory import Host
 from umc_infra.errors import StateBackendError
 from umc_infra.state.store import StateStore, parse_document
-from umc_infra.terraform.runner import ChangeCounts
+from umc_infra.terraform.plan import ChangeCounts
 
 Outcome = Literal["running", "succeeded", "failed", "interrupted", "cancelled", "abandoned"]
 """``abandoned``: the run's process died (SIGKILL, a lost machine); the next run found out and recorded it."""
 State = Literal["provisioning", "active", "failed", "interrupted", "destroyed"]
+
+
+_CI_VARIABLES: tuple[tuple[tuple[str, ...], str, dict[str, str]], ...] = (
+    (("GITLAB_CI", "CI_JOB_ID"), "GITLAB_USER_LOGIN", {
+        "ci_job_id": "CI_JOB_ID", "ci_pipeline_id": "CI_PIPELINE_ID", "ci_project": "CI_PROJECT_PATH",
+        "ci_job_url": "CI_JOB_URL",
+    }),
+    (("GITHUB_RUN_ID",), "GITHUB_ACTOR", {
+        "ci_job_id": "GITHUB_JOB", "ci_pipeline_id": "GITHUB_RUN_ID", "ci_project": "GITHUB_REPOSITORY",
+    }),
+)  # fmt: skip
+"""Per CI system: the variables any of which says its job runs, the user's variable, and each CI field's variable."""
 
 
 class Actor(BaseModel):
@@ -47,23 +59,10 @@ class Actor(BaseModel):
             user = getpass.getuser()
         except (KeyError, OSError):
             user = str(os.getuid())
-        if env.get("GITLAB_CI") or env.get("CI_JOB_ID"):
-            return cls(
-                user=env.get("GITLAB_USER_LOGIN", user),
-                host=socket.gethostname(),
-                ci_job_id=env.get("CI_JOB_ID"),
-                ci_pipeline_id=env.get("CI_PIPELINE_ID"),
-                ci_project=env.get("CI_PROJECT_PATH"),
-                ci_job_url=env.get("CI_JOB_URL"),
-            )
-        if env.get("GITHUB_RUN_ID"):
-            return cls(
-                user=env.get("GITHUB_ACTOR", user),
-                host=socket.gethostname(),
-                ci_job_id=env.get("GITHUB_JOB"),
-                ci_pipeline_id=env.get("GITHUB_RUN_ID"),
-                ci_project=env.get("GITHUB_REPOSITORY"),
-            )
+        for markers, user_variable, fields in _CI_VARIABLES:
+            if any(env.get(marker) for marker in markers):
+                found = {field: env.get(variable) for field, variable in fields.items()}
+                return cls.model_validate(found | {"user": env.get(user_variable, user), "host": socket.gethostname()})
         return cls(user=user, host=socket.gethostname())
 
 
@@ -104,6 +103,8 @@ class RunRecord(BaseModel):
     """Per module, what its Terraform was doing (see :class:`InFlight`); empty when nothing was."""
     terraform_who: str | None = None
     """The ``user@host`` Terraform writes into the state locks this run's commands take."""
+    params_digest: str | None = None
+    """A digest of the (masked) params the run was asked for: a retry resumes only for the same params."""
 
 
 class DeploymentRecord(BaseModel):
@@ -123,6 +124,9 @@ class DeploymentRecord(BaseModel):
     created_at: datetime
     updated_at: datetime
     runs: tuple[RunRecord, ...] = ()
+    blueprint_snapshot: dict[str, Any] | None = None
+    """The resolved blueprint as deployed (its ``extends`` merged): destroy and drift work on what was deployed,
+    even after the blueprint changed or narrowed a param."""
 
     @property
     def last_run(self) -> RunRecord | None:

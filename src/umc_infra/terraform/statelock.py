@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from umc_infra.settings import Settings
-from umc_infra.state.store import aws_client
+from umc_infra.state.s3 import aws_client
+from umc_infra.terraform.backend import state_key
 
 POLL_S = 0.25
 
@@ -41,14 +42,14 @@ class StateLock(BaseModel):
     operation: str = ""
 
 
+def terraform_user() -> str:
+    """The user name of this process: the Terraform it starts gets it as ``USER`` and names it in its locks."""
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def terraform_who() -> str:
     """The ``Who`` Terraform writes into the locks it takes from this process (``user@host``)."""
-    return f"{pwd.getpwuid(os.getuid()).pw_name}@{socket.gethostname()}"
-
-
-def state_key(deployment: str, module: str) -> str:
-    """The S3 key of a module's state (the backend's ``key``)."""
-    return f"deployments/{deployment}/{module}.tfstate"
+    return f"{terraform_user()}@{socket.gethostname()}"
 
 
 def _client(settings: Settings) -> Any:

@@ -10,7 +10,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from umc_infra.settings import Settings
-from umc_infra.state.store import LocalStore, S3Store, StateStore, s3_client
+from umc_infra.state.s3 import S3Store, s3_client
+from umc_infra.state.store import LocalStore, StateStore
 
 REGION = "eu-west-1"
 

@@ -7,7 +7,8 @@ import yaml
 
 from umc_infra import BlueprintError, BlueprintNotFound
 from umc_infra.blueprint.catalog import Catalog, Source
-from umc_infra.blueprint.model import Content, SecretRef
+from umc_infra.blueprint.content import Content
+from umc_infra.blueprint.model import SecretRef
 
 
 def catalog(content: Content) -> Catalog:
@@ -108,10 +109,20 @@ def test_unknown_blueprint_names_what_exists(content, name):
         ({"playbooks__0__playbook": "missing"}, "playbook 'missing' not found"),
         ({"playbooks__0__hosts": "db"}, "unknown group 'db'"),
         ({"outputs__ips__value": "modules.vm.nope"}, "module 'vm' has no output 'nope'"),
-        ({"outputs__ips__value": "modules.other.ips"}, "needs module 'other' to come earlier"),
+        ({"outputs__ips__value": "modules.other.ips"}, "unknown module 'other'; modules: vm"),
         ({"secrets__password": "kv/data/apps/{label2}#password"}, "placeholder {label2}"),
         ({"modules__vm__inputs__name_prefix": {"format": "{deployment.__class__}"}}, "unknown param"),
         ({"ansible__ssh_private_key": "params.label"}, "must be a secrets.<name> reference"),
+        (
+            {"modules__vm__inputs__instances": "hosts.app.ips"},
+            "modules.vm.inputs.instances: hosts.<group>.ips is only for playbook vars and outputs, not module inputs",
+        ),
+        (
+            {"modules__vm__addresses": {"count": "addresses.vm"}},
+            "modules.vm.addresses.count: addresses.<module> is only for module inputs, playbook vars and outputs",
+        ),
+        ({"modules__vm__inputs__instances": "addresses.vm"}, "module 'vm' declares no addresses"),
+        ({"outputs__ips__value": {"format": "{deployment}-{nope}"}}, "outputs.ips: unknown param 'nope'"),
     ],
 )
 def test_broken_references_are_named(content, changes, message):
@@ -131,8 +142,13 @@ def test_broken_references_are_named(content, changes, message):
         ({"params__instances": {"type": "string", "pattern": "("}}, "not a regular expression"),
         ({"params__instances": {"type": "integer", "secrte": True}}, "Extra inputs are not permitted"),
         ({"version": "1.0"}, "version"),
-        ({"modules__vm__inputs__instances": "params.instances; rm -rf /"}, "String should match pattern"),
-        ({"modules__vm__inputs__instances": "${var.x}"}, "String should match pattern"),
+        (
+            {"modules__vm__inputs__instances": "params.instances; rm -rf /"},
+            r"modules\.vm\.inputs\.instances: 'params\.instances; rm -rf /' is not a reference: one of deployment",
+        ),
+        ({"modules__vm__inputs__instances": "${var.x}"}, r"instances: '\$\{var\.x\}' is not a reference"),
+        ({"modules__vm__inputs__instances": {"value": 1, "format": "x"}}, r"instances\.format: Extra inputs"),
+        ({"modules__vm__inputs__instances": 2}, r"instances: a value is a reference \(deployment, params"),
     ],
 )
 def test_schema_errors_name_the_field(content, changes, message):
@@ -179,3 +195,21 @@ def test_a_secret_must_reach_a_sensitive_variable(content):
     (content.modules / "mod" / "main.tf").write_text(MODULE)  # the control: declared sensitive, it loads
     write(content, BASE)
     assert load("demo", content).modules["vm"].inputs["password"] == "secrets.password"
+
+
+def test_modules_may_be_listed_in_any_order_but_not_read_each_other_in_a_cycle(content):
+    """A module reads outputs of modules listed after it (they are applied first); a cycle names its modules."""
+    reader = {"source": "mod", "inputs": {"name_prefix": "modules.vm.names[0]", "instances": {"value": 1},
+                                          "password": "secrets.password"}}  # fmt: skip
+    data = variant()
+    data["modules"] = {"reader": reader, **data["modules"]}
+    write(content, data)
+    assert list(load("demo", content).modules) == ["reader", "vm"]
+    data["modules"]["vm"]["inputs"]["instances"] = "modules.reader.ips"
+    write(content, data)
+    with pytest.raises(BlueprintError) as refused:
+        load("demo", content)
+    (problem,) = [p for p in refused.value.problems if p.where.startswith("modules")]
+    text = (content.blueprints / "demo.yaml").read_text().splitlines()
+    assert problem.where == "modules.reader" and problem.line == text.index("  reader:") + 1
+    assert problem.message.startswith("modules read each other's outputs in a cycle: reader -> vm -> reader")

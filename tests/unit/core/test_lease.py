@@ -70,7 +70,8 @@ import sys, time
 from pathlib import Path
 from umc_infra.state.lease import locked
 from umc_infra.settings import Settings
-from umc_infra.state.store import LocalStore, S3Store, s3_client
+from umc_infra.state.s3 import S3Store, s3_client
+from umc_infra.state.store import LocalStore
 
 kind, *where = sys.argv[1:]
 if kind == "local":

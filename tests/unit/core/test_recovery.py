@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from umc_infra import private as _private
+from umc_infra.process_identity import is_running, process_start
 from umc_infra.run import recovery as _recovery
 from umc_infra.run.journal import Journal
 from umc_infra.secrets.redact import Redactor
@@ -69,21 +70,21 @@ def test_a_dead_runs_lingering_tool_is_stopped_only_for_its_own_deployment(shm):
     directory, tool = _dead_run_dir(shm, "team-x", stubborn)
     try:
         assert _private.sweep(deployment="team-y") == []  # another deployment's tool: left alone, dir kept
-        assert _private.is_running(tool, _private.process_start(tool))
+        assert is_running(tool, process_start(tool))
         started = time.monotonic()
         assert [str(p) for p in _private.sweep(deployment="team-x", grace_s=0.5)] == [directory]
-        assert not _private.is_running(tool, None)
+        assert not is_running(tool, None)
         assert time.monotonic() - started < 15
     finally:
-        if _private.is_running(tool, None):
+        if is_running(tool, None):
             os.kill(tool, signal.SIGKILL)
 
 
 def test_a_reused_pid_is_not_the_same_process():
     me = os.getpid()
-    assert _private.is_running(me, _private.process_start(me))
-    assert not _private.is_running(me, (_private.process_start(me) or 0) + 1)
-    assert not _private.is_running(2**22 + 12345, None)
+    assert is_running(me, process_start(me))
+    assert not is_running(me, (process_start(me) or 0) + 1)
+    assert not is_running(2**22 + 12345, None)
 
 
 def _record(**run_fields) -> DeploymentRecord:

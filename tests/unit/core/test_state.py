@@ -7,7 +7,8 @@ import pytest
 from tests.unit.core.conftest import HeaderDroppingProxy, client_for, new_bucket, s3_settings
 from umc_infra import AddressError, StateBackendError, UmcInfraError
 from umc_infra.state.ipam import allocate, claims, release
-from umc_infra.state.store import LocalStore, S3Store, conditional_write_problems, open_store
+from umc_infra.state.s3 import S3Store, conditional_write_problems
+from umc_infra.state.store import LocalStore, open_store
 
 POOL = "127.0.1.10-127.0.1.14"
 
@@ -205,12 +206,12 @@ def test_the_probe_names_the_one_condition_that_is_ignored(moto_endpoint, droppe
 
 
 def test_open_store_probes_a_good_endpoint_once_per_process(moto_endpoint, monkeypatch):
-    from umc_infra.state import store as _store
+    from umc_infra.state import s3 as _s3
 
     settings = s3_settings(moto_endpoint, new_bucket(moto_endpoint))
     calls = []
-    real = _store.conditional_write_problems
-    monkeypatch.setattr(_store, "conditional_write_problems", lambda store: calls.append(store) or real(store))
+    real = _s3.conditional_write_problems
+    monkeypatch.setattr(_s3, "conditional_write_problems", lambda store: calls.append(store) or real(store))
     first = open_store(settings)
     second = open_store(settings)
     assert isinstance(first, S3Store) and isinstance(second, S3Store)

@@ -7,7 +7,7 @@ import pytest
 
 from umc_infra import UmcInfraError
 from umc_infra.settings import Settings
-from umc_infra.terraform.runner import (
+from umc_infra.terraform.argv import (
     _argv,
     argv_apply,
     argv_apply_plan,
@@ -19,11 +19,9 @@ from umc_infra.terraform.runner import (
     argv_show,
     argv_validate,
     argv_version,
-    assemble_mirror,
-    backend,
-    cli_config,
-    installed_providers,
 )
+from umc_infra.terraform.backend import backend
+from umc_infra.terraform.mirror import assemble_mirror, cli_config, installed_providers
 
 TF = "/opt/terraform"
 
@@ -117,7 +115,7 @@ def test_mirror_from_installed_provider_packages(tmp_path):
 
 
 def test_resource_changes_mask_sensitive_values_and_ignore_empty_noise():
-    from umc_infra.terraform.runner import counts_of, resource_changes
+    from umc_infra.terraform.plan import counts_of, resource_changes
 
     entries = [
         {"address": "vm[0]", "change": {
@@ -139,3 +137,98 @@ def test_resource_changes_mask_sensitive_values_and_ignore_empty_noise():
     assert first["clone"].after == "***" and "new-secret" not in changes[0].model_dump_json()
     assert changes[1].attributes["id"].after == "(known after apply)"
     assert counts_of(changes).model_dump() == {"add": 2, "change": 1, "remove": 1}
+
+
+def _change(before, after, *, unknown=False, sensitive=False, actions=("create",)):
+    return {"actions": list(actions), "before": before, "after": after, "after_unknown": unknown,
+            "before_sensitive": sensitive, "after_sensitive": sensitive}  # fmt: skip
+
+
+# ``terraform show -json`` of a plan file, in the shape Terraform writes it (an unknown output has no "value").
+SHOWN_PLAN = {
+    "planned_values": {"outputs": {
+        "known": {"sensitive": False, "value": "k"},
+        "unknown": {"sensitive": False},
+        "secret": {"sensitive": True, "value": "s3cr3t-value"},
+        "partly": {"sensitive": False, "value": {"ids": ["a", "b"]}},
+    }},
+    "output_changes": {
+        "known": _change(None, "k"),
+        "unknown": _change(None, None, unknown=True),
+        "secret": _change(None, "s3cr3t-value", sensitive=True),
+        "partly": _change(None, {"ids": ["a", "b"]}, unknown={"ids": [False, True]}),
+    },
+    "resource_changes": [
+        {"address": "vsphere_virtual_machine.vm[0]", "type": "vsphere_virtual_machine", "change": _change(
+            None, {"name": "web-1", "folder": "/team-x/", "clone": [{"customize": [{"admin": "adm1n-pass"}]}]},
+            unknown={"id": True}) | {"after_sensitive": {"clone": [{"customize": [{"admin": True}]}]}}},
+        {"address": "null_resource.x", "type": "null_resource",
+         "change": _change(None, {"triggers": {"a": "hello"}}, unknown={"id": True})},
+    ],
+    "resource_drift": [
+        {"address": "vsphere_virtual_machine.old", "type": "vsphere_virtual_machine", "change": _change(
+            {"name": "old", "tags": ["tag-before"]}, {"name": "old", "tags": ["tag-after"]},
+            unknown={}, sensitive={"tags": True}, actions=("update",))},
+    ],
+}  # fmt: skip
+
+
+def test_a_plan_holds_its_changes_new_vms_and_the_outputs_it_already_knows():
+    from umc_infra.terraform.plan import plan_of
+
+    plan = plan_of("web", SHOWN_PLAN)
+    assert [(r.address, r.action) for r in plan.resources] == [
+        ("vsphere_virtual_machine.vm[0]", "create"), ("null_resource.x", "create")]  # fmt: skip
+    assert plan.new_vms == ("team-x/web-1",)
+    assert plan.outputs == {"known": "k", "secret": "s3cr3t-value"}  # unknown, even in part: left out
+    assert plan.sensitive_outputs == {"secret"}
+    drift = plan_of("web", SHOWN_PLAN, refresh_only=True)
+    assert [r.address for r in drift.resources] == ["vsphere_virtual_machine.old"] and drift.new_vms == ()
+    assert drift.resources[0].attributes["tags"].after == "***"
+
+
+def test_every_sensitive_value_of_a_plan_goes_to_the_redactor_and_nothing_else():
+    from umc_infra.terraform.plan import sensitive_values
+
+    found = sensitive_values(SHOWN_PLAN)
+    # nested marks count (only the admin password of the clone block), and outputs count
+    assert set(found) == {"adm1n-pass", "s3cr3t-value", "tag-before", "tag-after"}
+    assert sensitive_values({}) == []
+
+
+def test_the_vms_of_a_state_are_named_folder_slash_name():
+    from umc_infra.terraform.plan import vms_in_state
+
+    shown = {"values": {"root_module": {"resources": [
+        {"type": "vsphere_virtual_machine", "values": {"name": "web-1", "folder": "team-x"}},
+        {"type": "vsphere_virtual_machine", "values": {"name": "bare"}},
+        {"type": "vsphere_folder", "values": {"name": "team-x"}},
+    ]}}}  # fmt: skip
+    assert vms_in_state(shown) == {"team-x/web-1", "bare"}
+    assert vms_in_state({}) == set()
+
+
+def test_a_module_working_directory_and_its_local_state_are_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+    import sys
+
+    from umc_infra.secrets.redact import Redactor
+    from umc_infra.terraform.runner import Terraform
+
+    source = tmp_path / "module"
+    source.mkdir()
+    (source / "main.tf").write_text('variable "cpu" {}\n')
+    settings = Settings(backend="local", state_dir=tmp_path / "state-dir", terraform_binary=sys.executable)
+    terraform = Terraform(settings, on_event=lambda event: None, redactor=Redactor(), deployment="team-x",
+                          private_dir=tmp_path / "private")  # fmt: skip
+    workdir = settings.state_dir / "work" / "team-x" / "web"
+    old = os.umask(0)  # the most permissive umask: modes must not come from it
+    try:
+        terraform.prepare(source, workdir, module="web", inputs={"cpu": 2})
+    finally:
+        os.umask(old)
+    assert json.loads((workdir / "umc.auto.tfvars.json").read_text()) == {"cpu": 2}
+    state = settings.state_dir / "state" / "terraform" / "team-x"
+    for path in (settings.state_dir, workdir.parent, workdir, state.parent, state):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path

@@ -3,16 +3,14 @@ HTTP status or kind (exit code 8), never a response body beyond Vault's short me
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import SecretStr
 
+from tests.unit.core.fake_vault import APPROLE, LOOKUP, READ, FakeVault, serve
+from tests.unit.core.fake_vault import json_answer as _json
 from umc_infra import SecretError, Settings
 from umc_infra.blueprint.model import SecretRef
 from umc_infra.cli.deploy import Exit, exit_code
@@ -23,67 +21,12 @@ SECRET_ID = "canary-secret-id-3c9a"
 BODY_CANARY = "canary-proxy-body-51d2"
 """In an HTML error page a proxy returns: hvac puts the whole body in its message; ours never shows it."""
 REF = SecretRef(mount="kv", path="apps/h11", key="password")
-LOOKUP = "/v1/auth/token/lookup-self"
-READ = "/v1/kv/data/apps/h11"
-APPROLE = "/v1/auth/approle/login"
-
-
-def _json(document: object) -> tuple[bytes, str]:
-    return json.dumps(document).encode(), "application/json"
-
-
-OK = {
-    LOOKUP: (200, *_json({"data": {"ttl": 0}})),
-    READ: (200, *_json({"data": {"data": {"password": "s3cret"}, "metadata": {"deletion_time": "", "version": 1}}})),
-    APPROLE: (200, *_json({"auth": {"client_token": "hvs.from-approle-canary", "lease_duration": 0}})),
-}
-
-
-class FakeVault(ThreadingHTTPServer):
-    """Answers each path with a fixed status, body and content type, optionally after a delay."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.answers: dict[str, tuple[int, bytes, str]] = dict(OK)
-        self.delay_s = 0.0
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that gave up (the timeout test) is expected: no traceback on another test's stderr."""
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeVault
-
-    def _answer(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        status, body, content_type = self.server.answers.get(self.path.split("?")[0], (404, *_json({"errors": []})))
-        time.sleep(self.server.delay_s)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def vault() -> Iterator[FakeVault]:
-    server = FakeVault()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serve() as server:
+        yield server
 
 
 def source(vault: FakeVault, **settings: object) -> VaultSource:

@@ -1,0 +1,91 @@
+"""Where blueprint content is (``blueprints/``, ``modules/``, ``playbooks/``), and what a module declares."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from umc_infra.errors import BlueprintError
+
+
+class Content(BaseModel):
+    """The content shipped with umc_infra (or ``UMC_CONTENT_DIR``): ``blueprints/``, ``modules/``, ``playbooks/``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    root: Path
+
+    @property
+    def blueprints(self) -> Path:
+        """The directory of blueprint YAML files."""
+        return self.root / "blueprints"
+
+    @property
+    def modules(self) -> Path:
+        """The directory of Terraform modules."""
+        return self.root / "modules"
+
+    @property
+    def playbooks(self) -> Path:
+        """The directory of playbooks and roles."""
+        return self.root / "playbooks"
+
+    @classmethod
+    def locate(cls, content_dir: Path | None = None) -> Content:
+        """The given directory, else the content shipped with umc_infra (source tree or installed data)."""
+        candidates = [content_dir] if content_dir is not None else [
+            Path(__file__).resolve().parents[3],  # src/umc_infra/blueprint/content.py -> the checkout
+            Path(sys.prefix) / "share" / "umc-infra",
+        ]  # fmt: skip
+        for root in candidates:
+            if root is not None and (root / "blueprints").is_dir():
+                return cls(root=root)
+        raise BlueprintError(
+            f"no blueprints/ directory in {', '.join(str(c) for c in candidates)}; "
+            "set UMC_CONTENT_DIR to the directory that holds blueprints/, modules/ and playbooks/",
+            step="blueprint.load",
+        )
+
+
+class ModuleInterface(BaseModel):
+    """The variables (and which of them have no default) and outputs a Terraform module declares."""
+
+    model_config = ConfigDict(frozen=True)
+
+    variables: frozenset[str]
+    required: frozenset[str]
+    outputs: frozenset[str]
+    sensitive: frozenset[str] = frozenset()
+    """Variables declared ``sensitive = true``: Terraform hides their values in plans, output and errors."""
+
+
+def module_interface(module_dir: Path) -> ModuleInterface:
+    """What a module declares, read from its ``*.tf`` files with an HCL parser.
+
+    Raises:
+        BlueprintError: A file is not valid HCL (names it).
+    """
+    import hcl2
+
+    variables: set[str] = set()
+    required: set[str] = set()
+    outputs: set[str] = set()
+    sensitive: set[str] = set()
+    for tf in sorted(module_dir.glob("*.tf")):
+        try:
+            parsed = hcl2.loads(tf.read_text())
+        except Exception as exc:  # the parser raises lark's errors, which have no common public base
+            raise BlueprintError(f"{tf}: not valid HCL: {str(exc).splitlines()[0]}") from None
+        for block in parsed.get("variable", []):
+            for name, body in block.items():
+                variables.add(name.strip('"'))
+                if "default" not in body:
+                    required.add(name.strip('"'))
+                if body.get("sensitive") in (True, "true"):
+                    sensitive.add(name.strip('"'))
+        for block in parsed.get("output", []):
+            outputs.update(name.strip('"') for name in block)
+    return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs),
+                           sensitive=frozenset(sensitive))  # fmt: skip

@@ -1,0 +1,107 @@
+"""Planning: each module in dependency order, a module reading an earlier one's outputs from that one's plan.
+
+A module whose inputs read outputs of an earlier module is planned with the values the earlier module's
+plan says its outputs will have. Where the plan cannot know them yet (an id only vCenter gives), the module
+is *deferred*: its changes are known only once the earlier module is applied, and the plan says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from umc_infra.ansible.inventory import Inventory
+from umc_infra.blueprint.references import dependency_order
+from umc_infra.errors import UnresolvedReference
+from umc_infra.run import policy
+from umc_infra.run.results import ConfigChange, PlanResult
+from umc_infra.run.session import Session
+from umc_infra.state.records import DeploymentRecord
+from umc_infra.terraform.plan import TerraformPlan
+
+
+@dataclass
+class ModulePlan:
+    """One module's plan within a run."""
+
+    module: str
+    planfile: Path
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """The inputs it was planned with."""
+    plan: TerraformPlan | None = None
+    """None: deferred (it reads outputs not known before an earlier module is applied)."""
+
+
+def plan_modules(session: Session, scratch: Path) -> dict[str, ModulePlan]:
+    """Plan every module in dependency order; outputs of a planned module are taken from its plan."""
+    planned: dict[str, ModulePlan] = {}
+    for module in dependency_order(session.spec):
+        planfile = scratch / f"{module}.tfplan"
+        try:
+            inputs = session.inputs(module)
+        except UnresolvedReference:
+            planned[module] = ModulePlan(module, planfile)  # deferred: its inputs are known after an apply
+            continue
+        with session.step(f"terraform.plan.{module}"):
+            workdir, secret = session.prepare(module, inputs)
+            found = session.terraform.plan(workdir, planfile, module=module, secret_inputs=secret)
+            if found.resources:
+                session.remember_outputs(
+                    module,
+                    {
+                        name: SecretStr(str(value)) if name in found.sensitive_outputs else value
+                        for name, value in found.outputs.items()
+                    },
+                )  # planned values; unknown ones are left out, so a module that reads one is deferred
+            else:
+                session.read_outputs(module, workdir)
+        planned[module] = ModulePlan(module, planfile, inputs, found)
+    return planned
+
+
+def plan(session: Session, record: DeploymentRecord | None, *, check_configuration: bool) -> PlanResult:
+    """What ``provision`` would change, per resource and (for existing hosts) per task. Changes nothing."""
+    from umc_infra.run.recovery import recover
+
+    recover(session, full=False)
+    exists = record is not None and record.state != "destroyed"
+    session.addresses(dry_run=True)  # the addresses it would claim, unclaimed
+    with session.scratch() as scratch:
+        planned = plan_modules(session, scratch)
+    resources = tuple(r for p in planned.values() if p.plan is not None for r in p.plan.resources)
+    deferred = tuple(m for m, p in planned.items() if p.plan is None)
+    configuration: list[ConfigChange] = []
+    if check_configuration and exists and record is not None and record.hosts and session.spec.ansible:
+        configuration = configuration_changes(session, Inventory(hosts=record.hosts))
+    params = session.params.masked()
+    before = record.params if exists and record is not None else {}
+    return PlanResult(
+        deployment=session.deployment, blueprint=session.spec.name, version=session.spec.version, params=params,
+        exists=exists, previous_version=record.version if record else None,
+        param_changes=policy.param_changes(before, params) if exists else {}, resources=resources,
+        deferred=deferred, configuration=tuple(configuration),
+        fingerprint=policy.fingerprint(params, resources, deferred),
+    )  # fmt: skip
+
+
+def configuration_changes(session: Session, inventory: Inventory) -> list[ConfigChange]:
+    """Tasks Ansible check mode says would change on the hosts (plan and drift)."""
+    assert session.spec.ansible is not None
+    session.remember_inventory(inventory)
+    ansible = session.ansible()
+    key = session.value(session.spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
+    with session.step("ssh"):
+        known = session.known_hosts(inventory, recreated=())
+    changes: list[ConfigChange] = []
+    for play in session.spec.playbooks:
+        if not inventory.in_group(play.hosts):
+            continue
+        with session.step(f"ansible.check.{play.playbook}"):
+            result = ansible.run(play.playbook, inventory=inventory, hosts=play.hosts, user=session.spec.ansible.user,
+                                 ssh_key=key, variables=session.playbook_vars(play), check=True,
+                                 known_hosts=known)  # fmt: skip
+        changes += [ConfigChange(playbook=play.playbook, host=h, task=t) for h, t in result.changed_tasks]
+    return changes

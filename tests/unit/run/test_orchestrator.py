@@ -1,0 +1,230 @@
+"""The orchestrator with fake tools: plan, apply order, policy, reviewed plans, params, resume, journal, destroy.
+
+Terraform, Ansible and SSH are fakes behind the run's Tools Protocols; the state backend, the catalog, the
+params, the lease, the journal and the records are the real ones, on a local backend in tmp_path.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.unit.run.fakes import FakeSecrets, FakeTools, World, label, vms
+from umc_infra import (
+    Cancelled,
+    DestroyNotAllowed,
+    ParamsError,
+    PlanChanged,
+    PlaybookError,
+    Provisioner,
+    RunOptions,
+    Settings,
+)
+
+MODULE_VM = """
+variable "name_prefix" { type = string }
+variable "instances" { type = number }
+variable "cpu" { type = number }
+variable "addresses" { type = list(string) }
+variable "password" {
+  type      = string
+  sensitive = true
+}
+output "names" { value = [] }
+output "ips" { value = [] }
+output "ids" { value = [] }
+"""
+MODULE_LABEL = """
+variable "names" { type = list(string) }
+output "label" { value = "" }
+"""
+
+
+def blueprint(*, label_first: bool = False, max_instances: int = 5) -> dict:
+    modules = {
+        "vm": {"source": "mod-vm", "addresses": {"count": "params.instances"},
+               "inputs": {"name_prefix": {"format": "{deployment}"}, "instances": "params.instances",
+                          "cpu": "params.cpu", "addresses": "addresses.vm", "password": "secrets.password"}},
+        "tag": {"source": "mod-label", "inputs": {"names": "modules.vm.names"}},
+    }  # fmt: skip
+    if label_first:
+        modules = {"tag": modules["tag"], "vm": modules["vm"]}
+    return {
+        "name": "demo", "version": "1.0.0", "description": "A demo for the orchestrator",
+        "params": {"instances": {"type": "integer", "default": 1, "min": 1, "max": max_instances},
+                   "cpu": {"type": "integer", "default": 1, "min": 1, "max": 8}},
+        "secrets": {"password": "kv/data/apps/x#password", "key": "kv/data/umc/ansible#key"},
+        "modules": modules,
+        "hosts": [{"module": "vm", "groups": ["app"]}],
+        "playbooks": [{"playbook": "base", "hosts": "all"}, {"playbook": "app", "hosts": "app"}],
+        "ansible": {"ssh_private_key": "secrets.key"},
+        "outputs": {"label": {"value": "modules.tag.label"}},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Settings:
+    root = tmp_path / "content"
+    for name, text in (("mod-vm", MODULE_VM), ("mod-label", MODULE_LABEL)):
+        (root / "modules" / name).mkdir(parents=True)
+        (root / "modules" / name / "main.tf").write_text(text)
+    (root / "playbooks").mkdir()
+    for play in ("base", "app"):
+        (root / "playbooks" / f"{play}.yml").write_text("- hosts: all\n  tasks: []\n")
+    (root / "blueprints").mkdir()
+    write(root, blueprint())
+    return Settings(state_dir=tmp_path / "state", backend="local", blueprint_path=[root], ip_pool="10.1.2.10-10.1.2.30",
+                    ip_gateway="10.1.2.1", lease_ttl_s=30, lock_timeout_s=1)  # fmt: skip
+
+
+def write(root: Path, data: dict) -> None:
+    (root / "blueprints" / "demo.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def world(*, unknown: tuple[str, ...] = ()) -> World:
+    return World({"vm": vms, "tag": label}, unknown_until_apply=unknown)
+
+
+def provisioner(site: Settings, tools: FakeTools, **kwargs) -> Provisioner:
+    return Provisioner(settings=site, tools=tools, secret_source=FakeSecrets(), **kwargs)
+
+
+def test_the_two_argument_call_names_the_deployment_after_the_blueprint_and_converges(site):
+    tools = FakeTools(world())
+    first = provisioner(site, tools).provision("demo", {"instances": 2})
+    assert first.deployment == "demo" and [h.name for h in first.hosts] == ["demo-1", "demo-2"]
+    assert first.terraform["vm"].add == 2 and first.outputs["label"] == "demo-1,demo-2"
+    again = provisioner(site, tools).provision("demo", {"instances": 2})
+    assert again.terraform == {"vm": again.terraform["vm"], "tag": again.terraform["tag"]}
+    assert all(c.add == c.change == c.remove == 0 for c in again.terraform.values())
+    assert again.hosts == first.hosts
+
+
+def test_modules_apply_in_dependency_order_whatever_the_yaml_order(site):
+    write(site.blueprint_path[0], blueprint(label_first=True))
+    tools = FakeTools(world())
+    provisioner(site, tools).provision("demo", {"instances": 1})
+    steps = [c for c in tools.world.calls if c[0] in ("plan", "apply")]
+    assert steps == [("plan", "vm"), ("plan", "tag"), ("apply", "vm"), ("apply", "tag")]
+    assert tools.world.applied_inputs["tag"]["names"] == ["demo-1"]  # from the plan of vm, then its apply
+
+
+def test_a_new_deployment_is_planned_through_its_module_dependencies(site):
+    tools = FakeTools(world())
+    reviewed = provisioner(site, tools).plan("demo", {"instances": 2})
+    assert [(r.module, r.address, r.action) for r in reviewed.resources] == [
+        ("vm", "fake_vm.vm[0]", "create"), ("vm", "fake_vm.vm[1]", "create"), ("tag", "fake_label.it", "create"),
+    ]  # fmt: skip
+    assert reviewed.deferred == () and not reviewed.exists
+    assert tools.world.state == {}  # planning changed nothing
+    done = provisioner(site, tools).provision("demo", {"instances": 2}, options=RunOptions(plan=reviewed))
+    assert done.outputs["label"] == "demo-1,demo-2"
+
+
+def test_a_module_reading_outputs_known_only_after_apply_is_deferred_and_never_applied_unreviewed(site):
+    write(site.blueprint_path[0], blueprint() | {"modules": blueprint()["modules"] | {
+        "tag": {"source": "mod-label", "inputs": {"names": "modules.vm.ids"}}}})  # fmt: skip
+    tools = FakeTools(world(unknown=("vm.ids",)))
+    reviewed = provisioner(site, tools).plan("demo", {"instances": 1})
+    assert reviewed.deferred == ("tag",) and [r.module for r in reviewed.resources] == ["vm"]
+    with pytest.raises(PlanChanged, match=r"module\(s\) 'vm' were applied before this; nothing else was applied"):
+        provisioner(site, tools).provision("demo", {"instances": 1}, options=RunOptions(plan=reviewed))
+    assert ("apply", "vm") in tools.world.calls and ("apply", "tag") not in tools.world.calls
+    fresh = provisioner(site, tools).plan("demo", {"instances": 1})  # now vm's ids are known
+    assert fresh.deferred == () and [r.module for r in fresh.resources] == ["tag"]
+    provisioner(site, tools).provision("demo", {"instances": 1}, options=RunOptions(plan=fresh))
+    assert ("apply", "tag") in tools.world.calls
+
+
+def test_a_reviewed_plan_is_enforced_for_every_module_before_anything_applies(site):
+    tools = FakeTools(world())
+    provisioner(site, tools).provision("demo", {"instances": 1})
+    reviewed = provisioner(site, tools).plan("demo", {"instances": 2})
+    del tools.world.state[("demo", "tag")]  # someone removed the label outside umc_infra
+    calls = len(tools.world.calls)
+    with pytest.raises(PlanChanged, match="module 'tag'.*nothing was applied"):
+        provisioner(site, tools).provision("demo", {"instances": 2}, options=RunOptions(plan=reviewed))
+    assert not [c for c in tools.world.calls[calls:] if c[0] == "apply"]
+    with pytest.raises(PlanChanged, match="the params differ"):
+        provisioner(site, tools).provision("demo", {"instances": 3}, options=RunOptions(plan=reviewed))
+
+
+def test_destroying_needs_allow_destroy_and_the_record_says_where_it_stopped(site):
+    tools = FakeTools(world())
+    p = provisioner(site, tools)
+    p.provision("demo", {"instances": 2})
+    with pytest.raises(DestroyNotAllowed) as refused:
+        p.provision("demo", {"instances": 1})
+    assert refused.value.resources == ("vm: fake_vm.vm[1] (delete)",)
+    record = p.status("demo")
+    assert (record.last_run.outcome, record.last_run.failed_step) == ("failed", "policy")
+    down = p.provision("demo", {"instances": 1}, options=RunOptions(allow_destroy=True))
+    assert down.terraform["vm"].remove == 1
+
+
+def test_an_update_keeps_the_params_it_does_not_give_and_reset_starts_from_the_defaults(site):
+    tools = FakeTools(world())
+    p = provisioner(site, tools)
+    p.provision("demo", {"instances": 2, "cpu": 4})
+    p.provision("demo", {"instances": 3})
+    assert tools.world.applied_inputs["vm"]["cpu"] == 4 and p.status("demo").params["cpu"] == 4
+    preview = p.plan("demo", {}, options=RunOptions(reset=True))
+    assert {k: (c.before, c.after) for k, c in preview.param_changes.items()} == {"cpu": (4, 1), "instances": (3, 1)}
+    with pytest.raises(DestroyNotAllowed):
+        p.provision("demo", {}, options=RunOptions(reset=True))  # back to 1 instance: it would delete two
+    assert p.plan("demo", {"cpu": 2}).param_changes["cpu"].model_dump() == {"before": 4, "after": 2}
+
+
+def test_a_retry_resumes_at_the_failed_hosts_only_for_the_same_params_and_version(site):
+    tools = FakeTools(world())
+    p = provisioner(site, tools)
+    tools.failing_hosts.add("demo-2")
+    with pytest.raises(PlaybookError):
+        p.provision("demo", {"instances": 2})
+    assert p.status("demo").last_run.failed_hosts == ("demo-2",)
+    tools.failing_hosts.clear()
+    tools.playbook_runs.clear()
+    p.provision("demo", {"instances": 2})
+    assert tools.playbook_runs == [("base", ("demo-2",), False), ("app", ("demo-1", "demo-2"), False)]
+    tools.failing_hosts.add("demo-2")
+    with pytest.raises(PlaybookError):
+        p.provision("demo", {"instances": 2, "cpu": 2})
+    tools.failing_hosts.clear()
+    tools.playbook_runs.clear()
+    p.provision("demo", {"instances": 2, "cpu": 3})  # other params than the failed run: everything runs
+    assert tools.playbook_runs[0] == ("base", ("demo-1", "demo-2"), False)
+
+
+@pytest.mark.parametrize("operation", ["provision", "destroy"])
+def test_a_cancel_is_recorded_cancelled_for_every_operation(site, operation):
+    tools = FakeTools(world())
+    provisioner(site, tools).provision("demo", {"instances": 1})
+    cancel = threading.Event()
+
+    def stop_at_terraform(event):
+        if event.kind == "step_started" and event.step.startswith("terraform."):
+            cancel.set()
+
+    p = provisioner(site, tools, cancel=cancel, on_event=stop_at_terraform)
+    with pytest.raises(Cancelled):
+        if operation == "provision":
+            p.provision("demo", {"instances": 2})
+        else:
+            p.destroy("demo")
+    run = p.status("demo").last_run
+    assert (run.action, run.outcome) == (operation, "cancelled")
+
+
+def test_destroy_works_on_the_blueprint_as_deployed_after_it_narrowed_a_param(site):
+    tools = FakeTools(world())
+    p = provisioner(site, tools)
+    p.provision("demo", {"instances": 3})
+    write(site.blueprint_path[0], blueprint(max_instances=2))  # the blueprint now allows 2 at most
+    with pytest.raises(ParamsError, match="params.instances"):
+        provisioner(site, tools).plan("demo", {})  # an update must fit the new blueprint
+    gone = provisioner(site, tools).destroy("demo")
+    assert gone.terraform["vm"].remove == 3 and tools.world.state == {}
+    assert [c for c in tools.world.calls if c[0] == "destroy"] == [("destroy", "tag"), ("destroy", "vm")]
