@@ -63,7 +63,7 @@ from umc_infra._records import DeploymentRecord, Records, RunRecord
 from umc_infra._secrets import Secrets, SecretSource, VaultSource
 from umc_infra._settings import SITE_FIELDS, Settings, load_settings
 from umc_infra._store import StateStore, open_store
-from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, TerraformPlan, backend, counts_of
+from umc_infra._terraform import ChangeCounts, ResourceChange, Terraform, TerraformPlan, counts_of
 
 
 class ProvisionResult(BaseModel):
@@ -583,10 +583,11 @@ class _Session:
         if dead is None:
             return
         with self.step("recover"):
+            how = "died" if dead.died else f"{dead.run.outcome if dead.run else 'failed'} while Terraform worked"
             self.emit(OutputLine(deployment=self.deployment, step="recover",
-                                 line=f"the last run ({dead.describe()}) died; cleaning up after it"))  # fmt: skip
+                                 line=f"the last run ({dead.describe()}) {how}; cleaning up after it"))  # fmt: skip
             record = self.p.records.get(self.deployment)
-            if full and record is not None and dead.run is not None:
+            if full and record is not None and dead.run is not None and dead.died:
                 abandoned = dead.run.model_copy(update={
                     "outcome": "abandoned", "finished_at": datetime.now(UTC),
                     "error": "the run's process died before it finished; the next run cleaned up after it",
@@ -597,9 +598,6 @@ class _Session:
                        if m in self.spec.modules]  # fmt: skip
             orphans: list[str] = []
             for module in modules:
-                _, config = backend(self.settings, deployment=self.deployment, module=module)
-                if "path" in config:
-                    _recovery.repair_local_state(Path(config["path"]))
                 self.release_stale_lock(module, dead)
                 if full and dead.new_vms(module):
                     known = self.terraform.state_vms(self.init_only(module), module=module)
@@ -622,7 +620,12 @@ class _Session:
         lock = _tflock.read(self.settings, self.deployment, module)
         if lock is None:
             return
-        if not _tflock.is_stale(lock, recorded=dead.lock_ids, who=dead.who, since=dead.since):
+        stale = _tflock.is_stale(lock, recorded=dead.lock_ids, who=dead.who if dead.died else None,
+                                 since=dead.since, in_flight=dead.in_flight(module))  # fmt: skip
+        if stale and _private.working_in(self.workdir(module)):
+            return  # a live process works in the module's directory (the dead run's Terraform still saving, a
+            # person): Terraform's -lock-timeout waits for it rather than breaking its lock
+        if not stale:
             raise RecoveryError(
                 f"module {module!r} of deployment {self.deployment!r} has a Terraform state lock ({lock.id}, held by "
                 f"{lock.who} since {lock.created}) that the run which died did not take. If no Terraform runs on "
@@ -870,6 +873,8 @@ class _Session:
                 except KeyError:
                     continue  # reads outputs of a module not applied yet: planned after it
                 with self.step(f"terraform.plan.{module}"):
+                    assert self.journal is not None
+                    self.journal.working(module)  # its locks count as this run's, should it die
                     workdir, secret = self.prepare(module)
                     planfile = scratch / f"{module}.tfplan"
                     planned[module] = (planfile, inputs, self.terraform.plan(workdir, planfile, module=module,
@@ -1014,6 +1019,8 @@ class _Session:
                 self.run.addresses[module] = _ipam.held(self.p.store, deployment=self.deployment, module=module)
                 self._read_outputs_needed_by(module, {module})
                 plain, secret = _split(self.run.inputs(self.spec, module))
+                if self.journal is not None:
+                    self.journal.working(module)
                 workdir = self.workdir(module)
                 self.terraform.prepare(self.module_dir(module), workdir,
                                        module=module, inputs=plain)  # fmt: skip

@@ -21,10 +21,8 @@ Then the run goes on as usual, and Terraform converges the deployment to exactly
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,7 +38,15 @@ class DeadRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     holder: LockInfo | None = None
+    """The lease it held, if this run took it over (its holder was gone or its lease expired)."""
     run: RunRecord | None = None
+    """Its record: still ``running`` (its process died), or failed with Terraform's work in flight (a state
+    Terraform could not save): then only the VMs it may have left are looked for."""
+
+    @property
+    def died(self) -> bool:
+        """Whether its process died (rather than failing and saying so)."""
+        return self.run is None or self.run.outcome == "running"
 
     @property
     def since(self) -> datetime | None:
@@ -59,13 +65,17 @@ class DeadRun(BaseModel):
         """State lock ids it recorded."""
         return tuple(i for f in (self.run.in_flight.values() if self.run else ()) for i in f.lock_ids)
 
+    def in_flight(self, module: str) -> bool:
+        """Whether its Terraform was working on ``module`` when it stopped."""
+        return self.run is not None and module in self.run.in_flight
+
     def new_vms(self, module: str) -> tuple[str, ...]:
         """VMs its apply of ``module`` was to create when it died."""
         flight = self.run.in_flight.get(module) if self.run else None
         return flight.new_vms if flight else ()
 
     def describe(self) -> str:
-        """``provision by alice@ci-7 pid 42, started 2026-11-26 13:10:00 UTC``."""
+        """``provision by alice@ci-7 pid 42, started 2026-11-26 13:10:00 UTC`` (and how it ended, if it did)."""
         if self.holder is not None:
             who, what = self.holder.holder, self.holder.operation
         else:
@@ -76,39 +86,11 @@ class DeadRun(BaseModel):
 
 
 def dead_run(record: DeploymentRecord | None, taken_over: LockInfo | None) -> DeadRun | None:
-    """The run that died before this one, if any.
+    """The run before this one, if it died or failed with Terraform's work in flight.
 
     Called while holding the lease: a last run still ``running`` is dead (its holder would hold the lease).
     """
     last = record.last_run if record is not None else None
-    running = last if last is not None and last.outcome == "running" else None
-    if taken_over is None and running is None:
-        return None
-    return DeadRun(holder=taken_over, run=running)
-
-
-def repair_local_state(path: Path) -> bool:
-    """Put Terraform's backup back when a local state file was left empty or cut short; True if it did.
-
-    Terraform rewrites a local state file in place; killed in the middle, it leaves it empty or cut.
-    Its ``.backup`` is the state before that process's first write: what the apply made after that is
-    not in it, and is found as VMs the state does not know.
-    """
-    if not path.exists():
-        return False
-    try:
-        json.loads(path.read_text() or "x")
-        return False
-    except ValueError:
-        pass
-    backup = path.with_name(path.name + ".backup")
-    try:
-        json.loads(backup.read_text())
-    except (OSError, ValueError):
-        log.warning("state file %s is damaged and has no usable backup: removed, as if it never existed", path)
-        path.unlink()
-        return True
-    log.warning("state file %s was left damaged by a Terraform that was killed; restored its backup", path)
-    backup.replace(path)
-    path.chmod(0o600)
-    return True
+    if last is not None and (last.outcome == "running" or (last.outcome != "succeeded" and last.in_flight)):
+        return DeadRun(holder=taken_over, run=last)
+    return DeadRun(holder=taken_over) if taken_over is not None else None

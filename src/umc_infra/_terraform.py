@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import re
@@ -239,7 +240,7 @@ def argv_show(binary: str, planfile: Path | None = None) -> list[str]:
 
 def argv_state_push(binary: str, statefile: Path) -> list[str]:
     """``terraform state push FILE``: upload a state Terraform could not write to the backend itself."""
-    return _argv(binary, "state", "push", str(statefile), lock_timeout=LOCK_TIMEOUT)
+    return _argv(binary, "state push", str(statefile), lock_timeout=LOCK_TIMEOUT)
 
 
 def argv_force_unlock(binary: str, lock_id: str) -> list[str]:
@@ -332,7 +333,37 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
 # -- running --------------------------------------------------------------------------------------
 
 
+def repair_local_state(path: Path, errored: Path | None = None) -> bool:
+    """Put a sound state in place of a local state file left empty or cut short; True if it did.
+
+    Terraform rewrites a local state file in place; killed, or out of space, in the middle, it leaves it
+    empty or cut. The best replacement is a non-empty ``errored.tfstate`` (the state Terraform could not save,
+    written to its working directory), then its ``.backup`` (the state before that process's first write:
+    what the apply made after that is not in it, and is found as VMs the state does not know).
+    """
+    if not path.exists() or _sound_state(path):
+        return False
+    for candidate, what in ((errored, "the state Terraform could not save"), (path.with_name(path.name + ".backup"),
+                                                                               "Terraform's backup")):  # fmt: skip
+        if candidate is not None and candidate.exists() and _sound_state(candidate):
+            _log.warning("state file %s was left damaged; put %s in its place", path, what)
+            candidate.replace(path)
+            path.chmod(0o600)
+            return True
+    _log.warning("state file %s is damaged and has no usable replacement: removed, as if it never existed", path)
+    path.unlink()
+    return True
+
+
+def _sound_state(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 _VERSIONS: dict[str, str] = {}
+_log = logging.getLogger("umc_infra")
 
 
 def _private_tree(directory: Path) -> None:
@@ -470,6 +501,9 @@ class Terraform:
                 _private_tree(state.parent)
                 for existing in state.parent.glob(f"{state.name}*"):
                     existing.chmod(0o600)
+                # A state left empty or cut (Terraform killed, or out of space, while writing it) would stop
+                # init; what Terraform could not save, or its backup, takes its place.
+                repair_local_state(state, workdir / ERRORED_STATE)
         except OSError as exc:
             raise TerraformError(
                 f"cannot write the working directory {workdir} of module {module!r}: {exc.strerror or exc}",
@@ -487,6 +521,8 @@ class Terraform:
         _, config = backend(self._settings, deployment=self._deployment, module=module)
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
         errored = workdir / ERRORED_STATE
+        if errored.exists() and not _sound_state(errored):
+            errored.unlink()  # cut or empty (the disk was full too): nothing to push
         if errored.exists():
             self._run(argv_state_push(self.binary, errored), step=f"terraform.state-push.{module}", workdir=workdir,
                       env_secrets={})  # fmt: skip
