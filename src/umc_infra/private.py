@@ -106,6 +106,20 @@ def _deployment(path: Path) -> str | None:
         return None
 
 
+def working_in(directory: Path) -> bool:
+    """Whether a live process on this machine (other than this one) has ``directory`` as its working directory."""
+    target = str(directory.resolve())
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        if cwd.parent.name == str(os.getpid()):
+            continue
+        try:
+            if os.readlink(cwd) == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def sweep(*, deployment: str | None = None, grace_s: float = 60.0) -> list[Path]:
     """Remove the private directories of runs that died; returns them.
 

@@ -168,8 +168,9 @@ def _why(raised: type | None, *, validation: bool, cli: bool) -> str | None:
     if raised is None:
         return "cannot tell what it raises (name a class, or annotate the function's return)"
     if issubclass(raised, UmcInfraError):
-        children = ", ".join(c.__name__ for c in raised.__subclasses__() if c.__module__.startswith("umc_infra."))
-        return f"{raised.__name__} is not a leaf (it has {children}): raise a precise one" if children else None
+        children = [c.__name__ for c in raised.__subclasses__() if c.__module__.startswith("umc_infra.")]
+        some = ", ".join(children[:3]) + (f" and {len(children) - 3} more" if len(children) > 3 else "")
+        return f"{raised.__name__} is not a leaf (it has {some}): raise a precise one" if children else None
     if not issubclass(raised, Exception):
         return None  # a stop, not an error (KeyboardInterrupt)
     if (issubclass(raised, ValueError) and validation) or (raised is typer.Exit and cli):

@@ -55,6 +55,8 @@ def destroy_modules(session: Session, modules: list[str]) -> dict[str, ChangeCou
             for needed in sorted(needs(spec, module)):
                 if needed not in session.values.outputs:
                     session.read_outputs(needed, session.init_only(needed))
+            if session.journal is not None:
+                session.journal.working(module)
             workdir, secret = session.prepare(module)
             counts[module] = session.terraform.apply(workdir, module=module, secret_inputs=secret, destroy=True)
     return counts

@@ -72,6 +72,14 @@ class Journal:
             self.run = run
             self.record = self._records.update_run(self.record, run, **changes)
 
+    def working(self, module: str) -> None:
+        """Before a Terraform command that takes ``module``'s state lock (plan, apply, destroy)."""
+        with self._lock:
+            if module in self.run.in_flight:
+                return
+            run = self.run.model_copy(update={"in_flight": {**self.run.in_flight, module: InFlight()}})
+        self._write(run)
+
     def applying(self, module: str, new_vms: tuple[str, ...]) -> None:
         """Before an apply of ``module``: the VMs it will create."""
         with self._lock:
@@ -111,10 +119,14 @@ class Journal:
         failed_hosts: tuple[str, ...] = (),
         record_changes: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the run's outcome (what was in flight is over), and ``record_changes`` to the record."""
+        """Write the run's outcome, and ``record_changes`` to the record.
+
+        A run that did not succeed keeps what was in flight: the next run checks for VMs no state knows.
+        """
         with self._lock:
             run = self.run.model_copy(update={
-                "outcome": outcome, "finished_at": datetime.now(UTC), "timings": timings, "in_flight": {},
+                "outcome": outcome, "finished_at": datetime.now(UTC), "timings": timings,
+                "in_flight": {} if outcome == "succeeded" else self.run.in_flight,
                 "changes": changes if changes is not None else self.run.changes, "error": error,
                 "failed_step": failed_step, "failed_hosts": failed_hosts,
             })  # fmt: skip

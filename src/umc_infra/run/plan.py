@@ -46,6 +46,8 @@ def plan_modules(session: Session, scratch: Path) -> dict[str, ModulePlan]:
             planned[module] = ModulePlan(module, planfile)  # deferred: its inputs are known after an apply
             continue
         with session.step(f"terraform.plan.{module}"):
+            if session.journal is not None:
+                session.journal.working(module)  # its state locks count as this run's, should it die
             workdir, secret = session.prepare(module, inputs)
             found = session.terraform.plan(workdir, planfile, module=module, secret_inputs=secret)
             if found.resources:

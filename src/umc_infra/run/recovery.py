@@ -21,10 +21,8 @@ Then the run goes on as usual, and Terraform converges the deployment to exactly
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -32,10 +30,10 @@ from pydantic import BaseModel, ConfigDict
 from umc_infra import vcenter
 from umc_infra.errors import RecoveryError
 from umc_infra.events import OutputLine
+from umc_infra.private import working_in
 from umc_infra.state.lease import LockInfo
 from umc_infra.state.records import DeploymentRecord, RunRecord
 from umc_infra.terraform import statelock
-from umc_infra.terraform.backend import backend
 
 if TYPE_CHECKING:
     from umc_infra.run.session import Session
@@ -49,7 +47,15 @@ class DeadRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     holder: LockInfo | None = None
+    """The lease it held, if this run took it over (its holder was gone or its lease expired)."""
     run: RunRecord | None = None
+    """Its record: still ``running`` (its process died), or failed with Terraform's work in flight (a state
+    Terraform could not save): then only the VMs it may have left are looked for."""
+
+    @property
+    def died(self) -> bool:
+        """Whether its process died (rather than failing and saying so)."""
+        return self.run is None or self.run.outcome == "running"
 
     @property
     def since(self) -> datetime | None:
@@ -68,13 +74,17 @@ class DeadRun(BaseModel):
         """State lock ids it recorded."""
         return tuple(i for f in (self.run.in_flight.values() if self.run else ()) for i in f.lock_ids)
 
+    def in_flight(self, module: str) -> bool:
+        """Whether its Terraform was working on ``module`` when it stopped."""
+        return self.run is not None and module in self.run.in_flight
+
     def new_vms(self, module: str) -> tuple[str, ...]:
         """VMs its apply of ``module`` was to create when it died."""
         flight = self.run.in_flight.get(module) if self.run else None
         return flight.new_vms if flight else ()
 
     def describe(self) -> str:
-        """``provision by alice@ci-7 pid 42, started 2026-11-26 13:10:00 UTC``."""
+        """``provision by alice@ci-7 pid 42, started 2026-11-26 13:10:00 UTC`` (and how it ended, if it did)."""
         if self.holder is not None:
             who, what = self.holder.holder, self.holder.operation
         else:
@@ -85,42 +95,14 @@ class DeadRun(BaseModel):
 
 
 def dead_run(record: DeploymentRecord | None, taken_over: LockInfo | None) -> DeadRun | None:
-    """The run that died before this one, if any.
+    """The run before this one, if it died or failed with Terraform's work in flight.
 
     Called while holding the lease: a last run still ``running`` is dead (its holder would hold the lease).
     """
     last = record.last_run if record is not None else None
-    running = last if last is not None and last.outcome == "running" else None
-    if taken_over is None and running is None:
-        return None
-    return DeadRun(holder=taken_over, run=running)
-
-
-def repair_local_state(path: Path) -> bool:
-    """Put Terraform's backup back when a local state file was left empty or cut short; True if it did.
-
-    Terraform rewrites a local state file in place; killed in the middle, it leaves it empty or cut.
-    Its ``.backup`` is the state before that process's first write: what the apply made after that is
-    not in it, and is found as VMs the state does not know.
-    """
-    if not path.exists():
-        return False
-    try:
-        json.loads(path.read_text() or "x")
-        return False
-    except ValueError:
-        pass
-    backup = path.with_name(path.name + ".backup")
-    try:
-        json.loads(backup.read_text())
-    except (OSError, ValueError):
-        log.warning("state file %s is damaged and has no usable backup: removed, as if it never existed", path)
-        path.unlink()
-        return True
-    log.warning("state file %s was left damaged by a Terraform that was killed; restored its backup", path)
-    backup.replace(path)
-    path.chmod(0o600)
-    return True
+    if last is not None and (last.outcome == "running" or (last.outcome != "succeeded" and last.in_flight)):
+        return DeadRun(holder=taken_over, run=last)
+    return DeadRun(holder=taken_over) if taken_over is not None else None
 
 
 def recover(session: Session, *, full: bool) -> None:
@@ -133,9 +115,10 @@ def recover(session: Session, *, full: bool) -> None:
     if dead is None:
         return
     with session.step("recover"):
-        _tell(session, f"the last run ({dead.describe()}) died; cleaning up after it")
+        how = "died" if dead.died else f"{dead.run.outcome if dead.run else 'failed'} while Terraform worked"
+        _tell(session, f"the last run ({dead.describe()}) {how}; cleaning up after it")
         record = session.records.get(session.deployment)
-        if full and record is not None and dead.run is not None:
+        if full and record is not None and dead.run is not None and dead.died:
             abandoned = dead.run.model_copy(update={
                 "outcome": "abandoned", "finished_at": datetime.now(UTC),
                 "error": "the run's process died before it finished; the next run cleaned up after it",
@@ -146,9 +129,6 @@ def recover(session: Session, *, full: bool) -> None:
                    if m in session.spec.modules]  # fmt: skip
         orphans: list[str] = []
         for module in modules:
-            _, config = backend(session.settings, deployment=session.deployment, module=module)
-            if "path" in config:
-                repair_local_state(Path(config["path"]))
             _release_stale_lock(session, module, dead)
             if full and dead.new_vms(module):
                 known = session.terraform.state_vms(session.init_only(module), module=module)
@@ -169,7 +149,12 @@ def _release_stale_lock(session: Session, module: str, dead: DeadRun) -> None:
     lock = statelock.read(session.settings, session.deployment, module)
     if lock is None:
         return
-    if not statelock.is_stale(lock, recorded=dead.lock_ids, who=dead.who, since=dead.since):
+    stale = statelock.is_stale(lock, recorded=dead.lock_ids, who=dead.who if dead.died else None, since=dead.since,
+                               in_flight=dead.in_flight(module))  # fmt: skip
+    if stale and working_in(session.workdir(module)):
+        return  # a live process works in the module's directory (the dead run's Terraform still saving, a person):
+        # Terraform's -lock-timeout waits for it rather than breaking its lock
+    if not stale:
         raise RecoveryError(
             f"module {module!r} of deployment {session.deployment!r} has a Terraform state lock ({lock.id}, held by "
             f"{lock.who} since {lock.created}) that the run which died did not take. If no Terraform runs on it, "

@@ -74,7 +74,7 @@ def argv_show(binary: str, planfile: Path | None = None) -> list[str]:
 
 def argv_state_push(binary: str, statefile: Path) -> list[str]:
     """``terraform state push FILE``: upload a state Terraform could not write to the backend itself."""
-    return _argv(binary, "state", "push", str(statefile), lock_timeout=LOCK_TIMEOUT)
+    return _argv(binary, "state push", str(statefile), lock_timeout=LOCK_TIMEOUT)
 
 
 def argv_force_unlock(binary: str, lock_id: str) -> list[str]:

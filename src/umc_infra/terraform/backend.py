@@ -6,12 +6,18 @@ files under the state directory.
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from umc_infra.settings import Settings
 
 BACKEND_FILE = "umc_backend.tf.json"
 """The file in a module's working directory that holds the backend block."""
+
+
+_log = logging.getLogger("umc_infra")
 
 
 def state_key(deployment: str, module: str) -> str:
@@ -44,3 +50,33 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
         return {"terraform": {"backend": {"s3": {}}}}, config
     path = settings.state_dir / "state" / "terraform" / deployment / f"{module}.tfstate"
     return {"terraform": {"backend": {"local": {}}}}, {"path": str(path)}
+
+
+def repair_local_state(path: Path, errored: Path | None = None) -> bool:
+    """Put a sound state in place of a local state file left empty or cut short; True if it did.
+
+    Terraform rewrites a local state file in place; killed, or out of space, in the middle, it leaves it
+    empty or cut. The best replacement is a non-empty ``errored.tfstate`` (the state Terraform could not save,
+    written to its working directory), then its ``.backup`` (the state before that process's first write:
+    what the apply made after that is not in it, and is found as VMs the state does not know).
+    """
+    if not path.exists() or sound_state(path):
+        return False
+    for candidate, what in ((errored, "the state Terraform could not save"), (path.with_name(path.name + ".backup"),
+                                                                               "Terraform's backup")):  # fmt: skip
+        if candidate is not None and candidate.exists() and sound_state(candidate):
+            _log.warning("state file %s was left damaged; put %s in its place", path, what)
+            candidate.replace(path)
+            path.chmod(0o600)
+            return True
+    _log.warning("state file %s is damaged and has no usable replacement: removed, as if it never existed", path)
+    path.unlink()
+    return True
+
+
+def sound_state(path: Path) -> bool:
+    """Whether a state file holds a JSON object (not empty, not cut short)."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -39,7 +40,7 @@ from umc_infra.terraform.argv import (
     argv_validate,
     argv_version,
 )
-from umc_infra.terraform.backend import BACKEND_FILE, backend
+from umc_infra.terraform.backend import BACKEND_FILE, backend, repair_local_state, sound_state
 from umc_infra.terraform.mirror import write_cli_config
 from umc_infra.terraform.plan import (
     ChangeCounts,
@@ -70,6 +71,7 @@ ERRORED_STATE = "errored.tfstate"
 
 
 _VERSIONS: dict[str, str] = {}
+_log = logging.getLogger("umc_infra")
 
 
 def _private_tree(directory: Path) -> None:
@@ -197,6 +199,9 @@ class Terraform:
                 _private_tree(state.parent)
                 for existing in state.parent.glob(f"{state.name}*"):
                     existing.chmod(0o600)
+                # A state left empty or cut (Terraform killed, or out of space, while writing it) would stop
+                # init; what Terraform could not save, or its backup, takes its place.
+                repair_local_state(state, workdir / ERRORED_STATE)
         except OSError as exc:
             raise TerraformError(
                 f"cannot write the working directory {workdir} of module {module!r}: {exc.strerror or exc}",
@@ -214,6 +219,8 @@ class Terraform:
         _, config = backend(self._settings, deployment=self._deployment, module=module)
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
         errored = workdir / ERRORED_STATE
+        if errored.exists() and not sound_state(errored):
+            errored.unlink()  # cut or empty (the disk was full too): nothing to push
         if errored.exists():
             self._run(argv_state_push(self.binary, errored), step=f"terraform.state-push.{module}", workdir=workdir,
                       env_secrets={})  # fmt: skip

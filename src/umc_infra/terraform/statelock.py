@@ -115,8 +115,14 @@ class LockWatcher:
             return
 
 
-def is_stale(lock: StateLock, *, recorded: tuple[str, ...], who: str | None, since: datetime) -> bool:
-    """Whether a lock was left by a run that died: its id was recorded, or its holder and time match the run."""
+def is_stale(lock: StateLock, *, recorded: tuple[str, ...], who: str | None, since: datetime, in_flight: bool) -> bool:
+    """Whether a lock was left by a run that died.
+
+    Its id was recorded by that run; or that run had Terraform working on the module (``in_flight``) and the
+    lock's holder and time match it (a lock taken in the moment before the watcher saw it). A lock matched by
+    holder and time alone, on a module the dead run was not working on, is someone else's.
+    """
     if lock.id in recorded:
         return True
-    return who is not None and lock.who == who and lock.created is not None and lock.created >= since
+    return (in_flight and who is not None and lock.who == who and lock.created is not None
+            and lock.created >= since)  # fmt: skip

@@ -20,6 +20,7 @@ from umc_infra.secrets.redact import Redactor
 from umc_infra.state.records import Actor, DeploymentRecord, InFlight, Records, RunRecord
 from umc_infra.state.store import LocalStore
 from umc_infra.terraform import statelock as _tflock
+from umc_infra.terraform.backend import repair_local_state
 
 
 @pytest.fixture
@@ -113,10 +114,14 @@ def test_the_journal_notes_what_terraform_does_and_clears_it_at_the_end(tmp_path
     outcome = journal.failed(KeyboardInterrupt(), redactor=Redactor(), timings={"x": 1.0}, failed_step="ansible.base")
     final = records.get("team-x")
     assert outcome == "interrupted" and final is not None and final.last_run is not None
-    assert (final.last_run.outcome, final.last_run.failed_step, final.last_run.in_flight) == (
-        "interrupted", "ansible.base", {},
-    )  # fmt: skip
+    assert (final.last_run.outcome, final.last_run.failed_step) == ("interrupted", "ansible.base")
+    # A run that did not succeed keeps what was in flight: the next run looks for VMs no state knows.
+    assert final.last_run.in_flight == {"vm": InFlight(new_vms=("umc/team-x-3",))}
     assert len(final.runs) == 1
+    again = Journal.start(records, final, action="provision", blueprint_version="1.0.0")
+    again.working("vm")
+    again.finish("succeeded", timings={})
+    assert records.get("team-x").last_run.in_flight == {}  # type: ignore[union-attr]
 
 
 def test_a_dead_run_is_found_by_its_lease_or_its_record():
@@ -126,30 +131,43 @@ def test_a_dead_run_is_found_by_its_lease_or_its_record():
     assert dead.who == "root@r7" and "provision by ci@runner-7" in dead.describe()
     finished = record.model_copy(update={"runs": (record.runs[0].model_copy(update={"outcome": "succeeded"}),)})
     assert _recovery.dead_run(finished, None) is None
+    # A run that failed while Terraform worked (a state it could not save) is looked after, but did not die.
+    failed = record.model_copy(update={"runs": (record.runs[0].model_copy(update={"outcome": "failed"}),)})
+    after_failure = _recovery.dead_run(failed, None)
+    assert after_failure is not None and not after_failure.died and after_failure.new_vms("vm") == ("umc/a-1",)
+    clean_failure = failed.model_copy(update={"runs": (failed.runs[0].model_copy(update={"in_flight": {}}),)})
+    assert _recovery.dead_run(clean_failure, None) is None
     assert _recovery.dead_run(None, None) is None
 
 
 def test_stale_state_locks_are_those_the_dead_run_took():
     since = datetime.now(UTC) - timedelta(minutes=5)
     lock = _tflock.StateLock(id="abc", who="root@r7", created=since + timedelta(minutes=1))
-    assert _tflock.is_stale(lock, recorded=("abc",), who=None, since=since)
-    assert _tflock.is_stale(lock, recorded=(), who="root@r7", since=since)
-    assert not _tflock.is_stale(lock, recorded=(), who="root@other", since=since)
+    assert _tflock.is_stale(lock, recorded=("abc",), who=None, since=since, in_flight=False)
+    assert _tflock.is_stale(lock, recorded=(), who="root@r7", since=since, in_flight=True)
+    assert not _tflock.is_stale(lock, recorded=(), who="root@r7", since=since, in_flight=False)  # not its module
+    assert not _tflock.is_stale(lock, recorded=(), who="root@other", since=since, in_flight=True)
     older = lock.model_copy(update={"created": since - timedelta(minutes=1)})
-    assert not _tflock.is_stale(older, recorded=(), who="root@r7", since=since)
+    assert not _tflock.is_stale(older, recorded=(), who="root@r7", since=since, in_flight=True)
 
 
-def test_a_state_file_left_empty_is_restored_from_terraforms_backup(tmp_path):
+def test_a_state_file_left_empty_is_replaced_by_what_terraform_could_not_save_or_its_backup(tmp_path):
     state = tmp_path / "vm.tfstate"
     backup = tmp_path / "vm.tfstate.backup"
-    assert not _recovery.repair_local_state(state)  # nothing there: nothing to do
+    errored = tmp_path / "errored.tfstate"
+    assert not repair_local_state(state, errored)  # nothing there: nothing to do
     state.write_text(json.dumps({"version": 4, "resources": [1]}))
-    assert not _recovery.repair_local_state(state)  # sound: untouched
+    assert not repair_local_state(state, errored)  # sound: untouched
     backup.write_text(json.dumps({"version": 4, "resources": []}))
+    errored.write_text("")  # what Terraform writes when the disk is full too
     state.write_text("")  # what a Terraform killed while rewriting it leaves
-    assert _recovery.repair_local_state(state)
-    assert json.loads(state.read_text()) == {"version": 4, "resources": []}
+    assert repair_local_state(state, errored)
+    assert json.loads(state.read_text()) == {"version": 4, "resources": []}  # an empty errored state is no use
     assert oct(state.stat().st_mode & 0o777) == "0o600"
+    errored.write_text(json.dumps({"version": 4, "resources": [2]}))
     state.write_text('{"version": 4, "reso')
-    assert _recovery.repair_local_state(state)  # no backup left: the cut file goes
+    assert repair_local_state(state, errored)
+    assert json.loads(state.read_text())["resources"] == [2] and not errored.exists()  # the newest state wins
+    state.write_text('{"version": 4, "reso')
+    assert repair_local_state(state, errored)  # no backup and no errored state left: the cut file goes
     assert not state.exists()

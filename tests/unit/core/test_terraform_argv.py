@@ -17,6 +17,7 @@ from umc_infra.terraform.argv import (
     argv_output,
     argv_plan,
     argv_show,
+    argv_state_push,
     argv_validate,
     argv_version,
 )
@@ -46,6 +47,7 @@ TF = "/opt/terraform"
         (argv_show(TF), [TF, "show", "-no-color", "-json"]),
         (argv_show(TF, Path("/shm/p")), [TF, "show", "-no-color", "-json", "/shm/p"]),
         (argv_force_unlock(TF, "1b2c-lock"), [TF, "force-unlock", "-force", "1b2c-lock"]),
+        (argv_state_push(TF, Path("errored.tfstate")), [TF, "state", "push", "-lock-timeout=30s", "errored.tfstate"]),
         (argv_output(TF), [TF, "output", "-no-color", "-json"]),
         (argv_version(TF), [TF, "version", "-json"]),
         (

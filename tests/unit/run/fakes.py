@@ -142,8 +142,9 @@ class FakeAnsible:
         self.runs.append((playbook, targets, check))
         failed = [h for h in targets if h in self.failing]
         if failed:
-            raise PlaybookError(f"playbook {playbook!r} failed on {failed}", playbook=playbook,
-                                failures=[(h, "a task", "boom") for h in failed], step=f"ansible.{playbook}")  # fmt: skip
+            failures = [(h, "a task", "boom") for h in failed]
+            raise PlaybookError(f"playbook {playbook!r} failed on {failed}", playbook=playbook, failures=failures,
+                                step=f"ansible.{playbook}")  # fmt: skip
         return PlaybookResult(playbook=playbook, hosts={h: HostStats(ok=1) for h in targets}, seconds=0.0)
 
 

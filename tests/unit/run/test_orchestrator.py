@@ -145,7 +145,7 @@ def test_a_reviewed_plan_is_enforced_for_every_module_before_anything_applies(si
     reviewed = provisioner(site, tools).plan("demo", {"instances": 2})
     del tools.world.state[("demo", "tag")]  # someone removed the label outside umc_infra
     calls = len(tools.world.calls)
-    with pytest.raises(PlanChanged, match="module 'tag'.*nothing was applied"):
+    with pytest.raises(PlanChanged, match=r"module 'tag'.*nothing was applied"):
         provisioner(site, tools).provision("demo", {"instances": 2}, options=RunOptions(plan=reviewed))
     assert not [c for c in tools.world.calls[calls:] if c[0] == "apply"]
     with pytest.raises(PlanChanged, match="the params differ"):
@@ -223,7 +223,7 @@ def test_destroy_works_on_the_blueprint_as_deployed_after_it_narrowed_a_param(si
     p = provisioner(site, tools)
     p.provision("demo", {"instances": 3})
     write(site.blueprint_path[0], blueprint(max_instances=2))  # the blueprint now allows 2 at most
-    with pytest.raises(ParamsError, match="params.instances"):
+    with pytest.raises(ParamsError, match=r"params\.instances"):
         provisioner(site, tools).plan("demo", {})  # an update must fit the new blueprint
     gone = provisioner(site, tools).destroy("demo")
     assert gone.terraform["vm"].remove == 3 and tools.world.state == {}
