@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import read_secret
-from umc_infra.cli.deploy import Exit
+from umc_infra.errors import ExitCode as Exit
 
 TRANSCRIPTS: list[str] = []
 """Everything the CLI printed in this module (stdout, stderr, the terminal), scanned for secrets at the end."""

@@ -195,7 +195,7 @@ def test_an_error_outside_a_commands_guard_is_still_one_json_document(tmp_path, 
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["provision", "linux-server", "-o", "json"], "Missing option '--deployment'"),
+        (["provision", "-o", "json"], "Missing argument 'blueprint'"),
         (["--bogus", "deployments", "--output", "json"], "No such option: --bogus"),
         (["deployments", "-o", "json", "--nope"], "No such option: --nope"),
         (["sandbox", "status", "--json", "extra"], "Got unexpected extra argument"),

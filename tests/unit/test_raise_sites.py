@@ -187,9 +187,9 @@ def src_modules() -> dict[str, Module]:
     return {module_name(path): load(path) for path in sources()}
 
 
-def sources(*, run: bool | None = None) -> list[Path]:
-    """The modules of src/umc_infra; only run/'s, or only the others'."""
-    return sorted(p for p in SRC.rglob("*.py") if run is None or (p.relative_to(SRC).parts[0] == "run") is run)
+def sources() -> list[Path]:
+    """The modules of src/umc_infra."""
+    return sorted(SRC.rglob("*.py"))
 
 
 def test_every_raise_names_a_leaf():
@@ -200,26 +200,17 @@ def test_every_raise_names_a_leaf():
     assert not bad, "\n".join(map(str, bad))
 
 
-def error_classes_outside_errors_py(*, run: bool) -> list[str]:
-    found = []
-    for path in sources(run=run):
+def test_every_error_class_lives_in_errors_py():
+    outside = []
+    for path in sources():
         module = importlib.import_module(module_name(path))
-        found += [
+        outside += [
             f"{module.__name__}.{name}"
             for name, value in vars(module).items()
             if isinstance(value, type) and issubclass(value, UmcInfraError) and value.__module__ == module.__name__
-            and value.__module__ != "umc_infra.errors"
+            and module.__name__ != "umc_infra.errors"
         ]  # fmt: skip
-    return found
-
-
-def test_every_error_class_outside_run_lives_in_errors_py():
-    assert error_classes_outside_errors_py(run=False) == []
-
-
-@pytest.mark.xfail(strict=True, reason="issue 12: run/hooks.py imports HookError from umc_infra.errors (the lead)")
-def test_every_error_class_in_run_lives_in_errors_py():
-    assert error_classes_outside_errors_py(run=True) == []
+    assert outside == []
 
 
 # -- controls: each rule catches its fault ------------------------------------------------------

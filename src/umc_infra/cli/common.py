@@ -62,7 +62,15 @@ state = _State()
 
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for CI (stdout).")]
 YesOption = Annotated[bool, typer.Option("--yes", help="Do not ask.")]
-DeploymentOption = Annotated[str, typer.Option("--deployment", "-d", help="The deployment's name.")]
+DeploymentOption = Annotated[
+    str | None, typer.Option("--deployment", "-d", help="The deployment's name [default: the blueprint's name].")
+]
+ResetOption = Annotated[
+    bool, typer.Option("--reset", help="Start from the blueprint's defaults, not from the params the deployment has.")
+]
+LockTimeoutOption = Annotated[
+    float | None, typer.Option("--lock-timeout", help="Seconds to wait for another run on the deployment.", min=0)
+]
 ParamOption = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="KEY=VALUE, typed by the blueprint (lists as JSON); repeatable."),

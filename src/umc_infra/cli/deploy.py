@@ -10,13 +10,14 @@ from rich.table import Table
 
 from umc_infra.cli.common import (
     DeploymentOption,
+    LockTimeoutOption,
     OutputOption,
     ParamOption,
     ParamsFileOption,
+    ResetOption,
     YesOption,
     confirm,
     emit,
-    exit_code,  # noqa: F401  (a re-export, see Exit below)
     fail,
     guarded,
     out,
@@ -26,10 +27,6 @@ from umc_infra.cli.common import (
 from umc_infra.errors import ExitCode, ParamProblem, ParamsError
 from umc_infra.run.options import RunOptions
 
-# for tests/unit/core/{test_lease,test_validate,test_vault_errors}.py and tests/integration/test_cli.py: removed
-# once they import ExitCode from umc_infra.errors (and exit_code from umc_infra.cli.common)
-Exit = ExitCode
-
 if TYPE_CHECKING:
     from umc_infra.run.provisioner import Provisioner
     from umc_infra.run.results import PlanResult, ProvisionResult
@@ -37,50 +34,60 @@ if TYPE_CHECKING:
 
 def plan(
     blueprint: str,
-    deployment: DeploymentOption,
+    deployment: DeploymentOption = None,
     param: ParamOption = None,
     params_file: ParamsFileOption = None,
+    reset: ResetOption = False,
+    lock_timeout: LockTimeoutOption = None,
     output: OutputOption = "text",
 ) -> None:
-    """Show what provision would change (Terraform per resource, Ansible check mode per host)."""
+    """Show what provision would change: params, Terraform per resource, Ansible check mode per host."""
+    options = RunOptions(reset=reset, lock_timeout_s=lock_timeout)
 
     def run(p: Provisioner) -> PlanResult:
         params = typed_params(p.blueprint(blueprint), param or [], params_file)
-        return p.plan(blueprint, params, deployment=deployment)
+        return p.plan(blueprint, params, deployment=deployment, options=options)
 
     result = guarded(lambda: with_progress(run), output)
     if output == "json":
         emit(result, output)
         return
-    table = Table("module", "resource", "action", "changes", title=f"plan for {deployment}", title_justify="left")
+    if result.version_change:
+        out.print(f"blueprint {result.blueprint}: {result.version_change}", highlight=False)
+    for name, change in result.param_changes.items():
+        out.print(f"param {name}: {change.before!r} -> {change.after!r}", highlight=False)
+    table = Table("module", "resource", "action", "changes", title=f"plan for {result.deployment}",
+                  title_justify="left")  # fmt: skip
     for r in result.resources:
         changes = ", ".join(f"{k}: {v.before!r} -> {v.after!r}" for k, v in r.attributes.items())
         table.add_row(r.module, r.address, r.action, changes)
+    for module in result.deferred:
+        table.add_row(module, "(known once the modules it reads are applied)", "later", "")
     for c in result.configuration:
         table.add_row(c.playbook, c.host, "configure", c.task)
-    if result.version_change:
-        out.print(f"blueprint {result.blueprint}: {result.version_change}", highlight=False)
-    out.print(table if result.resources or result.configuration else "nothing to change", highlight=False)
+    changed = result.resources or result.configuration or result.deferred
+    out.print(table if changed else "nothing to change", highlight=False)
 
 
 def provision(
     blueprint: str,
-    deployment: DeploymentOption,
+    deployment: DeploymentOption = None,
     param: ParamOption = None,
     params_file: ParamsFileOption = None,
+    reset: ResetOption = False,
     allow_destroy: Annotated[bool, typer.Option(help="Let the change delete or replace VMs.")] = False,
     on_failure: Annotated[str, typer.Option(help="keep, or destroy a brand-new deployment that fails.")] = "keep",
     retry: Annotated[str, typer.Option(help="failed: resume at the failed hosts; all: everything.")] = "failed",
-    lock_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for another run.", min=0)] = None,
+    lock_timeout: LockTimeoutOption = None,
     output: OutputOption = "text",
 ) -> None:
-    """Create, update or converge a deployment from a blueprint."""
+    """Create, update or converge a deployment from a blueprint (params left out keep their value)."""
     if on_failure not in ("keep", "destroy") or retry not in ("failed", "all"):
         problem = ParamProblem(field="--on-failure/--retry", message=f"{on_failure!r}/{retry!r}",
                                allowed="--on-failure keep|destroy, --retry failed|all")  # fmt: skip
         fail(ParamsError([problem], blueprint=blueprint), output)
 
-    options = RunOptions(allow_destroy=allow_destroy, lock_timeout_s=lock_timeout,
+    options = RunOptions(allow_destroy=allow_destroy, lock_timeout_s=lock_timeout, reset=reset,
                          on_failure=cast(Literal["keep", "destroy"], on_failure),
                          retry=cast(Literal["failed", "all"], retry))  # fmt: skip
 
@@ -110,11 +117,13 @@ def provision(
 def destroy(
     deployment: Annotated[str, typer.Argument(help="The deployment to destroy.")],
     yes: YesOption = False,
+    lock_timeout: LockTimeoutOption = None,
     output: OutputOption = "text",
 ) -> None:
     """Remove a deployment's VMs and addresses (the record stays, marked destroyed)."""
     confirm(f"Destroy every VM of deployment {deployment!r}?", yes=yes, step="destroy", output=output)
-    result = guarded(lambda: with_progress(lambda p: p.destroy(deployment)), output)
+    options = RunOptions(lock_timeout_s=lock_timeout)
+    result = guarded(lambda: with_progress(lambda p: p.destroy(deployment, options=options)), output)
     if output == "json":
         emit(result, output)
     elif result.already_destroyed:
@@ -123,9 +132,12 @@ def destroy(
         out.print(f"{deployment} destroyed; released {', '.join(result.released_addresses) or 'no addresses'}")
 
 
-def drift(deployment: Annotated[str, typer.Argument()], output: OutputOption = "text") -> None:
+def drift(
+    deployment: Annotated[str, typer.Argument()], lock_timeout: LockTimeoutOption = None, output: OutputOption = "text"
+) -> None:
     """Compare a deployment with vCenter and its hosts; exit 6 if anything drifted."""
-    report = guarded(lambda: with_progress(lambda p: p.drift(deployment)), output)
+    options = RunOptions(lock_timeout_s=lock_timeout)
+    report = guarded(lambda: with_progress(lambda p: p.drift(deployment, options=options)), output)
     if output == "json":
         emit(report, output)
     else:

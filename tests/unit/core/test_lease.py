@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from umc_infra import DeploymentLocked, StateBackendError
 from umc_infra.cli.app import app
-from umc_infra.cli.deploy import Exit
+from umc_infra.errors import ExitCode as Exit
 from umc_infra.state import lease as _lock
 from umc_infra.state.lease import LockInfo, break_lock, holder, locked
 from umc_infra.state.records import Actor

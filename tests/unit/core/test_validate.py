@@ -10,7 +10,7 @@ import pytest
 from umc_infra import Settings
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.blueprint.validate import validate
-from umc_infra.cli.deploy import Exit
+from umc_infra.errors import ExitCode as Exit
 
 BROKEN = Path(__file__).parents[2] / "fixtures" / "broken-blueprints"
 LAB = Path(__file__).parents[2] / "fixtures" / "umc-lab-blueprints" / "umc_lab_blueprints"

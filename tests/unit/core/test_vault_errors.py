@@ -13,7 +13,8 @@ from tests.unit.core.fake_vault import APPROLE, LOOKUP, READ, FakeVault, serve
 from tests.unit.core.fake_vault import json_answer as _json
 from umc_infra import SecretError, Settings
 from umc_infra.blueprint.model import SecretRef
-from umc_infra.cli.deploy import Exit, exit_code
+from umc_infra.cli.common import exit_code
+from umc_infra.errors import ExitCode as Exit
 from umc_infra.secrets.vault import VaultSource
 
 TOKEN = "hvs.canary-token-0b7e"
