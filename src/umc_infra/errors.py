@@ -28,6 +28,7 @@ without subclasses): a caller catches a precise error, or a branch, or the root:
     │   └── TerraformError          terraform init/plan/apply/output failed (step, exit code, redacted tail)
     ├── PlaybookError               a playbook failed: the failed hosts and tasks
     ├── HookError                   a blueprint's hook stopped the run, or is not installed
+    ├── InventoryError              after the apply, a module's outputs make no inventory (the VMs exist)
     ├── SshUnreachable              a VM did not answer SSH in time (names the hosts and their addresses)
     ├── HostKeyChanged              a VM's SSH host key differs from the pinned one (both fingerprints)
     ├── RecoveryError               the run before died and left something this run cannot clean up
@@ -353,6 +354,14 @@ class HookError(UmcInfraError, exit_code=ExitCode.ERROR):
         super().__init__(message, step=f"hook.{at}.{hook}")
         self.hook = hook
         self.at = at
+
+
+class InventoryError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """After the apply, a module's outputs do not make hosts (names and addresses): the VMs exist.
+
+    Found only once Terraform has made the VMs, so it is not a bad-input error: the message says so, and what
+    to fix (the module's outputs, or the VMs' guest customization).
+    """
 
 
 class SshUnreachable(UmcInfraError, exit_code=ExitCode.ERROR):

@@ -54,7 +54,7 @@ def site(sandbox, info, tmp_path_factory):
     # The local backend: records, claims and locks of this run only (the lock test also uses S3). Its
     # address claims are its own, so it allocates from a range outside the sandbox's pool, which the
     # deployments in the S3 backend use at the same time.
-    return info.settings(state_dir=tmp_path_factory.mktemp("life"), backend="local", ip_pool="127.0.1.160-127.0.1.199")
+    return info.settings(state_dir=tmp_path_factory.mktemp("life"), backend="local", ip_pool="127.0.1.160-127.0.1.179")
 
 
 def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):

@@ -36,6 +36,7 @@ def test_top_level_exports_are_pinned():
         "HostStats",
         "InternalError",
         "InvalidStateKey",
+        "InventoryError",
         "LockInfo",
         "MissingDependency",
         "OutputLine",

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from umc_infra.blueprint.model import Blueprint
-from umc_infra.errors import BlueprintError
+from umc_infra.errors import InventoryError
 
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -62,7 +62,7 @@ def build(blueprint: Blueprint, outputs: dict[str, dict[str, Any]]) -> Inventory
     """Hosts from each module's ``names`` and ``ips`` outputs, zipped in order.
 
     Raises:
-        BlueprintError: An output is missing, not a list, or holds a bad name or address.
+        InventoryError: An output is missing, not a list, or holds a bad name or address.
 
     """
     hosts: dict[str, Host] = {}
@@ -70,19 +70,21 @@ def build(blueprint: Blueprint, outputs: dict[str, dict[str, Any]]) -> Inventory
         module = outputs.get(spec.module, {})
         names, ips = module.get(spec.names), module.get(spec.ips)
         if not isinstance(names, list) or not isinstance(ips, list) or len(names) != len(ips):
-            raise BlueprintError(
+            raise InventoryError(
                 f"hosts from module {spec.module!r}: outputs {spec.names!r} and {spec.ips!r} must be lists "
-                "of the same length",
+                f"of the same length; the VMs exist: fix the module's outputs and run again",
                 step="inventory",
             )
         for name, ip in zip(names, ips, strict=True):
             if not isinstance(name, str) or not _HOST.fullmatch(name):
-                raise BlueprintError(f"module {spec.module!r} returned an invalid host name {name!r}", step="inventory")
+                raise InventoryError(f"module {spec.module!r} returned an invalid host name {name!r}; the VMs exist: "
+                                     "fix the module's names output and run again", step="inventory")  # fmt: skip
             try:
                 address = str(ipaddress.ip_address(str(ip)))
             except ValueError:
-                raise BlueprintError(
-                    f"VM {name!r} has no usable IP address ({ip!r}); check guest customization",
+                raise InventoryError(
+                    f"VM {name!r} has no usable IP address ({ip!r}); it exists: check its guest customization "
+                    "and run again",
                     step="inventory",
                 ) from None
             previous = hosts.get(name)

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from umc_infra.ansible.inventory import Inventory
 from umc_infra.blueprint.references import dependency_order
 from umc_infra.errors import UnresolvedReference
@@ -51,13 +49,8 @@ def plan_modules(session: Session, scratch: Path) -> dict[str, ModulePlan]:
             workdir, secret = session.prepare(module, inputs)
             found = session.terraform.plan(workdir, planfile, module=module, secret_inputs=secret)
             if found.resources:
-                session.remember_outputs(
-                    module,
-                    {
-                        name: SecretStr(str(value)) if name in found.sensitive_outputs else value
-                        for name, value in found.outputs.items()
-                    },
-                )  # planned values; unknown ones are left out, so a module that reads one is deferred
+                # Planned values; unknown ones are left out, so a module that reads one is deferred.
+                session.remember_outputs(module, found.outputs)
             else:
                 session.read_outputs(module, workdir)
         planned[module] = ModulePlan(module, planfile, inputs, found)

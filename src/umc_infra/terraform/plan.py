@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from umc_infra.params import MASK
 
@@ -115,10 +115,8 @@ class TerraformPlan(BaseModel):
     """VMs it would create (``folder/name``): the journal notes them before the apply, so that a VM a killed
     run created but never got into its state is found and removed by the next run."""
     outputs: dict[str, Any] = {}
-    """The module's output values as far as the plan knows them: one known only after the apply is left out."""
-    sensitive_outputs: frozenset[str] = frozenset()
-    """Names of the outputs marked sensitive (their values are in ``outputs`` as they are, and in
-    :func:`sensitive_values` for the redactor)."""
+    """The module's output values as far as the plan knows them (one known only after the apply is left out);
+    sensitive ones as :class:`~pydantic.SecretStr`, so no repr or log shows them."""
 
 
 def _vm_of(kind: object, values: object) -> str | None:
@@ -191,13 +189,11 @@ def plan_of(module: str, shown: Mapping[str, Any], *, refresh_only: bool = False
     planned = (shown.get("planned_values") or {}).get("outputs") or {}
     changes = shown.get("output_changes") or {}
     outputs = {
-        name: output["value"] for name, output in planned.items()
+        name: SecretStr(str(output["value"])) if output.get("sensitive") else output["value"]
+        for name, output in planned.items()
         if "value" in output and not _unknown((changes.get(name) or {}).get("after_unknown"))
     }  # fmt: skip
-    return TerraformPlan(
-        resources=tuple(resource_changes(module, entries)), new_vms=new_vms, outputs=outputs,
-        sensitive_outputs=frozenset(name for name, output in planned.items() if output.get("sensitive")),
-    )  # fmt: skip
+    return TerraformPlan(resources=tuple(resource_changes(module, entries)), new_vms=new_vms, outputs=outputs)
 
 
 def vms_in_state(shown: Mapping[str, Any]) -> set[str]:

@@ -58,15 +58,18 @@ def test_inventory_from_outputs():
 def test_inventory_refuses_bad_outputs():
     import pytest
 
-    from umc_infra import BlueprintError
+    from umc_infra import InventoryError
+    from umc_infra.cli.common import exit_code
 
     for outputs, message in [
         ({"db": {"names": ["a"], "ips": []}, "web": {"names": [], "ips": []}}, "same length"),
         ({"db": {"names": ["a;b"], "ips": ["127.0.1.1"]}, "web": {"names": [], "ips": []}}, "invalid host name"),
         ({"db": {"names": ["a"], "ips": [""]}, "web": {"names": [], "ips": []}}, "no usable IP"),
     ]:
-        with pytest.raises(BlueprintError, match=message):
+        with pytest.raises(InventoryError, match=message) as refused:
             build(BLUEPRINT, outputs)
+        assert "exist" in str(refused.value)  # found after the apply: the VMs are there (not "nothing created")
+        assert exit_code(refused.value) == 1  # not the bad-input code 2, which says nothing was created
 
 
 def test_ansible_loads_every_value_back_as_it_was_empty_strings_included(tmp_path):

@@ -182,8 +182,8 @@ def test_a_plan_holds_its_changes_new_vms_and_the_outputs_it_already_knows():
     assert [(r.address, r.action) for r in plan.resources] == [
         ("vsphere_virtual_machine.vm[0]", "create"), ("null_resource.x", "create")]  # fmt: skip
     assert plan.new_vms == ("team-x/web-1",)
-    assert plan.outputs == {"known": "k", "secret": "s3cr3t-value"}  # unknown, even in part: left out
-    assert plan.sensitive_outputs == {"secret"}
+    assert plan.outputs["known"] == "k" and set(plan.outputs) == {"known", "secret"}  # unknown, even in part: out
+    assert plan.outputs["secret"].get_secret_value() == "s3cr3t-value" and "s3cr3t" not in repr(plan)
     drift = plan_of("web", SHOWN_PLAN, refresh_only=True)
     assert [r.address for r in drift.resources] == ["vsphere_virtual_machine.old"] and drift.new_vms == ()
     assert drift.resources[0].attributes["tags"].after == "***"
