@@ -257,22 +257,12 @@ def run(
     if cancelled:
         raise Cancelled(f"{Path(args[0]).name} was cancelled and stopped", step=step)
     if timed_out:
-        raise ProcessTimeout(
-            f"{args[0]} did not finish within {timeout:.0f} s and was stopped",
-            step=step,
-            argv=result.argv,
-            returncode=returncode,
-            output_tail=tail,
-        )
+        raise ProcessTimeout(f"{args[0]} did not finish within {timeout:.0f} s and was stopped", step=step,
+                             argv=result.argv, returncode=returncode, output_tail=tail)  # fmt: skip
     if check and returncode != 0:
         shown_tail = "".join(f"\n  | {line}" for line in tail[-_SHOWN_LINES:]) or " (no output)"
-        raise ProcessFailed(
-            f"{Path(args[0]).name} exited with status {returncode}:{shown_tail}",
-            step=step,
-            argv=result.argv,
-            returncode=returncode,
-            output_tail=tail,
-        )
+        raise ProcessFailed(f"{Path(args[0]).name} exited with status {returncode}:{shown_tail}", step=step,
+                            argv=result.argv, returncode=returncode, output_tail=tail)  # fmt: skip
     return result
 
 

@@ -33,14 +33,15 @@ def test_every_page_has_examples():
 
 
 @pytest.mark.parametrize(("where", "code"), blocks("python"), ids=[w for w, _ in blocks("python")])
-def test_python_example_runs(sandbox, where, code, tmp_path):
+def test_python_example_runs(sandbox, info, where, code, tmp_path):
+    """Each example as a user runs it, with the site's settings in the environment (``sandbox env``)."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
-        env=dict(os.environ),
+        env=dict(os.environ) | info.environment(),
     )
     assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
     assert "**********" in result.stdout or result.stdout.strip()
@@ -150,3 +151,15 @@ def test_gitlab_ci_example_logs_in_with_the_pipeline_jwt(sandbox, info, tmp_path
     from umc_infra import destroy
 
     destroy("team-x-ci", settings=info.settings())
+
+
+def test_the_writing_a_blueprint_example_validates(tmp_path):
+    """docs/provision.md's blueprint, as written, passes `umc-infra blueprints validate` (tools included)."""
+    (example,) = [code for where, code in blocks("yaml") if where.startswith("docs/provision.md")
+                  and code.startswith("name: team-web")]  # fmt: skip
+    (tmp_path / "blueprints").mkdir()
+    (tmp_path / "blueprints" / "team-web.yaml").write_text(example)
+    umc = Path(sys.executable).parent / "umc-infra"
+    result = subprocess.run([str(umc), "blueprints", "validate", str(tmp_path / "blueprints" / "team-web.yaml")],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

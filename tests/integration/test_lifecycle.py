@@ -24,6 +24,7 @@ from umc_infra import (
     PlanChanged,
     PlaybookError,
     Provisioner,
+    RunOptions,
     TerraformError,
     deployments,
     destroy,
@@ -68,7 +69,7 @@ def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):
     assert reviewed.configuration == ()  # existing hosts: nothing would change
     assert vm_names(info, d) == [f"{d}-1", f"{d}-2"]  # planning changed nothing
 
-    up = provision("linux-server", {"instances": 3}, deployment=d, settings=site, plan=reviewed)
+    up = provision("linux-server", {"instances": 3}, deployment=d, settings=site, options=RunOptions(plan=reviewed))
     assert up.terraform["vm"].model_dump() == {"add": 1, "change": 0, "remove": 0}
     assert vm_names(info, d) == [f"{d}-1", f"{d}-2", f"{d}-3"]
     base = up.ansible["base"].hosts
@@ -80,7 +81,9 @@ def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):
     assert refused.value.resources == ("vm: vsphere_virtual_machine.vm[2] (delete)",)
     assert len(vm_names(info, d)) == 3
 
-    down = provision("linux-server", {"instances": 2}, deployment=d, settings=site, allow_destroy=True)
+    down = provision(
+        "linux-server", {"instances": 2}, deployment=d, settings=site, options=RunOptions(allow_destroy=True)
+    )
     assert down.terraform["vm"].remove == 1
     assert vm_names(info, d) == [f"{d}-1", f"{d}-2"]
     assert held(open_store(site), deployment=d, module="vm") == [h.ip for h in first.hosts]  # the third freed
@@ -96,7 +99,9 @@ def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):
         vm = si.RetrieveContent().searchIndex.FindByInventoryPath(f"DC0/vm/umc/{d}-1")
         WaitForTask(vm.ReconfigVM_Task(vim.vm.ConfigSpec(memoryMB=3072)))
     with pytest.raises(PlanChanged, match="changed since the plan was reviewed"):
-        provision("linux-server", {"instances": 2, "cpu": 4}, deployment=d, settings=site, plan=reviewed)
+        provision(
+            "linux-server", {"instances": 2, "cpu": 4}, deployment=d, settings=site, options=RunOptions(plan=reviewed)
+        )
     assert find(info, f"{d}-1")[1] == 3072  # nothing applied
 
     record = status(d, settings=site)
@@ -187,7 +192,9 @@ def test_two_processes_on_one_deployment(site, info, backend):
         _wait_for(child, lambda e: e["kind"] == "step_started" and e["step"] == "secrets")
         started = time.monotonic()
         with pytest.raises(DeploymentLocked) as locked:
-            provision("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=2)
+            provision(
+                "linux-server", {"instances": 1}, deployment=d, settings=site, options=RunOptions(lock_timeout_s=2)
+            )
         assert time.monotonic() - started >= 2
         assert f"pid {child.pid}" in locked.value.holder
         assert "for provision since" in str(locked.value)
@@ -215,14 +222,14 @@ def test_a_live_lease_holds_and_a_dead_holders_lease_is_taken_over(site, info):
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     with pytest.raises(DeploymentLocked, match=f"pid {holder.pid}"):
-        plan("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=0.5)
+        plan("linux-server", {"instances": 1}, deployment=d, settings=site, options=RunOptions(lock_timeout_s=0.5))
     with pytest.raises(DeploymentLocked, match="force"):
         Provisioner(settings=site).break_lock(d)  # a live holder's lease is not broken without force
     holder.kill()  # SIGKILL: no chance to release; the lease is taken over at once on this machine
     holder.wait()
     events = []
-    reviewed = plan("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=5,
-                    on_event=events.append)  # fmt: skip
+    reviewed = plan("linux-server", {"instances": 1}, deployment=d, settings=site,
+                    on_event=events.append, options=RunOptions(lock_timeout_s=5))  # fmt: skip
     assert reviewed.resources
     told = [e.line for e in events if e.kind == "output" and e.step == "recover"]
     assert told and f"pid {holder.pid}" in told[0] and "died" in told[0]
@@ -238,7 +245,9 @@ def test_sigint_mid_terraform_is_recorded_and_a_rerun_converges(site, info):
     record = status(d, settings=site)
     assert record.last_run.outcome == "interrupted" and record.state == "interrupted"
     assert record.last_run.failed_step.startswith("terraform.apply")
-    again = provision("linux-server", {"instances": 1}, deployment=d, settings=site, lock_timeout_s=5)
+    again = provision(
+        "linux-server", {"instances": 1}, deployment=d, settings=site, options=RunOptions(lock_timeout_s=5)
+    )
     assert vm_names(info, d) == [f"{d}-1"]  # no duplicate
     assert [h.name for h in again.hosts] == [f"{d}-1"]
     assert status(d, settings=site).state == "active"
@@ -272,7 +281,13 @@ def test_a_failing_play_keeps_vms_or_rolls_a_new_deployment_back(site, info):
     assert provision("linux-server", {"instances": 1}, deployment="life-keep", settings=site).hosts  # re-run works
 
     with pytest.raises(PlaybookError):
-        provision("linux-server", {"instances": 1}, deployment="life-rollback", settings=broken, on_failure="destroy")
+        provision(
+            "linux-server",
+            {"instances": 1},
+            deployment="life-rollback",
+            settings=broken,
+            options=RunOptions(on_failure="destroy"),
+        )
     assert vm_names(info, "life-rollback") == []
     assert status("life-rollback", settings=site).state == "destroyed"
 
@@ -321,12 +336,14 @@ def test_a_rerun_retries_only_the_failed_hosts_or_all(sandbox, site, info):
     python.rename(python.with_name("python3.moved"))  # Ansible cannot run modules on that host now
     try:
         with pytest.raises(PlaybookError) as failed:
-            provision("linux-server", {"instances": 2}, deployment=d, settings=site, retry="all")
+            provision("linux-server", {"instances": 2}, deployment=d, settings=site, options=RunOptions(retry="all"))
         assert [h for h, _, _ in failed.value.failures] == [bad.name]
         assert status(d, settings=site).last_run.failed_hosts == (bad.name,)
     finally:
         python.with_name("python3.moved").rename(python)
     retried = provision("linux-server", {"instances": 2}, deployment=d, settings=site)
     assert list(retried.ansible["base"].hosts) == [bad.name]  # only the host that failed
-    everything = provision("linux-server", {"instances": 2}, deployment=d, settings=site, retry="all")
+    everything = provision(
+        "linux-server", {"instances": 2}, deployment=d, settings=site, options=RunOptions(retry="all")
+    )
     assert sorted(everything.ansible["base"].hosts) == sorted(h.name for h in first.hosts)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 from rich.table import Table
@@ -11,6 +12,7 @@ from rich.table import Table
 from umc_infra.cli.common import (
     DeploymentOption,
     LockTimeoutOption,
+    Output,
     OutputOption,
     ParamOption,
     ParamsFileOption,
@@ -43,14 +45,8 @@ def plan(
 ) -> None:
     """Show what provision would change: params, Terraform per resource, Ansible check mode per host."""
     options = RunOptions(reset=reset, lock_timeout_s=lock_timeout)
-
-    def run(p: Provisioner) -> PlanResult:
-        params = typed_params(p.blueprint(blueprint), param or [], params_file)
-        return p.plan(blueprint, params, deployment=deployment, options=options)
-
-    result = guarded(lambda: with_progress(run), output)
+    result: PlanResult = _run_blueprint("plan", blueprint, deployment, param, params_file, options, output)
     if output == "json":
-        emit(result, output)
         return
     if result.version_change:
         out.print(f"blueprint {result.blueprint}: {result.version_change}", highlight=False)
@@ -91,13 +87,8 @@ def provision(
                          on_failure=cast(Literal["keep", "destroy"], on_failure),
                          retry=cast(Literal["failed", "all"], retry))  # fmt: skip
 
-    def run(p: Provisioner) -> ProvisionResult:
-        params = typed_params(p.blueprint(blueprint), param or [], params_file)
-        return p.provision(blueprint, params, deployment=deployment, options=options)
-
-    result = guarded(lambda: with_progress(run), output)
+    result: ProvisionResult = _run_blueprint("provision", blueprint, deployment, param, params_file, options, output)
     if output == "json":
-        emit(result, output)
         return
     table = Table("host", "IP", "groups", title=f"{result.deployment} ({result.blueprint} {result.version})",
                   title_justify="left")  # fmt: skip
@@ -149,3 +140,25 @@ def drift(
         out.print("drift found" if report.has_drift else "no drift")
     if report.has_drift:
         raise typer.Exit(ExitCode.DRIFT)
+
+
+def _run_blueprint(
+    operation: Literal["plan", "provision"],
+    blueprint: str,
+    deployment: str | None,
+    param: list[str] | None,
+    params_file: Path | None,
+    options: RunOptions,
+    output: Output,
+) -> Any:
+    """Plan or provision with the command line's params, progress shown; the result (as JSON too with -o json)."""
+
+    def run(p: Provisioner) -> PlanResult | ProvisionResult:
+        params = typed_params(p.blueprint(blueprint), param or [], params_file)
+        act = p.plan if operation == "plan" else p.provision
+        return act(blueprint, params, deployment=deployment, options=options)
+
+    result = guarded(lambda: with_progress(run), output)
+    if output == "json":
+        emit(result, output)
+    return result

@@ -67,7 +67,7 @@ def check_destroys(
         raise DestroyNotAllowed(
             f"this change would delete or replace {len(doomed)} resource(s) in deployment {deployment!r}: "
             + ", ".join(doomed)
-            + f"; {_applied(applied)} Pass allow_destroy=True if that is intended.",
+            + f"; {_applied(applied)} Pass RunOptions(allow_destroy=True) (--allow-destroy) if that is intended.",
             resources=doomed,
             step="plan",
         )
