@@ -21,6 +21,8 @@ from umc_infra.settings import Settings
 __all__ = ["write_private"]  # kept here for the sandbox's callers
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+ROOTFS_LAYOUT = "2"
+"""The guest root's layout: 2 holds the .deb files of the shipped roles' packages (no download per guest)."""
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -165,8 +167,11 @@ class SandboxPaths(BaseModel):
         return self.cache_dir / "go-build"
 
     def rootfs(self, suite: str) -> Path:
-        """The shared debootstrap root all guests overlay."""
-        return self.cache_dir / "rootfs" / suite
+        """The shared debootstrap root all guests overlay.
+
+        A new layout of it gets a new directory: guests running on the old one are never pulled from under.
+        """
+        return self.cache_dir / "rootfs" / f"{suite}-{ROOTFS_LAYOUT}"
 
 
 def pool_addresses(network: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:

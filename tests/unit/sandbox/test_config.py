@@ -98,7 +98,7 @@ def test_paths_live_under_state_and_cache(tmp_path):
     paths = SandboxPaths.of(SandboxSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"))
     assert paths.credentials == tmp_path / "state" / "credentials.json"
     assert paths.guests == tmp_path / "state" / "guests"
-    assert paths.rootfs("bookworm") == tmp_path / "cache" / "rootfs" / "bookworm"
+    assert paths.rootfs("bookworm") == tmp_path / "cache" / "rootfs" / "bookworm-2"
     assert paths.vcsim_binary.parent == tmp_path / "cache" / "bin"
 
 
