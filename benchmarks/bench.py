@@ -78,12 +78,13 @@ class RawPipeline:
         self.info = info
         self.settings = settings
         self.work = work
-        terraform = Terraform(settings, on_event=ignore, redactor=Redactor(), deployment="bench-raw")
+        self.control = Path(tempfile.mkdtemp(prefix="umc-bench-cp-", dir=private_root()))
+        terraform = Terraform(settings, on_event=ignore, redactor=Redactor(), deployment="bench-raw",
+                              private_dir=self.control)  # fmt: skip
         self.terraform = terraform.binary
         self.terraformrc = terraform.config_file()
         self.ansible_playbook = str(Path(sys.executable).parent / "ansible-playbook")
-        # SSH control sockets need a short path (108 bytes): in memory, as the library keeps them
-        self.control = Path(tempfile.mkdtemp(prefix="umc-bench-cp-", dir=private_root()))
+        # SSH control sockets need a short path (108 bytes): in memory, as the library keeps them (self.control)
 
     def secrets(self) -> dict[str, str]:
         client = hvac.Client(url=self.info.vault_addr)
@@ -298,7 +299,8 @@ def init_cache(settings: Settings, work: Path, repeats: int) -> dict[str, Any]:
     for i in range(repeats):
         for label, plugin_cache in (("warm", settings.plugin_cache_dir), ("cold", work / f"cold-cache-{i}")):
             site = settings.model_copy(update={"plugin_cache_dir": plugin_cache})
-            terraform = Terraform(site, on_event=ignore, redactor=Redactor(), deployment=f"bench-init-{label}-{i}")
+            terraform = Terraform(site, on_event=ignore, redactor=Redactor(), deployment=f"bench-init-{label}-{i}",
+                                  private_dir=work)  # fmt: skip
             workdir = work / f"init-{label}-{i}"
             terraform.prepare(ROOT / "modules" / "vsphere-vm", workdir, module="vm", inputs={})
             (warm if label == "warm" else cold).append(timed(lambda: terraform.init(workdir, module="vm")))  # noqa: B023

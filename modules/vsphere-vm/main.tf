@@ -80,7 +80,9 @@ resource "vsphere_virtual_machine" "vm" {
   datastore_id     = data.vsphere_datastore.ds.id
   tags             = var.tag_ids
   # A variable's value is never a template: "${...}" and "%{...}" in the notes stay literal text.
-  annotation = var.annotation
+  # vSphere cannot clear notes through the provider (an empty annotation is left out of the reconfigure
+  # spec): no notes are kept as one space, so a note that is removed is removed from vCenter too.
+  annotation = var.annotation == "" ? " " : var.annotation
 
   num_cpus = var.cpu
   memory   = var.memory_mb

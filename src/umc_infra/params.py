@@ -42,8 +42,9 @@ SYSTEM_ACCOUNTS = (
 )  # fmt: skip
 """Accounts of the OS and its services (Debian and RHEL); ``format: username`` refuses them and ``systemd-*``."""
 SYSTEM_PREFIX = "systemd-"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
+# U+FFFE and U+FFFF cannot be carried in XML (vCenter's API): a VM's notes would come back as U+FFFD, forever drifting.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")
 MASK = "***"
 
 

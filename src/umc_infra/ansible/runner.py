@@ -86,7 +86,11 @@ class _UnsafeDumper(yaml.SafeDumper):
 
 
 def _unsafe_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    if not value:  # ansible-core 2.19 loads `!unsafe ""` as None; an empty string has nothing to template
+    # ansible-core 2.19 types an `!unsafe` scalar as if it were plain, quotes or not: `!unsafe "true"` loads as
+    # True, "0123" as 83, "12:30" as 750, "" and "null" as None, and "=" does not load at all. Such a value (a
+    # YAML 1.1 boolean, number, null, date, "=" or "<<") holds no template syntax: it goes as a quoted plain string.
+    implicit: str = dumper.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    if implicit != "tag:yaml.org,2002:str":
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
     return dumper.represent_scalar("!unsafe", value, style='"')
 
@@ -323,7 +327,10 @@ class Ansible:
                 if status is not None:
                     host = str(data.get("host", "?"))
                     task = self._redact(str(data.get("task", "?")))
-                    changed = bool(data.get("res", {}).get("changed")) if isinstance(data.get("res"), dict) else False
+                    res = data.get("res") if isinstance(data.get("res"), dict) else {}
+                    # A no_log task's result is censored, its "changed" with it; its line still says "changed: [host]"
+                    changed = (bool(res["changed"]) if "changed" in res
+                               else str(event.get("stdout", "")).lstrip().startswith("changed:"))  # fmt: skip
                     if status == "ok" and changed:
                         changed_tasks.append((host, task))
                     if status in ("failed", "unreachable") and not data.get("ignore_errors"):
