@@ -76,7 +76,7 @@ from umc_infra.run.results import (
     ProvisionResult,
 )
 from umc_infra.run.tools import AnsibleTool, GuestsTool, RealTools, TerraformTool, ToolContext, Tools
-from umc_infra.secrets.vault import SecretSource
+from umc_infra.secrets.source import SecretSource
 from umc_infra.settings import Settings, load_settings
 from umc_infra.state.lease import LockInfo
 from umc_infra.state.records import Actor, DeploymentRecord, RunRecord

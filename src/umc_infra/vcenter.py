@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from umc_infra.blueprint.model import SecretRef
 from umc_infra.errors import ParamProblem, SettingsError, VCenterError
-from umc_infra.secrets.vault import SecretSource
+from umc_infra.secrets.source import SecretSource
 from umc_infra.settings import Settings
 
 

@@ -283,8 +283,8 @@ def test_cli_a_vault_that_answers_500(bare_env, debug):
 
 
 def test_cli_a_usage_error_with_json_output(bare_env):
-    done = umc_infra(bare_env, "provision", "linux-server", "-o", "json")
+    done = umc_infra(bare_env, "provision", "-o", "json")
     assert done.returncode == 2
     assert json.loads(done.stdout)["error"] == {"type": "MissingParameter", "exit_code": 2, "step": "usage",
-                                                "message": "Missing option '--deployment' / '-d'."}  # fmt: skip
-    assert "Missing option" in done.stderr and "Traceback" not in done.stderr
+                                                "message": "Missing argument 'blueprint'."}  # fmt: skip
+    assert "Missing argument" in done.stderr and "Traceback" not in done.stderr

@@ -246,7 +246,7 @@ def test_a_failed_play_names_hosts_and_leaves_no_private_dir(site):
     from umc_infra import PlaybookError
     from umc_infra.ansible.inventory import Host, Inventory
     from umc_infra.ansible.runner import Ansible
-    from umc_infra.blueprint.model import Content
+    from umc_infra.blueprint.content import Content
     from umc_infra.private import private_root
     from umc_infra.process import Redactor
 

@@ -18,10 +18,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from umc_infra.blueprint.content import Content as Content  # for tests/integration: import it from .content
-from umc_infra.blueprint.content import (  # for run/: removed once run/ imports from umc_infra.blueprint.content
-    module_interface as module_interface,
-)
 from umc_infra.blueprint.references import SYNTAX, Format, Literal_, parse
 
 IDENT = r"^[a-z][a-z0-9_]{0,62}$"

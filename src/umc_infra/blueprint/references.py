@@ -27,7 +27,7 @@ from umc_infra.settings import SITE_FIELDS, Settings
 if TYPE_CHECKING:
     from umc_infra.blueprint.model import Blueprint, Value
     from umc_infra.params import ResolvedParams
-    from umc_infra.secrets.vault import Secrets
+    from umc_infra.secrets.source import Secrets
 
 KindName = Literal["deployment", "params", "secrets", "site", "addresses", "modules", "hosts"]
 Use = Literal["input", "address", "var", "output", "ssh_key"]

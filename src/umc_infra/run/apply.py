@@ -11,7 +11,7 @@ from typing import Any
 
 from umc_infra.ansible import inventory as _inventory
 from umc_infra.ansible.runner import PlaybookResult
-from umc_infra.blueprint.model import module_interface
+from umc_infra.blueprint.content import module_interface
 from umc_infra.blueprint.references import dependency_order
 from umc_infra.errors import Cancelled, RollbackFailed, UmcInfraError
 from umc_infra.params import MASK

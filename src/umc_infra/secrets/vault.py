@@ -17,12 +17,9 @@ from umc_infra.blueprint.model import SecretRef
 from umc_infra.errors import SecretError
 from umc_infra.secrets.auth import AuthMethod, AuthRegistry, default_registry
 from umc_infra.secrets.redact import Redactor
-
-# for run/: removed once run/, vcenter.py and umc_infra/__init__.py import these from umc_infra.secrets.source
-from umc_infra.secrets.source import Secrets, SecretSource, resolve
 from umc_infra.settings import Settings
 
-__all__ = ["SecretSource", "Secrets", "VaultSource", "resolve"]
+__all__ = ["VaultSource"]
 
 _RENEW_BELOW_S = 120
 

@@ -44,17 +44,13 @@ from umc_infra.terraform.backend import BACKEND_FILE, backend, repair_local_stat
 from umc_infra.terraform.mirror import write_cli_config
 from umc_infra.terraform.plan import (
     ChangeCounts,
-    ResourceChange,
     TerraformPlan,
-    counts_of,
     plan_of,
     sensitive_values,
     vms_in_state,
 )
 
-# Terraform is this module's own; the rest are plain re-exports for run/: removed once run/ imports them
-# from umc_infra.terraform.plan and umc_infra.terraform.backend.
-__all__ = ["ChangeCounts", "ResourceChange", "Terraform", "TerraformPlan", "backend", "counts_of"]
+__all__ = ["Terraform"]
 
 MIN_VERSION = (1, 0, 0)
 _PASS_THROUGH = (

@@ -286,7 +286,7 @@ def test_values_are_filled_by_copies():
 
 def test_values_of_a_run_take_the_site_settings():
     from umc_infra.params import ResolvedParams
-    from umc_infra.secrets.vault import Secrets
+    from umc_infra.secrets.source import Secrets
 
     site = Settings(vsphere_datacenter="dc9", vsphere_template=None)
     values = Values.of(settings=site, params=ResolvedParams(blueprint="b", deployment="d", values={"cpu": 1}),

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from umc_infra import HostStats, PlaybookError, PlaybookResult
 from umc_infra.ansible.inventory import Inventory
-from umc_infra.terraform.runner import ChangeCounts, ResourceChange, TerraformPlan
+from umc_infra.terraform.plan import ChangeCounts, ResourceChange, TerraformPlan
 
 Desired = Callable[[Mapping[str, Any]], tuple[dict[str, dict[str, Any]], dict[str, Any]]]
 """inputs -> (resources by address, outputs)."""
