@@ -1,11 +1,23 @@
-"""Sessions: tests (unit + integration on the sandbox), lint, typecheck, demo, bench."""
+"""Sessions: tests (unit + integration on the sandbox), units (unit tests on every Python here), lint, typecheck,
+demo, bench, constraints. Every install uses constraints.txt: the tested set."""
+
+import glob
+import os
+import shutil
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = False
 
 PYTHON = "3.11"
+CONSTRAINTS = ("-c", "constraints.txt")
+# pyenv keeps each version in a directory of its own, off PATH unless selected: look there too.
+for bin_dir in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin"))):
+    os.environ["PATH"] += os.pathsep + bin_dir
+PYTHONS = [v for v in ("3.11", "3.12", "3.13", "3.14", "3.15") if shutil.which(f"python{v}")]
 
 
 @nox.session(python=PYTHON)
@@ -14,27 +26,34 @@ def tests(session: nox.Session) -> None:
 
     The blueprint package in tests/fixtures is installed as a user would install one (not editable).
     """
-    session.install("-e", ".[test]", "./tests/fixtures/umc-lab-blueprints")
+    session.install(*CONSTRAINTS, "-e", ".[test]", "./tests/fixtures/umc-lab-blueprints")
     session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(python=PYTHONS)
+def units(session: nox.Session) -> None:
+    """The unit tests (no sandbox) on every Python from 3.11 up that this machine has."""
+    session.install(*CONSTRAINTS, "-e", ".[test]", "./tests/fixtures/umc-lab-blueprints")
+    session.run("pytest", *(session.posargs or ["tests/unit"]))
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff==0.17.6")
+    session.install(*CONSTRAINTS, "ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install(*CONSTRAINTS, "-e", ".[dev]")
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Bring the sandbox up and provision the web-server blueprint on it (2 VMs, nginx, pages)."""
-    session.install("-e", ".[sandbox]")
+    session.install(*CONSTRAINTS, "-e", ".[sandbox]")
     session.run("umc-infra", "sandbox", "demo")
     session.log(
         'The sandbox keeps running: eval "$(umc-infra sandbox env)" to use it, umc-infra sandbox down to stop it.'
@@ -44,5 +63,16 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """umc-infra against the raw Terraform and Ansible CLIs on the sandbox; writes benchmarks/results/latest.json."""
-    session.install("-e", ".[sandbox]")
+    session.install(*CONSTRAINTS, "-e", ".[sandbox]")
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def constraints(session: nox.Session) -> None:
+    """Rewrite constraints.txt from a fresh install of the dev set (after a change of pyproject.toml's ranges)."""
+    session.install("-e", ".[dev]", "./tests/fixtures/umc-lab-blueprints", "nox")
+    frozen = session.run("pip", "freeze", "--exclude-editable", silent=True) or ""
+    path = Path("constraints.txt")
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    pins = sorted(line for line in str(frozen).splitlines() if "==" in line and not line.startswith("umc-"))
+    path.write_text("\n".join([*header, *pins]) + "\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -34,10 +34,14 @@ class Content(BaseModel):
 
     @classmethod
     def locate(cls, content_dir: Path | None = None) -> Content:
-        """The given directory, else the content shipped with umc_infra (source tree or installed data)."""
+        """The given directory, else the content shipped with umc_infra.
+
+        In a checkout (an editable install) that is the checkout's own ``blueprints/``, ``modules/`` and
+        ``playbooks/``; installed from a wheel, the package data ``umc_infra/content``.
+        """
         candidates = [content_dir] if content_dir is not None else [
             Path(__file__).resolve().parents[3],  # src/umc_infra/blueprint/content.py -> the checkout
-            Path(sys.prefix) / "share" / "umc-infra",
+            Path(str(resources.files("umc_infra").joinpath("content"))),  # the wheel's package data
         ]  # fmt: skip
         for root in candidates:
             if root is not None and (root / "blueprints").is_dir():

@@ -25,9 +25,28 @@ def state_key(deployment: str, module: str) -> str:
     return f"deployments/{deployment}/{module}.tfstate"
 
 
-def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The backend block (for ``umc_backend.tf.json``) and its ``-backend-config`` values."""
+MODERN_S3 = (1, 6, 0)
+"""From this Terraform version on the S3 backend takes an ``endpoints`` block, ``use_path_style`` and
+``skip_requesting_account_id``; older versions know only ``endpoint``, ``dynamodb_endpoint``, ``force_path_style``."""
+
+
+def backend(
+    settings: Settings, *, deployment: str, module: str, version: tuple[int, int, int] = MODERN_S3
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The backend block (for ``umc_backend.tf.json``) and its ``-backend-config`` values.
+
+    With an S3 endpoint of the site's own (an S3-compatible store, the sandbox), every AWS service Terraform
+    might call (S3, DynamoDB, and from 1.6 IAM and STS for an account lookup) is pointed at it, the account
+    lookup and the instance metadata check are off: a run never tries an address the settings did not name.
+
+    Args:
+        settings: The state backend's settings.
+        deployment: The deployment.
+        module: The module of the deployment.
+        version: The Terraform version in use: the S3 backend's settings changed in 1.6.
+    """
     if settings.backend == "s3":
+        block: dict[str, Any] = {}
         config = {
             "bucket": settings.state_bucket or "",
             "key": state_key(deployment, module),
@@ -39,15 +58,15 @@ def backend(settings: Settings, *, deployment: str, module: str) -> tuple[dict[s
         if settings.state_kms_key_id:
             config["kms_key_id"] = settings.state_kms_key_id
         if settings.s3_endpoint:
-            config.update(
-                endpoint=settings.s3_endpoint,
-                dynamodb_endpoint=settings.s3_endpoint,
-                force_path_style="true",
-                skip_credentials_validation="true",
-                skip_metadata_api_check="true",
-                skip_region_validation="true",
-            )
-        return {"terraform": {"backend": {"s3": {}}}}, config
+            config.update(skip_credentials_validation="true", skip_metadata_api_check="true",
+                          skip_region_validation="true")  # fmt: skip
+            if version >= MODERN_S3:
+                block["endpoints"] = dict.fromkeys(("s3", "dynamodb", "iam", "sts"), settings.s3_endpoint)
+                config.update(use_path_style="true", skip_requesting_account_id="true")
+            else:
+                config.update(endpoint=settings.s3_endpoint, dynamodb_endpoint=settings.s3_endpoint,
+                              force_path_style="true")  # fmt: skip
+        return {"terraform": {"backend": {"s3": block}}}, config
     path = settings.state_dir / "state" / "terraform" / deployment / f"{module}.tfstate"
     return {"terraform": {"backend": {"local": {}}}}, {"path": str(path)}
 

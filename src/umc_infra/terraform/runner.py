@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -67,6 +68,14 @@ ERRORED_STATE = "errored.tfstate"
 
 
 _VERSIONS: dict[str, str] = {}
+
+
+def version_numbers(version: str) -> tuple[int, int, int]:
+    """``1.11.4`` (or ``1.12.0-beta1``) as ``(1, 11, 4)``."""
+    major, minor, patch = [*re.findall(r"\d+", version.split("-")[0]), "0", "0", "0"][:3]
+    return int(major), int(minor), int(patch)
+
+
 _log = logging.getLogger("umc_infra")
 
 
@@ -173,10 +182,15 @@ class Terraform:
             return _VERSIONS[self.binary]
         out = self._run(argv_version(self.binary), step="terraform.version", workdir=None, env_secrets={}).stdout
         version = str(json.loads(out)["terraform_version"])
-        if tuple(int(p) for p in version.split(".")[:3]) < MIN_VERSION:
+        if version_numbers(version) < MIN_VERSION:
             raise ToolTooOld(f"Terraform {version} is too old; umc_infra needs 1.0 or newer", step="terraform")
         _VERSIONS[self.binary] = version
         return version
+
+    def _backend(self, module: str) -> tuple[dict[str, Any], dict[str, str]]:
+        # the S3 backend's settings depend on the Terraform version (known after the first check; cached)
+        version = version_numbers(self.check_version()) if self._settings.backend == "s3" else MIN_VERSION
+        return backend(self._settings, deployment=self._deployment, module=module, version=version)
 
     def prepare(self, source: Path, workdir: Path, *, module: str, inputs: Mapping[str, Any]) -> None:
         """Copy the module into its working directory with the vars file and the backend block.
@@ -184,7 +198,7 @@ class Terraform:
         Raises:
             TerraformError: The working directory cannot be written (disk full, permissions).
         """
-        block, config = backend(self._settings, deployment=self._deployment, module=module)
+        block, config = self._backend(module)
         try:
             _private_tree(workdir)
             _copy_module(source, workdir)
@@ -212,7 +226,7 @@ class Terraform:
         That file is the only record of what the failed apply made: it is pushed to the backend here, at
         the next run's init, and removed once the backend has it.
         """
-        _, config = backend(self._settings, deployment=self._deployment, module=module)
+        _, config = self._backend(module)
         self._run(argv_init(self.binary, config), step=f"terraform.init.{module}", workdir=workdir, env_secrets={})
         errored = workdir / ERRORED_STATE
         if errored.exists() and not sound_state(errored):

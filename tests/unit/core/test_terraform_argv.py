@@ -79,21 +79,36 @@ def test_local_backend_keeps_state_under_the_state_dir(tmp_path):
     assert config == {"path": str(tmp_path / "state" / "terraform" / "team-x" / "web.tfstate")}
 
 
-def test_s3_backend_with_locking_and_a_custom_endpoint():
-    settings = Settings(
-        backend="s3",
-        state_bucket="umc-state",
-        lock_table="umc-locks",
-        s3_endpoint="http://127.0.0.1:18555",
-        s3_region="eu-west-1",
-    )
-    block, config = backend(settings, deployment="team-x", module="web")
+S3_SITE = {"backend": "s3", "state_bucket": "umc-state", "lock_table": "umc-locks", "s3_region": "eu-west-1"}
+
+
+def test_s3_backend_before_terraform_1_6_with_locking_and_a_custom_endpoint():
+    settings = Settings(**S3_SITE, s3_endpoint="http://127.0.0.1:18555")
+    block, config = backend(settings, deployment="team-x", module="web", version=(1, 0, 3))
     assert block == {"terraform": {"backend": {"s3": {}}}}
     assert config["key"] == "deployments/team-x/web.tfstate"
     assert config["dynamodb_table"] == "umc-locks"
     assert config["encrypt"] == "true"
     assert config["force_path_style"] == "true"
     assert config["endpoint"] == config["dynamodb_endpoint"] == "http://127.0.0.1:18555"
+    assert "skip_requesting_account_id" not in config and "use_path_style" not in config  # unknown before 1.6
+
+
+@pytest.mark.parametrize("version", [(1, 6, 0), (1, 11, 4), (2, 0, 0)])
+def test_s3_backend_from_terraform_1_6_names_every_endpoint_and_asks_no_account(version):
+    settings = Settings(**S3_SITE, s3_endpoint="http://127.0.0.1:18555")
+    block, config = backend(settings, deployment="team-x", module="web", version=version)
+    endpoints = block["terraform"]["backend"]["s3"]["endpoints"]
+    assert endpoints == dict.fromkeys(("s3", "dynamodb", "iam", "sts"), "http://127.0.0.1:18555")
+    assert config["use_path_style"] == config["skip_requesting_account_id"] == config["skip_metadata_api_check"]
+    assert config["use_path_style"] == "true"
+    assert not {"endpoint", "dynamodb_endpoint", "force_path_style"} & set(config)  # deprecated in 1.6
+
+
+def test_s3_backend_on_aws_itself_sets_no_endpoint():
+    block, config = backend(Settings(**S3_SITE), deployment="team-x", module="web", version=(1, 11, 4))
+    assert block == {"terraform": {"backend": {"s3": {}}}}
+    assert not {"endpoint", "use_path_style", "skip_requesting_account_id"} & set(config)
 
 
 def test_cli_config_quotes_paths():
