@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from umc_infra.ansible.inventory import Host
 from umc_infra.ansible.runner import HostStats, PlaybookResult
 from umc_infra.blueprint.model import Blueprint
+from umc_infra.doctor import DoctorCheck, DoctorReport, doctor
 from umc_infra.errors import (
     AddressError,
     BlueprintError,
@@ -109,6 +110,8 @@ __all__ = [
     "DeploymentRecord",
     "DestroyNotAllowed",
     "DestroyResult",
+    "DoctorCheck",
+    "DoctorReport",
     "DriftReport",
     "Event",
     "ExitCode",
@@ -172,6 +175,7 @@ __all__ = [
     "__version__",
     "deployments",
     "destroy",
+    "doctor",
     "drift",
     "load_settings",
     "plan",

@@ -84,7 +84,7 @@ class ExitCode(IntEnum):
     SECRETS = 8
     """A secret could not be read from Vault."""
     UNHEALTHY = 9
-    """``sandbox status`` found a component unhealthy: a result, not an error."""
+    """``sandbox status`` found a component unhealthy, or ``doctor`` a check failed: a result, not an error."""
     INTERRUPTED = 130
     """Interrupted (Ctrl-C, SIGTERM) or cancelled."""
 

@@ -66,6 +66,15 @@ def test_cli_walkthrough_runs(sandbox, tmp_path):
     assert "no drift" in result.stdout and "docs-cli destroyed" in result.stdout
 
 
+def test_site_guide_runs(sandbox, tmp_path):
+    """docs/site.md's doctor walkthrough: every check passes on the sandbox; a datastore it lacks fails its check."""
+    result = run_page_script("docs/site.md", tmp_path)
+    checks = json.loads((tmp_path / "doctor.json").read_text())["checks"]
+    assert checks and not [c for c in checks if c["status"] == "failed"]
+    assert "doctor exited 9" in result.stdout
+    assert "vsanDatastore01" in (tmp_path / "broken.txt").read_text()
+
+
 def test_blueprint_guide_runs(sandbox, tmp_path):
     """docs/blueprints.md's example: a team's blueprint extending web-server, validated, shown, planned."""
     run_page_script("docs/blueprints.md", tmp_path)
