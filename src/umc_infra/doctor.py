@@ -129,13 +129,17 @@ def _terraform_checks(d: _Doctor, scratch: Path) -> None:
         errors = found[0].validate(module, scratch / "provider")
         if errors:
             raise _Failed("; ".join(message for _, _, message in errors[:3]))
-        where = d.settings.provider_mirror or "the installed provider packages"
-        return f"the vsphere provider installs from {where}; modules/vsphere-vm validates"
+        s = d.settings
+        where = {"mirror": f"the filesystem mirror {s.provider_mirror or '(assembled from the installed packages)'}",
+                 "network_mirror": f"the network mirror {s.provider_network_mirror}",
+                 "registry": "its registry"}[s.provider_installation]  # fmt: skip
+        return f"{s.vsphere_provider_source} installs from {where}; modules/vsphere-vm validates"
 
     fix = "install Terraform 1.0 or newer, or set UMC_TERRAFORM_BINARY to its path"
     d.check("terraform", version, fix=fix)
     d.check("provider", provider, needs=("terraform",),
-            fix="set UMC_PROVIDER_MIRROR to a filesystem mirror that holds the vsphere provider")  # fmt: skip
+            fix="check UMC_PROVIDER_INSTALLATION (and UMC_PROVIDER_MIRROR or UMC_PROVIDER_NETWORK_MIRROR) and "
+                "UMC_VSPHERE_PROVIDER_SOURCE: the provider must be there under that address")  # fmt: skip
 
 
 def _vault_checks(d: _Doctor, source: VaultSource) -> None:

@@ -187,8 +187,24 @@ class Settings(BaseSettings):
 
     # -- tools ------------------------------------------------------------------------------------
     terraform_binary: str = Field(default="terraform", validation_alias=_env("UMC_TERRAFORM_BINARY"))
+    provider_installation: Literal["mirror", "network_mirror", "registry"] = Field(
+        default="mirror", validation_alias=_env("UMC_PROVIDER_INSTALLATION")
+    )
+    """Where Terraform gets providers: ``mirror``, a filesystem mirror (``UMC_PROVIDER_MIRROR``, else one assembled
+    from the installed provider packages); ``network_mirror`` (``UMC_PROVIDER_NETWORK_MIRROR``); ``registry``, the
+    registry the provider's source address names."""
     provider_mirror: Path | None = Field(default=None, validation_alias=_env("UMC_PROVIDER_MIRROR"))
     """A Terraform filesystem mirror (air-gapped sites); default: assembled from installed provider packages."""
+    provider_network_mirror: Annotated[str, Field(pattern=r"^https://[^\s\"]+/$")] | None = Field(
+        default=None, validation_alias=_env("UMC_PROVIDER_NETWORK_MIRROR"), validate_default=True
+    )
+    """A provider network mirror's base URL (https, ending in ``/``); for ``UMC_PROVIDER_INSTALLATION``
+    ``network_mirror``."""
+    vsphere_provider_source: Annotated[str, Field(pattern=r"^([a-z0-9.-]+/)?[a-z0-9-]+/vsphere$")] = Field(
+        default="hashicorp/vsphere", validation_alias=_env("UMC_VSPHERE_PROVIDER_SOURCE")
+    )
+    """The vSphere provider's source address: ``vmware/vsphere`` is where it lives now on the public registry;
+    ``hashicorp/vsphere`` (the default) is the address of the versions up to 2.x that the sandbox ships."""
     plugin_cache_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_cache_dir("umc-infra")) / "terraform-plugins",
         validation_alias=_env("UMC_PLUGIN_CACHE_DIR"),
@@ -245,6 +261,14 @@ class Settings(BaseSettings):
                 },
             )
         return f"{a}-{b}"
+
+    @field_validator("provider_network_mirror")
+    @classmethod
+    def _network_mirror_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("provider_installation") == "network_mirror":
+            raise ValueError("must be set (the mirror's https:// base URL, ending in /) when UMC_PROVIDER_INSTALLATION "
+                             "is network_mirror")  # fmt: skip
+        return value
 
     @field_validator("vsphere_datacenter", "vsphere_datastore", "vsphere_network", "vsphere_folder", "vsphere_template")
     @classmethod

@@ -19,7 +19,7 @@ import pytest
 from umc_infra import RunOptions, Settings, destroy, plan, provision
 from umc_infra.terraform.argv import argv_init
 from umc_infra.terraform.backend import backend
-from umc_infra.terraform.runner import version_numbers
+from umc_infra.terraform.mirror import version_numbers
 
 MODERN_S3 = (1, 6, 0)
 
@@ -105,3 +105,19 @@ def test_control_the_settings_before_1_6_make_a_modern_terraform_ask_public_aws(
                           text=True, timeout=300)  # fmt: skip
     assert init.returncode != 0 and "account" in init.stderr.lower()
     assert {line.split()[1].split(":")[0] for line in recorder.seen} >= {"iam.amazonaws.com"}
+
+
+def test_the_provider_at_its_current_source_address_from_the_mirror(site):
+    """``vmware/vsphere``, where the provider lives now: the module is pointed there (its version kept) and the
+    mirror carries it under that address; a provision, a no-change plan and a destroy work with it."""
+    moved = site.model_copy(update={"vsphere_provider_source": "vmware/vsphere", "backend": "local",
+                                    "ip_pool": "127.0.1.236-127.0.1.239"})  # fmt: skip
+    d = "modern-provider"
+    made = provision("linux-server", {"instances": 1}, deployment=d, settings=moved)
+    assert made.terraform["vm"].add == 1
+    workdir = moved.state_dir / "work" / d / "vm"
+    override = json.loads((workdir / "umc_provider_override.tf.json").read_text())
+    assert override["terraform"]["required_providers"]["vsphere"] == {"source": "vmware/vsphere", "version": "2.0.2"}
+    assert 'provider "registry.terraform.io/vmware/vsphere"' in (workdir / ".terraform.lock.hcl").read_text()
+    assert plan("linux-server", deployment=d, settings=moved).resources == ()
+    destroy(d, settings=moved)

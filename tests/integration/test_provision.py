@@ -309,3 +309,13 @@ def test_an_old_terraform_is_refused(site, tmp_path):
     with pytest.raises(TerraformError, match="crashed") as error:
         terraform.check_version()
     assert error.value.returncode == 3
+
+
+def test_a_provider_address_this_terraform_cannot_override_is_refused_before_anything_is_made(site, info):
+    from umc_infra import SettingsError
+
+    moved = site.model_copy(update={"vsphere_provider_source": "vmware/vsphere"})
+    with pytest.raises(SettingsError, match="UMC_VSPHERE_PROVIDER_SOURCE") as refused:
+        provision("linux-server", {"instances": 1}, deployment="itest-provider", settings=moved)
+    assert "this Terraform is 1.0.3" in str(refused.value) and "needs Terraform 1.6" in str(refused.value)
+    assert not [name for name in vms(info) if name.startswith("itest-provider")]

@@ -47,6 +47,7 @@ from umc_infra.state import lease as _lock
 from umc_infra.state.ipam import claims, held
 from umc_infra.state.store import open_store
 from umc_infra.terraform import statelock as _tflock
+from umc_infra.terraform.mirror import write_cli_config
 
 from .conftest import (
     assert_agree,
@@ -399,7 +400,7 @@ def terraform_console(site: Settings, deployment: str) -> Iterator[_tflock.State
     workdir = site.state_dir / "work" / deployment / "vm"
     secret = site.s3_secret_access_key
     env = {"PATH": os.environ["PATH"], "HOME": str(workdir), "USER": os.environ.get("USER", "root"),
-           "TF_CLI_CONFIG_FILE": str(site.plugin_cache_dir.parent / "terraformrc"),
+           "TF_CLI_CONFIG_FILE": str(write_cli_config(site)),
            "AWS_ACCESS_KEY_ID": str(site.s3_access_key_id),
            "AWS_SECRET_ACCESS_KEY": secret.get_secret_value() if secret else ""}  # fmt: skip
     terraform = Path(sys.executable).with_name("terraform")

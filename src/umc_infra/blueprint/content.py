@@ -53,6 +53,15 @@ class Content(BaseModel):
         )
 
 
+class ProviderRequirement(BaseModel):
+    """A provider a module requires: its source address and version constraint."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    version: str | None = None
+
+
 class ModuleInterface(BaseModel):
     """The variables (and which of them have no default) and outputs a Terraform module declares."""
 
@@ -63,6 +72,8 @@ class ModuleInterface(BaseModel):
     outputs: frozenset[str]
     sensitive: frozenset[str] = frozenset()
     """Variables declared ``sensitive = true``: Terraform hides their values in plans, output and errors."""
+    providers: dict[str, ProviderRequirement] = {}
+    """``required_providers`` by local name (``vsphere``)."""
 
 
 def module_interface(module_dir: Path) -> ModuleInterface:
@@ -77,6 +88,7 @@ def module_interface(module_dir: Path) -> ModuleInterface:
     required: set[str] = set()
     outputs: set[str] = set()
     sensitive: set[str] = set()
+    providers: dict[str, ProviderRequirement] = {}
     for tf in sorted(module_dir.glob("*.tf")):
         try:
             parsed = hcl2.loads(tf.read_text())
@@ -91,5 +103,14 @@ def module_interface(module_dir: Path) -> ModuleInterface:
                     sensitive.add(name.strip('"'))
         for block in parsed.get("output", []):
             outputs.update(name.strip('"') for name in block)
+        for block in parsed.get("terraform", []):
+            for required_providers in block.get("required_providers", []):
+                for name, spec in required_providers.items():
+                    if isinstance(spec, dict) and "source" in spec:
+                        version = spec.get("version")
+                        providers[name.strip('"')] = ProviderRequirement(
+                            source=str(spec["source"]).strip('"'),
+                            version=str(version).strip('"') if version is not None else None,
+                        )
     return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs),
-                           sensitive=frozenset(sensitive))  # fmt: skip
+                           sensitive=frozenset(sensitive), providers=providers)  # fmt: skip

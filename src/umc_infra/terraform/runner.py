@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from umc_infra import private as _private
+from umc_infra.blueprint.content import module_interface
 from umc_infra.errors import ProcessError, TerraformError, ToolMissing, ToolTooOld
 from umc_infra.events import EventCallback, OutputLine, ResourceChanged
 from umc_infra.process import ProcessResult, Redactor, Stream, run
@@ -42,7 +42,7 @@ from umc_infra.terraform.argv import (
     argv_version,
 )
 from umc_infra.terraform.backend import BACKEND_FILE, backend, repair_local_state, sound_state
-from umc_infra.terraform.mirror import write_cli_config
+from umc_infra.terraform.mirror import provider_override, version_numbers, write_cli_config
 from umc_infra.terraform.plan import (
     ChangeCounts,
     TerraformPlan,
@@ -65,15 +65,10 @@ _STATUS_OF: dict[str, Literal["started", "complete", "errored"]] = {
     "apply_complete": "complete",
 }
 ERRORED_STATE = "errored.tfstate"
+PROVIDER_OVERRIDE = "umc_provider_override.tf.json"
 
 
 _VERSIONS: dict[str, str] = {}
-
-
-def version_numbers(version: str) -> tuple[int, int, int]:
-    """``1.11.4`` (or ``1.12.0-beta1``) as ``(1, 11, 4)``."""
-    major, minor, patch = [*re.findall(r"\d+", version.split("-")[0]), "0", "0", "0"][:3]
-    return int(major), int(minor), int(patch)
 
 
 _log = logging.getLogger("umc_infra")
@@ -85,13 +80,17 @@ def _private_tree(directory: Path) -> None:
     directory.chmod(0o700)
 
 
-def _copy_module(source: Path, workdir: Path) -> None:
-    """The module's ``*.tf`` files into ``workdir``, replacing any left from an earlier run."""
+def _copy_module(source: Path, workdir: Path, override: dict[str, Any] | None) -> None:
+    """The module's ``*.tf`` files into ``workdir``, replacing any left from an earlier run, with ``override``."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("*.tf"):
         stale.unlink()
     for tf in source.glob("*.tf"):
         shutil.copy2(tf, workdir / tf.name)
+    if override is not None:
+        (workdir / PROVIDER_OVERRIDE).write_text(json.dumps(override, indent=2))
+    else:
+        (workdir / PROVIDER_OVERRIDE).unlink(missing_ok=True)
 
 
 class Terraform:
@@ -187,6 +186,10 @@ class Terraform:
         _VERSIONS[self.binary] = version
         return version
 
+    def _provider_override(self, source: Path) -> dict[str, Any] | None:
+        required = module_interface(source).providers
+        return provider_override(required, self._settings, version=lambda: version_numbers(self.check_version()))
+
     def _backend(self, module: str) -> tuple[dict[str, Any], dict[str, str]]:
         # the S3 backend's settings depend on the Terraform version (known after the first check; cached)
         version = version_numbers(self.check_version()) if self._settings.backend == "s3" else MIN_VERSION
@@ -201,7 +204,7 @@ class Terraform:
         block, config = self._backend(module)
         try:
             _private_tree(workdir)
-            _copy_module(source, workdir)
+            _copy_module(source, workdir, self._provider_override(source))
             (workdir / BACKEND_FILE).write_text(json.dumps(block, indent=2))
             _private.write_private(workdir / VARS_FILE, json.dumps(dict(inputs), indent=2, sort_keys=True))
             if "path" in config:  # the local backend: state holds sensitive values in clear text
@@ -238,7 +241,7 @@ class Terraform:
 
     def validate(self, source: Path, workdir: Path) -> list[tuple[str, int | None, str]]:
         """``terraform validate`` of a module in a scratch ``workdir``: each error as (file, line, message)."""
-        _copy_module(source, workdir)
+        _copy_module(source, workdir, self._provider_override(source))
         self._run(argv_init_offline(self.binary), step="validate.terraform.init", workdir=workdir, env_secrets={})
         out = self._run(argv_validate(self.binary), step="validate.terraform", workdir=workdir, env_secrets={},
                         ok_codes=(0, 1)).stdout  # fmt: skip

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from umc_infra import UmcInfraError
+from umc_infra import SettingsError, UmcInfraError
 from umc_infra.settings import Settings
 from umc_infra.terraform.argv import (
     _argv,
@@ -22,7 +22,13 @@ from umc_infra.terraform.argv import (
     argv_version,
 )
 from umc_infra.terraform.backend import backend
-from umc_infra.terraform.mirror import assemble_mirror, cli_config, installed_providers
+from umc_infra.terraform.mirror import (
+    assemble_mirror,
+    cli_config,
+    installed_providers,
+    provider_override,
+    write_cli_config,
+)
 
 TF = "/opt/terraform"
 
@@ -112,10 +118,33 @@ def test_s3_backend_on_aws_itself_sets_no_endpoint():
 
 
 def test_cli_config_quotes_paths():
-    text = cli_config(Path('/odd "dir"/mirror'), Path("/cache"))
+    text = cli_config(Path("/cache"), mirror=Path('/odd "dir"/mirror'))
     assert json.dumps('/odd "dir"/mirror') in text
     assert 'plugin_cache_dir = "/cache"' in text
-    assert "direct" not in text  # providers only from the mirror
+    assert "direct" not in text and "network_mirror" not in text  # providers only from the mirror
+
+
+def test_cli_config_for_a_network_mirror_and_for_the_registry():
+    assert 'network_mirror {\n    url = "https://tf.example.org/providers/"' in cli_config(
+        Path("/cache"), network_mirror="https://tf.example.org/providers/"
+    )
+    direct = cli_config(Path("/cache"))
+    assert "direct {}" in direct and "mirror" not in direct
+
+
+@pytest.mark.parametrize(
+    ("installation", "says"),
+    [("mirror", "filesystem_mirror"), ("network_mirror", "network_mirror"), ("registry", "direct {}")],
+)
+def test_the_settings_choose_where_providers_come_from_one_config_file_each(tmp_path, installation, says):
+    settings = Settings(plugin_cache_dir=tmp_path / "cache", provider_installation=installation,
+                        provider_network_mirror="https://tf.example.org/providers/",
+                        provider_mirror=tmp_path / "m")  # fmt: skip
+    path = write_cli_config(settings)
+    assert says in path.read_text()
+    others = {write_cli_config(settings.model_copy(update={"provider_installation": other}))
+              for other in ("mirror", "network_mirror", "registry") if other != installation}  # fmt: skip
+    assert path not in others and path.read_text().count("provider_installation") == 1  # never rewritten
 
 
 def test_mirror_from_installed_provider_packages(tmp_path):
@@ -129,6 +158,39 @@ def test_mirror_from_installed_provider_packages(tmp_path):
     link = mirror / "registry.terraform.io/hashicorp/vsphere/2.0.2/linux_amd64/terraform-provider-vsphere_v2.0.2_x5"
     assert link.is_symlink() and link.resolve() == (lib / "terraform-provider-vsphere_v2.0.2_x5").resolve()
     assemble_mirror(tmp_path / "mirror", providers)  # a second time is fine
+    assemble_mirror(tmp_path / "mirror", providers, {"vsphere": "vmware/vsphere"})
+    assert (
+        mirror / "registry.terraform.io/vmware/vsphere/2.0.2/linux_amd64/terraform-provider-vsphere_v2.0.2_x5"
+    ).exists()
+    assemble_mirror(tmp_path / "mirror", providers, {"vsphere": "tf.umc.local/platform/vsphere"})
+    assert (mirror / "tf.umc.local/platform/vsphere/2.0.2/linux_amd64").is_dir()
+    assert (mirror / "registry.terraform.io/hashicorp/null/2.1.2/linux_amd64").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("source", "override"),
+    [("hashicorp/vsphere", None),
+     ("vmware/vsphere", {"terraform": {"required_providers": {"vsphere": {"source": "vmware/vsphere",
+                                                                          "version": "2.0.2"}}}})],
+)  # fmt: skip
+def test_a_module_is_pointed_at_the_sites_provider_address_keeping_its_version(source, override):
+    from umc_infra.blueprint.content import Content, module_interface
+
+    required = module_interface(Content.locate().modules / "vsphere-vm").providers
+    modern = {"version": lambda: (1, 11, 4)}
+    assert provider_override(required, Settings(vsphere_provider_source=source), **modern) == override
+    assert provider_override({}, Settings(vsphere_provider_source="vmware/vsphere"), **modern) is None  # no vsphere
+
+
+def test_a_terraform_that_cannot_override_a_provider_address_is_refused_naming_the_setting():
+    from umc_infra.blueprint.content import Content, module_interface
+
+    required = module_interface(Content.locate().modules / "vsphere-vm").providers
+    with pytest.raises(SettingsError) as refused:
+        provider_override(required, Settings(vsphere_provider_source="vmware/vsphere"), version=lambda: (1, 0, 3))
+    (problem,) = refused.value.problems
+    assert problem.field == "UMC_VSPHERE_PROVIDER_SOURCE" and "needs Terraform 1.6" in problem.message
+    assert "1.0.3" in problem.message and "hashicorp/vsphere" in problem.allowed
 
 
 def test_resource_changes_mask_sensitive_values_and_ignore_empty_noise():
