@@ -279,7 +279,7 @@ def test_local_compare_and_swap_loses_no_update_across_processes(tmp_path):
 
     store = LocalStore(tmp_path / "state")
     store.create("k/counter", b"0")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # not fork: the test process has threads
     workers = [context.Process(target=_increment, args=(store.root, 150)) for _ in range(4)]
     for worker in workers:
         worker.start()
