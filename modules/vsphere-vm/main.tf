@@ -21,6 +21,7 @@ locals {
     local.use_cluster == local.use_host ? "Set exactly one of cluster or host (cluster = ${jsonencode(var.cluster)}, host = ${jsonencode(var.host)})." : "",
     local.static_ips && length(var.ipv4_addresses) != var.instances ? "ipv4_addresses has ${length(var.ipv4_addresses)} entries but instances is ${var.instances}: give one address per instance, or none for DHCP." : "",
     local.static_ips && length(distinct(var.ipv4_addresses)) != length(var.ipv4_addresses) ? "ipv4_addresses contains duplicates." : "",
+    var.memory_reservation_mb > var.memory_mb ? "memory_reservation_mb (${var.memory_reservation_mb}) is more than memory_mb (${var.memory_mb})." : "",
   ])
   inputs_ok = length(local.input_errors) == 0 ? true : tobool("ERROR: ${join(" ", local.input_errors)}")
 
@@ -55,6 +56,18 @@ data "vsphere_network" "net" {
   datacenter_id = data.vsphere_datacenter.dc.id
 }
 
+data "vsphere_network" "extra" {
+  count         = length(var.extra_networks)
+  name          = var.extra_networks[count.index]
+  datacenter_id = data.vsphere_datacenter.dc.id
+}
+
+data "vsphere_datastore" "data" {
+  count         = var.data_disk_datastore != "" && length(var.data_disk_gb) > 0 ? 1 : 0
+  name          = var.data_disk_datastore
+  datacenter_id = data.vsphere_datacenter.dc.id
+}
+
 data "vsphere_virtual_machine" "template" {
   name          = var.template
   datacenter_id = data.vsphere_datacenter.dc.id
@@ -84,8 +97,12 @@ resource "vsphere_virtual_machine" "vm" {
   # spec): no notes are kept as one space, so a note that is removed is removed from vCenter too.
   annotation = var.annotation == "" ? " " : var.annotation
 
-  num_cpus = var.cpu
-  memory   = var.memory_mb
+  num_cpus               = var.cpu
+  memory                 = var.memory_mb
+  cpu_hot_add_enabled    = var.cpu_hot_add
+  memory_hot_add_enabled = var.memory_hot_add
+  cpu_reservation        = var.cpu_reservation_mhz
+  memory_reservation     = var.memory_reservation_mb
   # Hardware that must match the template, or the provider plans a change on every run.
   guest_id  = data.vsphere_virtual_machine.template.guest_id
   firmware  = data.vsphere_virtual_machine.template.firmware
@@ -98,11 +115,30 @@ resource "vsphere_virtual_machine" "vm" {
     adapter_type = data.vsphere_virtual_machine.template.network_interface_types[0]
   }
 
+  dynamic "network_interface" {
+    for_each = data.vsphere_network.extra
+    content {
+      network_id   = network_interface.value.id
+      adapter_type = data.vsphere_virtual_machine.template.network_interface_types[0]
+    }
+  }
+
   disk {
     label            = "disk0"
     size             = local.disk_gb
     thin_provisioned = data.vsphere_virtual_machine.template.disks[0].thin_provisioned
     eagerly_scrub    = data.vsphere_virtual_machine.template.disks[0].eagerly_scrub
+  }
+
+  dynamic "disk" {
+    for_each = var.data_disk_gb
+    content {
+      label            = "disk${disk.key + 1}"
+      unit_number      = disk.key + 1
+      size             = disk.value
+      datastore_id     = length(data.vsphere_datastore.data) > 0 ? data.vsphere_datastore.data[0].id : null
+      thin_provisioned = true
+    }
   }
 
   clone {
@@ -120,6 +156,12 @@ resource "vsphere_virtual_machine" "vm" {
       network_interface {
         ipv4_address = local.static_ips ? var.ipv4_addresses[count.index] : null
         ipv4_netmask = local.static_ips ? var.ipv4_netmask : null
+      }
+
+      # One customization entry per NIC, in order: the extra NICs take DHCP.
+      dynamic "network_interface" {
+        for_each = var.extra_networks
+        content {}
       }
 
       ipv4_gateway    = var.ipv4_gateway != null && var.ipv4_gateway != "" ? var.ipv4_gateway : null

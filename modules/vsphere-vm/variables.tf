@@ -205,3 +205,65 @@ variable "wait_for_guest_net_timeout" {
     error_message = "The wait_for_guest_net_timeout value must be >= 0."
   }
 }
+
+variable "data_disk_gb" {
+  description = "Sizes in GB of data disks added after the first (unit numbers 1, 2, ...); none by default."
+  type        = list(number)
+  default     = []
+
+  validation {
+    condition     = length(var.data_disk_gb) <= 14 && alltrue([for s in var.data_disk_gb : s >= 1 && floor(s) == s])
+    error_message = "The data_disk_gb value must hold at most 14 whole numbers >= 1 (GB)."
+  }
+}
+
+variable "data_disk_datastore" {
+  description = "The datastore of the data disks; empty: the VM's datastore."
+  type        = string
+  default     = ""
+}
+
+variable "extra_networks" {
+  description = "Networks (port groups, distributed port groups included) of NICs after the first; DHCP on them."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.extra_networks) <= 9
+    error_message = "The extra_networks value may name at most 9 networks."
+  }
+}
+
+variable "cpu_hot_add" {
+  description = "Whether vCPUs can be added while the VM runs."
+  type        = bool
+  default     = false
+}
+
+variable "memory_hot_add" {
+  description = "Whether memory can be added while the VM runs."
+  type        = bool
+  default     = false
+}
+
+variable "cpu_reservation_mhz" {
+  description = "CPU reserved for each VM, in MHz (0: none)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.cpu_reservation_mhz >= 0 && floor(var.cpu_reservation_mhz) == var.cpu_reservation_mhz
+    error_message = "The cpu_reservation_mhz value must be a whole number >= 0."
+  }
+}
+
+variable "memory_reservation_mb" {
+  description = "Memory reserved for each VM, in MB (0: none; at most memory_mb)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.memory_reservation_mb >= 0 && floor(var.memory_reservation_mb) == var.memory_reservation_mb
+    error_message = "The memory_reservation_mb value must be a whole number >= 0."
+  }
+}
