@@ -58,6 +58,14 @@ import "github.com/vmware/govmomi/vim25/types"
 """
 
 
+# govmomi 0.24.2 gives a disk added by a reconfigure no backing UUID; provider 2.0.2 matches a VM's disks to its
+# state by that UUID, and two data disks that both have none make its refresh panic ("slice bounds out of range
+# [:-1]" in DiskRefreshOperation). The overlay gives each new disk backing a UUID, as vCenter does.
+_DISK_BACKING = "\t\t\tif disk, ok := b.(*types.VirtualDiskFlatVer2BackingInfo); ok {\n"
+_DISK_DEFAULTS = _DISK_BACKING + "\t\t\t\t// These properties default to false\n"
+_DISK_UUID = '\t\t\t\tif disk.Uuid == "" {\n\t\t\t\t\tdisk.Uuid = uuid.New().String()\n\t\t\t\t}\n'
+
+
 def _source() -> bytes:
     return resources.files("umc_infra.sandbox").joinpath("vcsim/main.go").read_bytes()
 
@@ -86,10 +94,12 @@ def clone_fix_overlay(clone_source: str) -> dict[str, str]:
             "govmomi >= 0.28.0.",
             step="sandbox.vcsim.build",
         )
-    return {
-        _CLONE_FILE: clone_source.replace(_CLONE_SHARED, _CLONE_COPIED),
-        _CLONE_DEVICE_FILE: _CLONE_DEVICE_GO,
-    }
+    fixed = clone_source.replace(_CLONE_SHARED, _CLONE_COPIED)
+    if fixed.count(_DISK_DEFAULTS) == 1:
+        fixed = fixed.replace(
+            _DISK_DEFAULTS, _DISK_DEFAULTS.replace("\t\t\t\t// These", _DISK_UUID + "\t\t\t\t// These")
+        )
+    return {_CLONE_FILE: fixed, _CLONE_DEVICE_FILE: _CLONE_DEVICE_GO}
 
 
 def go_build_argv(output: Path, *, overlay: Path | None) -> list[str]:

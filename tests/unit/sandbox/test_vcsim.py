@@ -46,11 +46,19 @@ def test_an_unknown_govmomi_is_a_build_error_that_says_what_to_install(source):
 
 
 @pytest.mark.skipif(not DEBIAN.exists(), reason="Debian's govmomi source is not installed")
-def test_debians_govmomi_gets_exactly_its_clone_line_changed():
+def test_debians_govmomi_gets_exactly_its_clone_line_changed_and_new_disks_a_uuid():
+    import difflib
+
     source = DEBIAN.read_text()
     patched = _vcsim.clone_fix_overlay(source)["virtual_machine.go"]
-    changed = [(a, b) for a, b in zip(source.splitlines(), patched.splitlines(), strict=True) if a != b]
-    assert changed == [("\t\tdevices := vm.Config.Hardware.Device", "\t\tdevices := vm.cloneDevice()")]
+    diff = difflib.ndiff(source.splitlines(), patched.splitlines())
+    assert [line for line in diff if line[:2] in ("- ", "+ ")] == [
+        '+ \t\t\t\tif disk.Uuid == "" {',
+        "+ \t\t\t\t\tdisk.Uuid = uuid.New().String()",
+        "+ \t\t\t\t}",
+        "- \t\tdevices := vm.Config.Hardware.Device",
+        "+ \t\tdevices := vm.cloneDevice()",
+    ]
 
 
 @pytest.mark.parametrize(
