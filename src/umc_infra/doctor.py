@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from umc_infra import vcenter
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.blueprint.content import Content
 from umc_infra.blueprint.model import SecretRef
@@ -162,7 +163,8 @@ def _vault_checks(d: _Doctor, source: VaultSource) -> None:
             raise _Failed(f"Vault at {s.vault_addr} is not initialized", "initialize it")
         return f"Vault {state.get('version', '')} at {s.vault_addr}, unsealed".replace("  ", " ")
 
-    refs = _static_secrets(d)
+    every = _blueprint_secrets(d)
+    refs = [ref for ref in every if not ref.placeholders()]
 
     def login() -> str:
         method = default_registry().first_configured(s)
@@ -177,7 +179,7 @@ def _vault_checks(d: _Doctor, source: VaultSource) -> None:
     for ref in refs:
         d.check(f"secret {ref}", functools.partial(_read, source, ref), needs=("vault.auth",),
                 fix="write the secret, or let the policy of the auth method read it")  # fmt: skip
-    for ref in _per_deployment_secrets(d):
+    for ref in (ref for ref in every if ref.placeholders()):
         d.skip(f"secret {ref}", "per deployment: read when a deployment is provisioned")
 
 
@@ -194,20 +196,9 @@ def _blueprint_secrets(d: _Doctor) -> list[SecretRef]:
         for text in blueprint.secrets.values() if blueprint is not None else ():
             ref = SecretRef.parse(text)
             found.setdefault(str(ref), ref)
-    if d.settings.vsphere_credentials:
-        base = d.settings.vsphere_credentials.partition("#")[0]
-        for key in ("user", "password"):
-            ref = SecretRef.parse(f"{base}#{key}")
-            found.setdefault(str(ref), ref)
+    for ref in vcenter.credential_refs(d.settings) or ():
+        found.setdefault(str(ref), ref)
     return sorted(found.values(), key=str)
-
-
-def _static_secrets(d: _Doctor) -> list[SecretRef]:
-    return [ref for ref in _blueprint_secrets(d) if not ref.placeholders()]
-
-
-def _per_deployment_secrets(d: _Doctor) -> list[SecretRef]:
-    return [ref for ref in _blueprint_secrets(d) if ref.placeholders()]
 
 
 def _state_checks(d: _Doctor) -> None:
@@ -269,8 +260,6 @@ def _aws(what: str, name: str, fix: str) -> Iterator[None]:
 
 
 def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:
-    from umc_infra import vcenter
-
     s = d.settings
     with contextlib.ExitStack() as stack:
         session: dict[str, Any] = {}
@@ -280,8 +269,7 @@ def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:
             session["si"] = stack.enter_context(vcenter.connect(s, user, password))
             return f"logged in to {s.vsphere_server} as {user}"
 
-        base = (s.vsphere_credentials or "").partition("#")[0]
-        credentials = ("vault.auth", f"secret {base}#user", f"secret {base}#password")
+        credentials = ("vault.auth", *(f"secret {ref}" for ref in vcenter.credential_refs(s) or ()))
         if not d.check("vcenter", login, needs=credentials,
                        fix="check UMC_VSPHERE_SERVER and the vCenter credentials in Vault"):  # fmt: skip
             return

@@ -21,6 +21,14 @@ from umc_infra.secrets.source import SecretSource
 from umc_infra.settings import Settings
 
 
+def credential_refs(settings: Settings) -> tuple[SecretRef, SecretRef] | None:
+    """The Vault references of the vCenter user and password (``UMC_VSPHERE_CREDENTIALS``), or None if unset."""
+    if not settings.vsphere_credentials:
+        return None
+    base = settings.vsphere_credentials.partition("#")[0]
+    return SecretRef.parse(f"{base}#user"), SecretRef.parse(f"{base}#password")
+
+
 def credentials(settings: Settings, source: SecretSource) -> tuple[str, SecretStr]:
     """The vCenter user and password from the Vault secret ``UMC_VSPHERE_CREDENTIALS`` names.
 
@@ -28,14 +36,14 @@ def credentials(settings: Settings, source: SecretSource) -> tuple[str, SecretSt
         SettingsError: The setting (or the vCenter server) is not set.
         SecretError: The secret cannot be read.
     """
-    if not settings.vsphere_credentials or not settings.vsphere_server:
+    refs = credential_refs(settings)
+    if refs is None or not settings.vsphere_server:
         raise SettingsError([ParamProblem(
             field="UMC_VSPHERE_CREDENTIALS", message="is needed for umc_infra's own vCenter calls",
             allowed="a KV v2 secret with keys user and password, e.g. kv/data/umc/vsphere (and UMC_VSPHERE_SERVER)",
         )])  # fmt: skip
-    base = settings.vsphere_credentials.partition("#")[0]
-    user = source.read(SecretRef.parse(f"{base}#user")).get_secret_value()
-    return user, source.read(SecretRef.parse(f"{base}#password"))
+    user, password = refs
+    return source.read(user).get_secret_value(), source.read(password)
 
 
 @contextlib.contextmanager
