@@ -311,3 +311,25 @@ def test_a_module_working_directory_and_its_local_state_are_private_whatever_the
     state = settings.state_dir / "state" / "terraform" / "team-x"
     for path in (settings.state_dir, workdir.parent, workdir, state.parent, state):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+
+
+HOSTILE = ['a"b', '${file("/etc/passwd")}', "x\nprovider_installation { direct {} }", "../../etc", "https://m/ x/"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize(
+    ("field", "variable", "base"),
+    [("provider_network_mirror", "UMC_PROVIDER_NETWORK_MIRROR", {"provider_installation": "network_mirror"}),
+     ("vsphere_provider_source", "UMC_VSPHERE_PROVIDER_SOURCE", {}),
+     ("provider_installation", "UMC_PROVIDER_INSTALLATION", {})],
+)  # fmt: skip
+def test_hostile_provider_settings_are_refused_naming_the_setting(monkeypatch, field, variable, base, value):
+    """Values that would end up in the CLI config or an override file: never written, the setting named."""
+    from umc_infra import load_settings
+
+    for name, given in base.items():
+        monkeypatch.setenv(f"UMC_{name.upper()}", given)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert [p.field for p in refused.value.problems] == [variable]
