@@ -119,6 +119,8 @@ def allowed(spec: ParamSpec) -> str:
     parts = [spec.type if spec.type != "list" else f"list of {spec.items}"]
     if spec.min is not None or spec.max is not None:
         parts.append(f"from {_num(spec.min, '-inf')} to {_num(spec.max, 'inf')}")
+    if spec.at_most is not None:
+        parts.append(f"at most {spec.at_most}")
     if spec.min_length is not None or spec.max_length is not None:
         unit = "items" if spec.type == "list" else "characters"
         parts.append(f"{spec.min_length or 0} to {spec.max_length if spec.max_length is not None else 'any'} {unit}")
@@ -226,9 +228,21 @@ def validate(blueprint: Blueprint, params: object, deployment: object) -> Resolv
                 message=error["msg"].removeprefix("Value error, ") + shown,
                 allowed=allowed(spec) if spec else "see the blueprint",
             ))  # fmt: skip
+    problems += _bound_problems(blueprint, values)
     if problems:
         raise ParamsError(problems, blueprint=blueprint.name)
     return ResolvedParams(blueprint=blueprint.name, deployment=str(deployment), values=values)
+
+
+def _bound_problems(blueprint: Blueprint, values: dict[str, Any]) -> list[ParamProblem]:
+    """Each param above the param its ``at_most`` names (only where both values are valid)."""
+    return [
+        ParamProblem(field=f"params.{name}", message=f"{values[name]} is more than {spec.at_most} "
+                     f"({values[spec.at_most]})", allowed=allowed(spec))
+        for name, spec in blueprint.params.items()
+        if spec.at_most is not None and isinstance(values.get(name), int | float)
+        and isinstance(values.get(spec.at_most), int | float) and values[name] > values[spec.at_most]
+    ]  # fmt: skip
 
 
 def check_deployment(deployment: object) -> list[ParamProblem]:
@@ -256,9 +270,14 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
     Each property has the param's title, description, default and constraints. Secret params are marked
     ``writeOnly``. Control characters are refused through a ``not``/``pattern`` pair, addresses
     carry ``format: ipv4``, and ``format: username`` refuses system accounts through ``not``/``enum`` and
-    ``not``/``pattern`` (in ``allOf``).
+    ``not``/``pattern`` (in ``allOf``). A param bounded by another (``at_most``) is listed in the schema's
+    ``x-umc-at-most`` (``{"memory_reservation_mb": "memory_mb"}``: the first at most the second), which a portal
+    checks itself; plain JSON Schema cannot compare two properties.
     """
     schema = params_model(blueprint).model_json_schema()
+    bounds = {name: spec.at_most for name, spec in blueprint.params.items() if spec.at_most is not None}
+    if bounds:
+        schema["x-umc-at-most"] = bounds  # JSON Schema cannot compare two properties: a portal checks these itself
     for name, spec in blueprint.params.items():
         prop = schema.get("properties", {}).get(name)
         if prop is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from pyVmomi import vim
 
-from umc_infra import RunOptions, UmcInfraError, destroy, provision
+from umc_infra import ParamsError, RunOptions, destroy, provision
 from umc_infra.sandbox import _vcsim
+
+from .conftest import vm_names
 
 
 @pytest.fixture
@@ -53,6 +55,8 @@ def test_data_disks_extra_nics_hot_add_and_reservations_reach_vcenter(site, info
 
 def test_a_reservation_over_the_memory_is_refused_naming_both(site, info):
     too_much = {"memory_mb": 1024, "memory_reservation_mb": 2048}
-    with pytest.raises(UmcInfraError, match="memory_reservation_mb") as refused:
+    with pytest.raises(ParamsError) as refused:
         provision("linux-server", too_much, deployment="hw-bad", settings=site)
-    assert "memory_mb (1024)" in str(refused.value)  # TODO(next): refuse in params (ParamsError), not at plan
+    (problem,) = refused.value.problems
+    assert (problem.field, problem.message) == ("params.memory_reservation_mb", "2048 is more than memory_mb (1024)")
+    assert not vm_names(info, "hw-bad")

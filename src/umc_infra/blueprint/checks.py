@@ -21,6 +21,7 @@ from umc_infra.errors import BlueprintError, BlueprintProblem
 
 _NAME_PARAM_TYPES = ("string", "integer", "enum")
 """The param types a format (a name) may hold."""
+_NUMBERS = ("integer", "number")
 
 
 def check(blueprint: Blueprint) -> list[BlueprintProblem]:
@@ -74,6 +75,12 @@ def check(blueprint: Blueprint) -> list[BlueprintProblem]:
     if blueprint.ansible is not None:
         reads("ansible.ssh_private_key", blueprint.ansible.ssh_private_key, "ssh_key")
     problems += _secret_problems(blueprint, interfaces, used)
+    problems += [
+        BlueprintProblem(where=f"params.{name}.at_most", message=f"{spec.at_most!r} is not an integer or number "
+                         "param of this blueprint")
+        for name, spec in blueprint.params.items()
+        if spec.at_most is not None and getattr(blueprint.params.get(spec.at_most), "type", None) not in _NUMBERS
+    ]  # fmt: skip
     problems += [
         BlueprintProblem(where=f"params.{name}", message="is never used (by a module input, address, secret path, "
                          "playbook var or output)")

@@ -82,6 +82,9 @@ class ParamSpec(_Model):
     """The type of a list's items."""
     multiline: bool = False
     """Allow newlines and tabs in a string (other control characters are always refused)."""
+    at_most: Ident | None = None
+    """An integer or number param may not exceed the value of this other integer or number param (a memory
+    reservation at most the memory); in the JSON Schema as ``x-umc-at-most``."""
     secret: bool = False
 
     @property
@@ -110,6 +113,8 @@ class ParamSpec(_Model):
                 raise ValueError(f"'pattern' is not a regular expression: {exc}") from None
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError("'min' is greater than 'max'")
+        if self.at_most is not None and self.type not in ("integer", "number"):
+            raise ValueError("'at_most' is only for type integer or number")
         return self
 
 

@@ -123,6 +123,8 @@ def test_unknown_blueprint_names_what_exists(content, name):
         ),
         ({"modules__vm__inputs__instances": "addresses.vm"}, "module 'vm' declares no addresses"),
         ({"outputs__ips__value": {"format": "{deployment}-{nope}"}}, "outputs.ips: unknown param 'nope'"),
+        ({"params__instances__at_most": "nope"}, "params.instances.at_most: 'nope' is not an integer or number param"),
+        ({"params__instances__at_most": "label"}, "params.instances.at_most: 'label' is not an integer or number"),
     ],
 )
 def test_broken_references_are_named(content, changes, message):

@@ -195,3 +195,40 @@ def test_param_spec_format_rules(spec, message):
 
     with pytest.raises(ValidationError, match=message):
         ParamSpec.model_validate(spec)
+
+
+BOUNDED = Blueprint.model_validate(
+    {
+        "name": "bounded",
+        "version": "1.0.0",
+        "description": "d",
+        "params": {
+            "memory_mb": {"type": "integer", "default": 2048, "min": 512},
+            "reservation_mb": {"type": "integer", "default": 0, "min": 0, "at_most": "memory_mb"},
+        },
+        "modules": {"vm": {"source": "x"}},
+    }
+)
+
+
+def test_at_most_refuses_a_value_above_the_other_param_naming_both():
+    assert validate(BOUNDED, {"memory_mb": 1024, "reservation_mb": 1024}, "team-x").values["reservation_mb"] == 1024
+    with pytest.raises(ParamsError) as refused:
+        validate(BOUNDED, {"memory_mb": 1024, "reservation_mb": 1025}, "team-x")
+    (problem,) = refused.value.problems
+    assert problem.field == "params.reservation_mb"
+    assert problem.message == "1025 is more than memory_mb (1024)"
+    assert "at most memory_mb" in problem.allowed
+    assert json_schema(BOUNDED)["x-umc-at-most"] == {"reservation_mb": "memory_mb"}
+
+
+def test_at_most_is_only_checked_when_both_values_are_valid():
+    with pytest.raises(ParamsError) as refused:
+        validate(BOUNDED, {"memory_mb": 100, "reservation_mb": 200}, "team-x")
+    assert [p.field for p in refused.value.problems] == ["params.memory_mb"]  # the bound is moot, not a second error
+
+
+def test_at_most_must_name_a_number_param():
+    with pytest.raises(ValueError, match="only for type integer or number"):
+        Blueprint.model_validate({**BOUNDED.model_dump(exclude={"source", "roots"}), "params": {
+            "note": {"type": "string", "default": "", "at_most": "memory_mb"}}})  # fmt: skip
