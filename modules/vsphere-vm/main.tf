@@ -22,6 +22,7 @@ locals {
     local.static_ips && length(var.ipv4_addresses) != var.instances ? "ipv4_addresses has ${length(var.ipv4_addresses)} entries but instances is ${var.instances}: give one address per instance, or none for DHCP." : "",
     local.static_ips && length(distinct(var.ipv4_addresses)) != length(var.ipv4_addresses) ? "ipv4_addresses contains duplicates." : "",
     var.memory_reservation_mb > var.memory_mb ? "memory_reservation_mb (${var.memory_reservation_mb}) is more than memory_mb (${var.memory_mb})." : "",
+    var.anti_affinity && !local.use_cluster ? "anti_affinity needs a cluster (DRS), but the VMs go to host ${jsonencode(var.host)}: set cluster instead of host." : "",
   ])
   inputs_ok = length(local.input_errors) == 0 ? true : tobool("ERROR: ${join(" ", local.input_errors)}")
 
@@ -44,6 +45,32 @@ data "vsphere_host" "host" {
   count         = local.placement_host
   name          = var.host
   datacenter_id = data.vsphere_datacenter.dc.id
+}
+
+# The department folder must exist (a site's folders are the platform team's); a per-deployment folder is
+# made here, below it, and removed with the VMs.
+data "vsphere_folder" "department" {
+  count = var.department != "" ? 1 : 0
+  path  = "/${var.datacenter}/vm/${local.department_folder}"
+}
+
+resource "vsphere_folder" "deployment" {
+  count         = var.folder_per_deployment ? 1 : 0
+  path          = "${local.department_folder}/${var.name_prefix}"
+  type          = "vm"
+  datacenter_id = data.vsphere_datacenter.dc.id
+  depends_on    = [data.vsphere_folder.department]
+}
+
+data "vsphere_resource_pool" "pool" {
+  count         = var.resource_pool != "" ? 1 : 0
+  name          = var.resource_pool
+  datacenter_id = data.vsphere_datacenter.dc.id
+}
+
+data "vsphere_custom_attribute" "attribute" {
+  for_each = local.inputs_ok ? var.custom_attributes : {}
+  name     = each.key
 }
 
 data "vsphere_datastore" "ds" {
@@ -74,7 +101,12 @@ data "vsphere_virtual_machine" "template" {
 }
 
 locals {
-  resource_pool_id = local.use_cluster ? data.vsphere_compute_cluster.cluster[0].resource_pool_id : data.vsphere_host.host[0].resource_pool_id
+  department_folder = var.department != "" ? "${var.folder}/${var.department}" : var.folder
+  # A plain string (known at plan time, so the run can note which VMs it is about to make); the VMs wait for
+  # the folder through depends_on.
+  vm_folder = var.folder_per_deployment ? "${local.department_folder}/${var.name_prefix}" : local.department_folder
+  resource_pool_id = (var.resource_pool != "" ? data.vsphere_resource_pool.pool[0].id :
+  local.use_cluster ? data.vsphere_compute_cluster.cluster[0].resource_pool_id : data.vsphere_host.host[0].resource_pool_id)
   # Pinning the host only makes sense for a standalone host; on a cluster DRS picks one.
   host_system_id = local.use_host ? data.vsphere_host.host[0].id : null
 
@@ -86,12 +118,13 @@ locals {
 resource "vsphere_virtual_machine" "vm" {
   count = var.instances
 
-  name             = "${var.name_prefix}-${count.index + 1}"
-  folder           = var.folder
-  resource_pool_id = local.resource_pool_id
-  host_system_id   = local.host_system_id
-  datastore_id     = data.vsphere_datastore.ds.id
-  tags             = var.tag_ids
+  name              = "${var.name_prefix}-${count.index + 1}"
+  folder            = local.vm_folder
+  resource_pool_id  = local.resource_pool_id
+  host_system_id    = local.host_system_id
+  datastore_id      = data.vsphere_datastore.ds.id
+  tags              = var.tag_ids
+  custom_attributes = { for name, value in var.custom_attributes : data.vsphere_custom_attribute.attribute[name].id => value }
   # A variable's value is never a template: "${...}" and "%{...}" in the notes stay literal text.
   # vSphere cannot clear notes through the provider (an empty annotation is left out of the reconfigure
   # spec): no notes are kept as one space, so a note that is removed is removed from vCenter too.
@@ -170,9 +203,19 @@ resource "vsphere_virtual_machine" "vm" {
     }
   }
 
+  depends_on = [vsphere_folder.deployment]
+
   lifecycle {
     # The module never sets the swap placement (it stays "inherit"); the simulator reports it empty,
     # which would otherwise plan an update on every run.
     ignore_changes = [swap_placement_policy]
   }
+}
+
+# HA pairs: DRS keeps these VMs on different hosts of the cluster.
+resource "vsphere_compute_cluster_vm_anti_affinity_rule" "spread" {
+  count               = var.anti_affinity && local.use_cluster && var.instances > 1 ? 1 : 0
+  name                = "${var.name_prefix}-spread"
+  compute_cluster_id  = data.vsphere_compute_cluster.cluster[0].id
+  virtual_machine_ids = vsphere_virtual_machine.vm[*].id
 }

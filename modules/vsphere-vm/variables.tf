@@ -176,6 +176,43 @@ variable "annotation" {
   default     = ""
 }
 
+# --- Placement and metadata ----------------------------------------------------------------------
+
+variable "department" {
+  description = "A department folder under folder (e.g. \"radiology\"; it must exist); \"\" puts the VMs in folder itself."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9 _.-]{0,62})?$", var.department))
+    error_message = "The department value must be one folder name: letters, digits, space, '_', '.', '-', at most 63 characters, not starting with a space or dot."
+  }
+}
+
+variable "folder_per_deployment" {
+  description = "Put the VMs in a folder of their own, <folder>[/<department>]/<name_prefix>, made and removed with them."
+  type        = bool
+  default     = false
+}
+
+variable "resource_pool" {
+  description = "A resource pool of the cluster or host, by name or path (e.g. \"DC0_C0/Resources/gold\"); \"\" is its root pool."
+  type        = string
+  default     = ""
+}
+
+variable "custom_attributes" {
+  description = "vCenter custom attribute values set on every VM, by attribute name (the attributes must exist)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "anti_affinity" {
+  description = "Keep the VMs on different hosts (a DRS anti-affinity rule); needs a cluster and two or more instances."
+  type        = bool
+  default     = false
+}
+
 variable "tag_ids" {
   description = "vSphere tag ids attached to every VM (optional)."
   type        = list(string)

@@ -66,6 +66,17 @@ _DISK_DEFAULTS = _DISK_BACKING + "\t\t\t\t// These properties default to false\n
 _DISK_UUID = '\t\t\t\tif disk.Uuid == "" {\n\t\t\t\t\tdisk.Uuid = uuid.New().String()\n\t\t\t\t}\n'
 
 
+# govmomi 0.24.2 finds an object only by its exact type: a reference to a cluster typed as its supertype
+# ComputeResource (which provider 2.0.2 makes from a resource pool's owner to find the guest OS family) is "not
+# found", so no VM with guest customization can be planned on a cluster. vCenter resolves it; the overlay does too.
+_REGISTRY_FILE = "registry.go"
+_REGISTRY_GET = "\treturn r.objects[ref]\n}\n"
+_REGISTRY_SUPERTYPE = (
+    '\tif obj, ok := r.objects[ref]; ok || ref.Type != "ComputeResource" {\n\t\treturn obj\n\t}\n'
+    '\treturn r.objects[types.ManagedObjectReference{Type: "ClusterComputeResource", Value: ref.Value}]\n}\n'
+)
+
+
 def _source() -> bytes:
     return resources.files("umc_infra.sandbox").joinpath("vcsim/main.go").read_bytes()
 
@@ -100,6 +111,16 @@ def clone_fix_overlay(clone_source: str) -> dict[str, str]:
             _DISK_DEFAULTS, _DISK_DEFAULTS.replace("\t\t\t\t// These", _DISK_UUID + "\t\t\t\t// These")
         )
     return {_CLONE_FILE: fixed, _CLONE_DEVICE_FILE: _CLONE_DEVICE_GO}
+
+
+def registry_fix_overlay(registry_source: str) -> dict[str, str]:
+    """The ``registry.go`` for govmomi 0.24's simulator that finds a cluster by a ``ComputeResource`` reference.
+
+    Returns an empty mapping for a source that does not look up objects that way (a govmomi that needs no fix).
+    """
+    if registry_source.count(_REGISTRY_GET) != 1 or _REGISTRY_SUPERTYPE in registry_source:
+        return {}
+    return {_REGISTRY_FILE: registry_source.replace(_REGISTRY_GET, _REGISTRY_SUPERTYPE)}
 
 
 def go_build_argv(output: Path, *, overlay: Path | None) -> list[str]:
@@ -146,7 +167,9 @@ def ensure_built(paths: SandboxPaths, *, on_progress: Callable[[str], None]) -> 
     }
     go_version = run(["go", "version"], step="sandbox.vcsim.build", env=env).stdout
     clone_source = (SIMULATOR_SOURCE / _CLONE_FILE).read_text()
-    overlay_files = clone_fix_overlay(clone_source)
+    overlay_files = clone_fix_overlay(clone_source) | registry_fix_overlay(
+        (SIMULATOR_SOURCE / _REGISTRY_FILE).read_text()
+    )
     fingerprint = _source() + go_version.encode() + clone_source.encode() + json.dumps(overlay_files).encode()
     digest = hashlib.sha256(fingerprint).hexdigest()[:16]
     binary = paths.vcsim_binary.with_name(f"umc-vcsim-{digest}")

@@ -81,3 +81,25 @@ def test_the_overlay_maps_each_package_file_to_its_replacement(tmp_path):
     for name, text in files.items():
         assert Path(replace[str(_vcsim.SIMULATOR_SOURCE / name)]).read_text() == text
     assert _vcsim.write_overlay({}, tmp_path / "none") is None
+
+
+REGISTRY = "func (r *Registry) Get(ref types.ManagedObjectReference) mo.Reference {\n\treturn r.objects[ref]\n}\n"
+
+
+def test_a_cluster_is_found_by_a_compute_resource_reference_and_nothing_else_changes():
+    patched = _vcsim.registry_fix_overlay(REGISTRY)["registry.go"]
+    assert patched.startswith("func (r *Registry) Get(ref types.ManagedObjectReference) mo.Reference {\n")
+    assert 'ok || ref.Type != "ComputeResource"' in patched
+    assert 'Type: "ClusterComputeResource", Value: ref.Value' in patched
+    assert _vcsim.registry_fix_overlay(patched) == {}  # applied once only
+    assert _vcsim.registry_fix_overlay("package simulator\n") == {}  # a govmomi that looks objects up otherwise
+
+
+@pytest.mark.skipif(not (_vcsim.SIMULATOR_SOURCE / "registry.go").exists(), reason="no govmomi source")
+def test_debians_registry_gets_exactly_its_lookup_changed():
+    import difflib
+
+    source = (_vcsim.SIMULATOR_SOURCE / "registry.go").read_text()
+    patched = _vcsim.registry_fix_overlay(source)["registry.go"]
+    changed = [line for line in difflib.ndiff(source.splitlines(), patched.splitlines()) if line[:2] in ("- ", "+ ")]
+    assert changed[0] == "- \treturn r.objects[ref]" and len(changed) == 5
