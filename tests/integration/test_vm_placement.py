@@ -109,7 +109,7 @@ def test_a_department_folder_that_does_not_exist_stops_the_plan_naming_it(site, 
 
 def test_anti_affinity_on_a_standalone_host_is_refused_naming_both(site, info):
     on_host = site.model_copy(update={"vsphere_cluster": "", "vsphere_host": info.inventory.host})
-    with pytest.raises(TerraformError, match=r"anti_affinity needs a\s+cluster"):
+    with pytest.raises(TerraformError, match=r"anti_affinity needs a[\s|]+cluster"):
         provision("linux-server", {"instances": 2, "anti_affinity": True}, deployment="place-host", settings=on_host)
     assert not vm_names(info, "place-host")
 
