@@ -68,6 +68,17 @@ data "vsphere_resource_pool" "pool" {
   datacenter_id = data.vsphere_datacenter.dc.id
 }
 
+data "vsphere_tag_category" "category" {
+  for_each = local.inputs_ok ? toset([for tag in var.tags : split("/", tag)[0]]) : toset([])
+  name     = each.key
+}
+
+data "vsphere_tag" "tag" {
+  for_each    = local.inputs_ok ? toset(var.tags) : toset([])
+  name        = split("/", each.key)[1]
+  category_id = data.vsphere_tag_category.category[split("/", each.key)[0]].id
+}
+
 data "vsphere_custom_attribute" "attribute" {
   for_each = local.inputs_ok ? var.custom_attributes : {}
   name     = each.key
@@ -123,7 +134,7 @@ resource "vsphere_virtual_machine" "vm" {
   resource_pool_id  = local.resource_pool_id
   host_system_id    = local.host_system_id
   datastore_id      = data.vsphere_datastore.ds.id
-  tags              = var.tag_ids
+  tags              = concat(var.tag_ids, [for tag in data.vsphere_tag.tag : tag.id])
   custom_attributes = { for name, value in var.custom_attributes : data.vsphere_custom_attribute.attribute[name].id => value }
   # A variable's value is never a template: "${...}" and "%{...}" in the notes stay literal text.
   # vSphere cannot clear notes through the provider (an empty annotation is left out of the reconfigure

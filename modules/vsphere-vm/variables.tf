@@ -213,6 +213,17 @@ variable "anti_affinity" {
   default     = false
 }
 
+variable "tags" {
+  description = "vSphere tags on every VM, as \"Category/Name\"; umc_infra makes the categories and tags vCenter lacks before the plan."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for tag in var.tags : can(regex("^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,79}/[A-Za-z0-9][A-Za-z0-9 _.:-]{0,79}$", tag))])
+    error_message = "Each tags entry must be Category/Name: letters, digits, space, '_', '.', ':', '-', at most 80 characters each, starting with a letter or digit."
+  }
+}
+
 variable "tag_ids" {
   description = "vSphere tag ids attached to every VM (optional)."
   type        = list(string)

@@ -108,6 +108,8 @@ def _field_type(spec: ParamSpec) -> Any:
         base = Literal[tuple(spec.values or ())]
     else:
         item: Any = _ITEM_TYPES[spec.items or "string"]
+        if spec.pattern is not None:  # a list of strings: each item matches
+            item = Annotated[item, Field(pattern=spec.pattern)]
         base = Annotated[list[item], Field(min_length=spec.min_length, max_length=spec.max_length)]
     return SecretStr if spec.secret else base
 
@@ -296,6 +298,8 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
                 ]
         elif spec.type == "list" and spec.items in ("string", "ipv4"):
             _text_rules(prop["items"], multiline=False, ipv4=spec.items == "ipv4")
+            if spec.pattern is not None:
+                prop["items"]["pattern"] = spec.pattern
     return schema
 
 

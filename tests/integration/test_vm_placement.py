@@ -4,7 +4,11 @@ team blueprint that extends linux-server); read back from vCenter, then removed 
 
 from __future__ import annotations
 
+import uuid
+import warnings
+
 import pytest
+import requests
 import yaml
 from pyVmomi import vim
 
@@ -127,3 +131,60 @@ def test_the_web_ha_blueprint_plans_two_servers_and_their_spread_rule(site):
     assert (planned.counts["web"].add, planned.counts["web"].change) == (3, 0)  # 2 VMs and the rule
     with pytest.raises(ParamsError, match=r"params\.instances"):
         plan("web-ha", {"instances": 1}, deployment="place-webha", settings=site)
+
+
+def attached_tags(info, vm_name: str) -> set[str]:
+    """``Category/Name`` of the tags on a VM, read through vCenter's tagging API."""
+    with _vcsim.connect(info) as si:
+        view = si.RetrieveContent().viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
+        moid = next(v for v in view.view if v.name == vm_name)._moId
+    http = requests.Session()
+    http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=False; the simulator's certificate is Go's
+    http.verify = False
+    base = f"https://{info.vsphere_server}/rest/com/vmware/cis"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auth = (info.vsphere_user, info.vsphere_password.get_secret_value())
+        http.headers["vmware-api-session-id"] = http.post(f"{base}/session", auth=auth).json()["value"]
+        ids = http.post(f"{base}/tagging/tag-association?~action=list-attached-tags",
+                        json={"object_id": {"id": moid, "type": "VirtualMachine"}}).json()["value"]  # fmt: skip
+        names = set()
+        for ident in ids:
+            tag = http.get(f"{base}/tagging/tag/id:{ident}").json()["value"]
+            category = http.get(f"{base}/tagging/category/id:{tag['category_id']}").json()["value"]
+            names.add(f"{category['name']}/{tag['name']}")
+    return names
+
+
+def test_tags_by_category_and_name_are_made_when_missing_and_reused(info, tmp_path):
+    site = info.settings(state_dir=tmp_path / "state", backend="local", ip_pool="127.0.1.245-127.0.1.249")
+    run = uuid.uuid4().hex[:6]
+    tags = [f"umc-backup-{run}/daily", f"umc-owner-{run}/team x"]
+    lines: list[str] = []
+
+    def seen(event):
+        if getattr(event, "step", "") == "vcenter.tags" and event.kind == "output":
+            lines.append(event.line)
+
+    made = provision("linux-server", {"tags": tags}, deployment="place-tag-a", settings=site, on_event=seen)
+    (host,) = made.hosts
+    assert attached_tags(info, host.name) == set(tags)
+    assert sorted(lines) == sorted([f"made vCenter tag umc-backup-{run}/", f"made vCenter tag umc-owner-{run}/",
+                                    *(f"made vCenter tag {t}" for t in tags)])  # fmt: skip
+
+    lines.clear()  # another deployment's plan with one tag more: only that one is made, the others are reused
+    more = [*tags, f"umc-backup-{run}/weekly"]
+    planned = plan("linux-server", {"tags": more}, deployment="place-tag-b", settings=site, on_event=seen)
+    assert lines == [f"made vCenter tag umc-backup-{run}/weekly"]
+    assert planned.counts["vm"].add == 1
+
+    destroy("place-tag-a", settings=site, options=RunOptions(lock_timeout_s=30))
+    assert not vm_names(info, "place-tag-a")
+
+
+@pytest.mark.parametrize("tag", ["a/b/c", "../x", "x\n/y", "x/y\n", "${var.vsphere_password}/y", 'x"/y', "/y", "x/"])
+def test_hostile_tags_are_refused_naming_the_item(info, tmp_path, tag):
+    site = info.settings(state_dir=tmp_path / "state", backend="local", ip_pool="127.0.1.245-127.0.1.249")
+    with pytest.raises(ParamsError) as refused:
+        provision("linux-server", {"tags": ["ok/fine", tag]}, deployment="place-bad", settings=site)
+    assert [p.field for p in refused.value.problems] == ["params.tags.1"]

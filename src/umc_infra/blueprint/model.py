@@ -73,6 +73,7 @@ class ParamSpec(_Model):
     min_length: int | None = Field(default=None, ge=0)
     max_length: int | None = Field(default=None, ge=0)
     pattern: str | None = None
+    """A string's pattern; for a list of strings, each item's."""
     format: Literal["ipv4", "hostname", "username"] | None = None
     """A string's format: ``ipv4``; ``hostname`` (one DNS label); ``username`` (a Linux account name that is
     not a system or service account). ``hostname`` and ``username`` bring their own pattern."""
@@ -104,6 +105,8 @@ class ParamSpec(_Model):
             raise ValueError("'items' is only for type list")
         if self.format is not None and self.type != "string":
             raise ValueError("'format' is only for type string (a list of addresses: items: ipv4)")
+        if self.pattern is not None and not (self.type == "string" or (self.type == "list" and self.items == "string")):
+            raise ValueError("'pattern' is only for type string or a list of strings (each item matches)")
         if self.format in ("hostname", "username") and self.pattern is not None:
             raise ValueError(f"format {self.format} has its own pattern: drop 'pattern'")
         if self.pattern is not None:

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +23,7 @@ from umc_infra.ansible.inventory import Inventory
 from umc_infra.blueprint.model import Blueprint, HookPoint, PlaybookSpec
 from umc_infra.blueprint.references import Values, resolve, resolve_all
 from umc_infra.errors import Cancelled, StateBackendError
-from umc_infra.events import Event, EventCallback, StepFinished, StepStarted, numbered
+from umc_infra.events import Event, EventCallback, OutputLine, StepFinished, StepStarted, numbered
 from umc_infra.params import ResolvedParams
 from umc_infra.run import hooks as _hooks
 from umc_infra.run.journal import Journal
@@ -92,6 +92,7 @@ class Session:
         """The run's hosts, once built (provision) or read from the record (plan, drift)."""
         self._terraform: TerraformTool | None = None
         self._ansible: AnsibleTool | None = None
+        self._tags_ensured: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Session(deployment={self.deployment!r})"
@@ -197,10 +198,23 @@ class Session:
         """The module's working directory with its inputs, initialised; returns it and the secret inputs."""
         self.check_space()
         plain, secret = split_secrets(self.inputs(module) if inputs is None else inputs)
+        if plain.get("tags"):
+            self.ensure_tags(plain["tags"])
         workdir = self.workdir(module)
         self.terraform.prepare(self.module_dir(module), workdir, module=module, inputs=plain)
         self.terraform.init(workdir, module=module)
         return workdir, secret
+
+    def ensure_tags(self, tags: Sequence[str]) -> None:
+        """A module's ``tags`` input names site tags (``Category/Name``): make those vCenter lacks, once a run."""
+        missing = sorted(set(tags) - self._tags_ensured)
+        if not missing:
+            return
+        with self.step("vcenter.tags"):
+            made = self.tools.vcenter(self.context(), self.secret_source).ensure_tags(missing)
+        for tag in made:
+            self.emit(OutputLine(deployment=self.deployment, step="vcenter.tags", line=f"made vCenter tag {tag}"))
+        self._tags_ensured.update(missing)
 
     def init_only(self, module: str) -> Path:
         """The module's working directory, initialised, for commands that need no inputs (state, locks)."""

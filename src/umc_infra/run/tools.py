@@ -17,12 +17,14 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from umc_infra import vcenter
 from umc_infra.ansible import hostkeys
 from umc_infra.ansible.inventory import Inventory
 from umc_infra.ansible.runner import Ansible, PlaybookResult
 from umc_infra.errors import SshUnreachable
 from umc_infra.events import EventCallback
 from umc_infra.secrets.redact import Redactor
+from umc_infra.secrets.source import SecretSource
 from umc_infra.settings import Settings
 from umc_infra.state.store import StateStore
 from umc_infra.terraform.plan import ChangeCounts, TerraformPlan
@@ -135,6 +137,14 @@ class GuestsTool(Protocol):
         ...
 
 
+class VCenterTool(Protocol):
+    """umc_infra's own vCenter calls in a run (see :mod:`umc_infra.vcenter`)."""
+
+    def ensure_tags(self, tags: Sequence[str]) -> list[str]:
+        """Make the categories and tags (``Category/Name``) vCenter lacks; the ones made."""
+        ...
+
+
 class Tools(Protocol):
     """Makes the tools of one run."""
 
@@ -150,6 +160,10 @@ class Tools(Protocol):
 
     def guests(self, context: ToolContext) -> GuestsTool:
         """SSH reachability and host keys of the run's VMs."""
+        ...
+
+    def vcenter(self, context: ToolContext, secrets: SecretSource) -> VCenterTool:
+        """vCenter, logged in with the site's credentials (``UMC_VSPHERE_CREDENTIALS``) from ``secrets``."""
         ...
 
 
@@ -178,6 +192,23 @@ class RealTools:
     def guests(self, context: ToolContext) -> GuestsTool:
         """SSH reachability and host keys of the run's VMs."""
         return SshGuests(context)
+
+    def vcenter(self, context: ToolContext, secrets: SecretSource) -> VCenterTool:
+        """vCenter, logged in with the site's credentials (``UMC_VSPHERE_CREDENTIALS``) from ``secrets``."""
+        return SiteVCenter(context.settings, secrets)
+
+
+@dataclass(frozen=True)
+class SiteVCenter:
+    """The site's vCenter, through :mod:`umc_infra.vcenter`."""
+
+    settings: Settings
+    secrets: SecretSource
+
+    def ensure_tags(self, tags: Sequence[str]) -> list[str]:
+        """Make the categories and tags (``Category/Name``) vCenter lacks; the ones made."""
+        user, password = vcenter.credentials(self.settings, self.secrets)
+        return vcenter.ensure_tags(self.settings, user, password, tags)
 
 
 class SshGuests:

@@ -30,9 +30,11 @@ JSON_SCALARS = st.one_of(
 
 
 def _at_most(validator, bounds, instance, schema):
-    """``x-umc-at-most``, as a portal checks it: each named param at most the other (where both are numbers)."""
+    """``x-umc-at-most``, as a portal checks it: each named param at most the other (where both are numbers; a
+    param not given has its default)."""
+    given = {name: prop.get("default") for name, prop in schema["properties"].items()} | instance
     for name, other in bounds.items():
-        value, limit = instance.get(name), instance.get(other)
+        value, limit = given.get(name), given.get(other)
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (value, limit))
         if numbers and value > limit:
             yield jsonschema.ValidationError(f"{name} ({value}) is more than {other} ({limit})")
