@@ -105,8 +105,8 @@ def scanned_places(state_dir: Path) -> tuple[Path, ...]:
 
 def sandbox_secrets(sandbox: Any, info: Any) -> list[str]:
     """Every secret the sandbox holds: Vault root and read tokens, AppRole secret id, the vSphere and demo DB
-    passwords, the S3 secret key, and the SSH and JWT signing keys line by line (less the lines every key of
-    their kind has: the armour, and the header of an OpenSSH key)."""
+    passwords, the S3 secret key, the Windows Administrator and domain join passwords, and the SSH and JWT signing
+    keys line by line (less the lines every key of their kind has: the armour, and the header of an OpenSSH key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -118,6 +118,8 @@ def sandbox_secrets(sandbox: Any, info: Any) -> list[str]:
               creds.vault_root_token.get_secret_value(), info.s3_secret_key.get_secret_value(),
               read_secret(info, info.inventory.vault_vsphere_path)["password"],
               creds.demo_db_password.get_secret_value()]  # fmt: skip
+    windows = read_secret(info, info.inventory.vault_windows_path)
+    values += [windows["admin_password"], windows["join_password"]]
     another_ssh_key = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )

@@ -191,9 +191,27 @@ resource "vsphere_virtual_machine" "vm" {
     customize {
       timeout = var.customize_timeout
 
-      linux_options {
-        host_name = "${var.name_prefix}-${count.index + 1}"
-        domain    = var.domain
+      # One identity, by the template's guest family (windows.tf): the provider refuses the other.
+      dynamic "linux_options" {
+        for_each = local.windows ? [] : [1]
+        content {
+          host_name = "${var.name_prefix}-${count.index + 1}"
+          domain    = var.domain
+        }
+      }
+
+      dynamic "windows_options" {
+        for_each = local.windows ? [1] : []
+        content {
+          computer_name  = "${var.computer_name_prefix}-${count.index + 1}"
+          admin_password = var.windows_admin_password != "" ? var.windows_admin_password : null
+          time_zone      = local.windows_time_zone_index
+          # A domain join, or a workgroup: the provider refuses both at once.
+          workgroup             = local.join_domain ? null : var.windows_workgroup
+          join_domain           = local.join_domain ? var.windows_domain : null
+          domain_admin_user     = local.join_domain ? var.windows_join_user : null
+          domain_admin_password = local.join_domain ? var.windows_join_password : null
+        }
       }
 
       # An empty address (null) makes the provider configure DHCP on the NIC.

@@ -315,3 +315,76 @@ variable "memory_reservation_mb" {
     error_message = "The memory_reservation_mb value must be a whole number >= 0."
   }
 }
+
+# --- Windows guests (windows.tf) -----------------------------------------------------------------
+
+variable "guest_os" {
+  description = "The guest family of the template: \"linux\" (linux_options: host name and DNS domain) or \"windows\" (windows_options: sysprep). Checked against the template's guest id at plan time."
+  type        = string
+  default     = "linux"
+
+  validation {
+    condition     = contains(["linux", "windows"], var.guest_os)
+    error_message = "The guest_os value must be \"linux\" or \"windows\"."
+  }
+}
+
+variable "computer_name_prefix" {
+  description = "Windows: computer names are <prefix>-1 .. <prefix>-<instances> (NetBIOS: at most 15 characters in all, no dots)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z][A-Za-z0-9-]{0,11})?$", var.computer_name_prefix))
+    error_message = "The computer_name_prefix must be empty or match ^[A-Za-z][A-Za-z0-9-]{0,11}$ (a letter, then letters, digits and '-', at most 12 characters: the computer name adds -<n>)."
+  }
+}
+
+variable "windows_admin_password" {
+  description = "Windows: the local Administrator's password set by sysprep (from Vault). Pass it through TF_VAR_windows_admin_password."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "windows_domain" {
+  description = "Windows: the Active Directory domain (FQDN) the VMs join; empty: they join windows_workgroup."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.windows_domain == "" || (length(var.windows_domain) <= 253 && can(regex("^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$", var.windows_domain)))
+    error_message = "The windows_domain value must be empty or a DNS domain name such as ad.umcutrecht.nl (labels of letters, digits and '-', separated by dots)."
+  }
+}
+
+variable "windows_workgroup" {
+  description = "Windows: the workgroup when windows_domain is empty."
+  type        = string
+  default     = "WORKGROUP"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9-]{0,14}$", var.windows_workgroup))
+    error_message = "The windows_workgroup value must match ^[A-Za-z0-9][A-Za-z0-9-]{0,14}$ (at most 15 letters, digits and '-')."
+  }
+}
+
+variable "windows_join_user" {
+  description = "Windows: the account that joins the VMs to windows_domain (from Vault; used only with a domain)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "windows_join_password" {
+  description = "Windows: the join account's password (from Vault; used only with a domain)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "windows_time_zone" {
+  description = "Windows: the time zone id (e.g. \"W. Europe Standard Time\"); windows.tf maps it to sysprep's index."
+  type        = string
+  default     = "W. Europe Standard Time"
+}

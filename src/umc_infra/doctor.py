@@ -302,6 +302,10 @@ def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:
                                        f"{datacenter}/vm/{s.vsphere_folder}"), needs=dc)  # fmt: skip
         d.check("vcenter.template", find("UMC_VSPHERE_TEMPLATE", "template", s.vsphere_template,
                                          f"{datacenter}/vm/{s.vsphere_template}"), needs=dc)  # fmt: skip
+        if s.vsphere_windows_template:
+            windows = s.vsphere_windows_template
+            d.check("vcenter.windows_template", find("UMC_VSPHERE_WINDOWS_TEMPLATE", "template", windows,
+                                                     f"{datacenter}/vm/{windows}"), needs=dc)  # fmt: skip
 
 
 def _by_name(content: Any, datacenter: Any, kind: str, name: str) -> Any:

@@ -82,6 +82,7 @@ SITE_FIELDS = {
     "network": "vsphere_network",
     "folder": "vsphere_folder",
     "template": "vsphere_template",
+    "windows_template": "vsphere_windows_template",
     "domain": "vsphere_domain",
     "ip_gateway": "ip_gateway",
     "ip_netmask": "ip_netmask",
@@ -155,6 +156,8 @@ class Settings(BaseSettings):
     vsphere_network: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_NETWORK"))
     vsphere_folder: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_FOLDER"))
     vsphere_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_TEMPLATE"))
+    vsphere_windows_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_WINDOWS_TEMPLATE"))
+    """The Windows template VM (e.g. ``templates/win2022``), for blueprints that build Windows guests."""
     vsphere_domain: str = Field(default="local", validation_alias=_env("UMC_VSPHERE_DOMAIN"))
     vsphere_credentials: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_CREDENTIALS"))
     """A Vault KV v2 secret with keys ``user`` and ``password`` (``kv/data/umc/vsphere``) for umc_infra's own
@@ -270,7 +273,14 @@ class Settings(BaseSettings):
                              "is network_mirror")  # fmt: skip
         return value
 
-    @field_validator("vsphere_datacenter", "vsphere_datastore", "vsphere_network", "vsphere_folder", "vsphere_template")
+    @field_validator(
+        "vsphere_datacenter",
+        "vsphere_datastore",
+        "vsphere_network",
+        "vsphere_folder",
+        "vsphere_template",
+        "vsphere_windows_template",
+    )
     @classmethod
     def _inventory_name(cls, value: str | None) -> str | None:
         import re

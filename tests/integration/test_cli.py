@@ -41,7 +41,8 @@ def run(cli_env):
 def test_blueprints_list_show_schema(run):
     listed = run("blueprints", "list", "--output", "json")
     assert listed.returncode == 0
-    assert [b["name"] for b in json.loads(listed.stdout)] == ["app-stack", "lab-web", "linux-server", "web-server"]
+    names = [b["name"] for b in json.loads(listed.stdout)]
+    assert names == ["app-stack", "lab-web", "linux-server", "web-server", "windows-server"]
     shown = json.loads(run("blueprints", "show", "web-server", "-o", "json").stdout)
     assert shown["modules"]["web"]["source"] == "vsphere-vm"
     schema = json.loads(run("blueprints", "schema", "app-stack").stdout)

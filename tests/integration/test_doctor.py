@@ -43,7 +43,8 @@ def test_a_healthy_sandbox_passes_every_check(info, tmp_path, secrets):
     assert {"terraform", "provider", "vault", "vault.auth", "secret kv/data/umc/vsphere#password",
             "state.bucket", "state.lock_table", "state.conditional_writes", "vcenter", "vcenter.datacenter",
             "vcenter.host", "vcenter.datastore", "vcenter.network", "vcenter.folder",
-            "vcenter.template"} <= set(checks)  # fmt: skip
+            "vcenter.template", "vcenter.windows_template", "secret kv/data/umc/windows#admin_password",
+            "secret kv/data/umc/windows#join_password"} <= set(checks)  # fmt: skip
     assert {name for name, c in checks.items() if c["status"] != "ok"} == {PER_DEPLOYMENT}
     assert not leaks(secrets, printed)
 
@@ -69,6 +70,8 @@ BROKEN = {
     "no lock table": ({"UMC_LOCK_TABLE": "no-such-table"}, "state.lock_table", "ResourceNotFound", []),
     "no datastore": ({"UMC_VSPHERE_DATASTORE": "NoSuchDS"}, "vcenter.datastore", "no datastore 'NoSuchDS'", []),
     "no template": ({"UMC_VSPHERE_TEMPLATE": "templates/nothing"}, "vcenter.template", "templates/nothing", []),
+    "no windows template": ({"UMC_VSPHERE_WINDOWS_TEMPLATE": "templates/nothing-win"}, "vcenter.windows_template",
+                            "templates/nothing-win", []),
     "no folder": ({"UMC_VSPHERE_FOLDER": "elsewhere"}, "vcenter.folder", "no folder 'elsewhere'", []),
 }  # fmt: skip
 

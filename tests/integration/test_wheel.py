@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-BUILT_IN = {"app-stack", "linux-server", "web-server"}
+BUILT_IN = {"app-stack", "linux-server", "web-server", "windows-server"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def venv(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("site") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints.txt"),
-                    f"{wheel}[sandbox]"], check=True, timeout=900)  # fmt: skip
+                    f"{wheel}[sandbox,windows]"], check=True, timeout=900)  # fmt: skip
     return venv
 
 

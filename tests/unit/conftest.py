@@ -12,6 +12,8 @@ CANARIES = {
     "ssh_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nkey-canary-1\n",
     "jwt_signing_key": "jwt-canary-1",
     "demo_db_password": "db-canary-1",
+    "windows_admin_password": "win-admin-canary-1",
+    "windows_join_password": "win-join-canary-1",
 }
 
 

@@ -162,6 +162,24 @@ def keep_event(event: Mapping[str, Any]) -> bool:
     return event.get("event") == _STATS_EVENT
 
 
+# Collections a built-in playbook uses that ansible-core lacks, and what installs them.
+_COLLECTIONS = {
+    "ansible.windows": "pip install 'umc-infra[windows]' (the ansible package carries it)",
+    "community.windows": "pip install 'umc-infra[windows]' (the ansible package carries it)",
+}
+_UNRESOLVED = re.compile(r"couldn't resolve module/action '(?P<collection>[a-z0-9_]+\.[a-z0-9_]+)\.[a-z0-9_]+'")
+
+
+def _collection_hint(message: str) -> str:
+    """What to install when ``message`` says a module of a collection that is not installed could not be resolved."""
+    found = _UNRESOLVED.search(message)
+    if found is None:
+        return ""
+    collection = found["collection"]
+    fix = _COLLECTIONS.get(collection, f"ansible-galaxy collection install {collection}")
+    return f" (is the collection {collection} installed? Install it: {fix})"
+
+
 def syntax_check(playbook: Path) -> list[tuple[str, int | None, str]]:
     """``ansible-playbook --syntax-check``: each error as (file, line, message); empty if the playbook is sound."""
     with tempfile.TemporaryDirectory(prefix="umc-syntax-") as home:
@@ -178,6 +196,7 @@ def syntax_check(playbook: Path) -> list[tuple[str, int | None, str]]:
             message = line.removeprefix("[ERROR]:").removeprefix("ERROR!").strip()
             origin = next((re.match(r"Origin: (.+?):(\d+)(?::\d+)?$", o) for o in lines[i + 1 : i + 4]
                            if o.startswith("Origin: ")), None)  # fmt: skip
+            message += _collection_hint(message)
             errors.append((origin[1], int(origin[2]), message) if origin else (str(playbook), None, message))
     return errors or [(str(playbook), None, f"ansible-playbook --syntax-check exited {result.returncode}")]
 

@@ -94,12 +94,16 @@ class SandboxInventory(BaseModel):
     template_folder: str = "templates"
     template: str = "umc-linux-template"
     template_guest_id: str = "centos7_64Guest"
+    windows_template: str = "umc-windows-template"
+    # The simulator's guest list (govmomi 0.24.2) ends at Windows Server 2016; real templates keep their own id.
+    windows_template_guest_id: str = "windows9Server64Guest"
     vsphere_user: str = "umc-sandbox@vsphere.local"
 
     vault_mount: str = "kv"
     vault_vsphere_path: str = "umc/vsphere"
     vault_ansible_path: str = "umc/ansible"
     vault_demo_app_path: str = "apps/demo"
+    vault_windows_path: str = "umc/windows"
     vault_policy: str = "umc-read"
     vault_approle: str = "umc-infra"
     vault_jwt_role: str = "ci"
@@ -114,6 +118,11 @@ class SandboxInventory(BaseModel):
     def template_path(self) -> str:
         """Inventory path of the template VM relative to the datacenter's VM folder."""
         return f"{self.template_folder}/{self.template}"
+
+    @property
+    def windows_template_path(self) -> str:
+        """Inventory path of the Windows template VM relative to the datacenter's VM folder."""
+        return f"{self.template_folder}/{self.windows_template}"
 
 
 INVENTORY = SandboxInventory()
@@ -261,6 +270,7 @@ class SandboxInfo(BaseModel):
             "UMC_VSPHERE_NETWORK": inv.network,
             "UMC_VSPHERE_FOLDER": inv.vm_folder,
             "UMC_VSPHERE_TEMPLATE": inv.template_path,
+            "UMC_VSPHERE_WINDOWS_TEMPLATE": inv.windows_template_path,
             "UMC_IP_POOL": self.ip_pool,
             "UMC_IP_GATEWAY": str(gateway(self.guest_network)),
             "UMC_SSH_PORT": str(self.guest_ssh_port),
@@ -307,6 +317,10 @@ class Credentials(BaseModel):
     demo_db_password: SecretStr
     s3_secret_key: SecretStr | None = None
     """Generated once; a sandbox made before it existed gets one on its next start."""
+    windows_admin_password: SecretStr | None = None
+    """The Windows guests' Administrator password (Vault ``umc/windows``); generated like ``s3_secret_key``."""
+    windows_join_password: SecretStr | None = None
+    """The domain join account's password (Vault ``umc/windows``); generated like ``s3_secret_key``."""
 
     def dump(self) -> str:
         """JSON with the secret values revealed, for the 0600 file only."""

@@ -144,20 +144,17 @@ class Sandbox:
                 paths=paths,
             )
             self._started.append(_vcsim.NAME)
-        with _vcsim.connect(info) as si:
-            _vcsim.seed(si, INVENTORY)
 
         if _vault.NAME in missing:
             self._progress(f"starting Vault (OpenBao, in-memory storage) on {info.vault_addr}")
             _vault.start(host=host, port=settings.vault_port, creds=creds, paths=paths)
             self._started.append(_vault.NAME)
-        _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server)
 
         if _s3.NAME in missing:
             self._progress(f"starting the S3/DynamoDB state backend on {info.s3_endpoint}")
             _s3.start(host=host, port=settings.s3_port, paths=paths)
             self._started.append(_s3.NAME)
-        _s3.seed(info.s3_endpoint, INVENTORY)
+        self._seed(info, creds)
 
         if rootfs is not None:
             paths.ssh_public_key.write_text(creds.ssh_public_key + "\n")
@@ -172,6 +169,21 @@ class Sandbox:
                 )
                 self._started.append(AGENT)
         return info
+
+    def seed(self) -> None:
+        """Seed the running simulator, Vault and state backend again: what ``up()`` does after starting them.
+
+        Safe to repeat, and it starts nothing: a running sandbox gets what was added since it started (a template,
+        a Vault secret) without a restart.
+        """
+        creds = self._credentials(create=False)
+        self._seed(self._info(creds), creds)
+
+    def _seed(self, info: SandboxInfo, creds: Credentials) -> None:
+        with _vcsim.connect(info) as si:
+            _vcsim.seed(si, INVENTORY)
+        _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server)
+        _s3.seed(info.s3_endpoint, INVENTORY)
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every process the sandbox started, guests included; ``purge`` also removes its state.
@@ -273,8 +285,10 @@ class Sandbox:
         path = self.paths.credentials
         try:
             creds = Credentials.model_validate_json(path.read_text())
-            if creds.s3_secret_key is None:
-                creds = creds.model_copy(update={"s3_secret_key": SecretStr(secrets.token_urlsafe(24))})
+            # Secrets added since the sandbox was made: generated once, kept like the others.
+            added = {name: make() for name, make in _ADDED_SECRETS.items() if getattr(creds, name) is None}
+            if added:
+                creds = creds.model_copy(update=added)
                 write_private(path, creds.dump())
             return creds
         except FileNotFoundError:
@@ -372,5 +386,13 @@ def _new_credentials() -> Credentials:
         ssh_public_key=f"{public.decode()} umc-infra-sandbox",
         jwt_signing_key=SecretStr(_vault.new_jwt_signing_key()),
         demo_db_password=SecretStr(secrets.token_urlsafe(18)),
-        s3_secret_key=SecretStr(secrets.token_urlsafe(24)),
+        **{name: make() for name, make in _ADDED_SECRETS.items()},
     )
+
+
+_ADDED_SECRETS: dict[str, Callable[[], SecretStr]] = {
+    "s3_secret_key": lambda: SecretStr(secrets.token_urlsafe(24)),
+    "windows_admin_password": lambda: SecretStr(_vault.new_windows_password()),
+    "windows_join_password": lambda: SecretStr(_vault.new_windows_password()),
+}
+"""Credentials a sandbox made before them gets on its next start (or :meth:`Sandbox.seed`)."""

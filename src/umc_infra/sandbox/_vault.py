@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,16 @@ def seed(root: Any, creds: Credentials, inventory: SandboxInventory, *, vsphere_
         mount_point=mount,
         secret={"db_password": creds.demo_db_password.get_secret_value()},
     )
+    if creds.windows_admin_password is not None and creds.windows_join_password is not None:
+        kv.create_or_update_secret(
+            path=inventory.vault_windows_path,
+            mount_point=mount,
+            secret={
+                "admin_password": creds.windows_admin_password.get_secret_value(),
+                "join_user": "svc-umc-join@sandbox.umc.local",
+                "join_password": creds.windows_join_password.get_secret_value(),
+            },
+        )
     root.sys.create_or_update_policy(name=inventory.vault_policy, policy=vault_policy(inventory))
 
     auth = root.sys.list_auth_methods()["data"]
@@ -159,6 +170,11 @@ def _token_exists(root: Any, token: str) -> bool:
     except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest):
         return False
     return True
+
+
+def new_windows_password() -> str:
+    """A password Windows' complexity rules accept (upper and lower case, digits, symbols), 30 characters."""
+    return f"Umc-{secrets.token_urlsafe(18)}-9z!"
 
 
 def new_jwt_signing_key() -> str:

@@ -249,10 +249,7 @@ def _child(parent: Any, name: str) -> Any:
 
 
 def seed(si: Any, inventory: SandboxInventory) -> None:
-    """Create the VM folder, the template folder and the template VM, unless they exist."""
-    from pyVim.task import WaitForTask
-    from pyVmomi import vim
-
+    """Create the VM folder, the template folder and the Linux and Windows template VMs, unless they exist."""
     content = si.RetrieveContent()
     dc = _child(content.rootFolder, inventory.datacenter)
     if dc is None:
@@ -261,8 +258,16 @@ def seed(si: Any, inventory: SandboxInventory) -> None:
         if _child(dc.vmFolder, folder) is None:
             dc.vmFolder.CreateFolder(folder)
     templates = _child(dc.vmFolder, inventory.template_folder)
-    if _child(templates, inventory.template) is not None:
-        return
+    for name, guest_id in ((inventory.template, inventory.template_guest_id),
+                           (inventory.windows_template, inventory.windows_template_guest_id)):  # fmt: skip
+        if _child(templates, name) is None:
+            _create_template(dc, templates, inventory, name=name, guest_id=guest_id)
+
+
+def _create_template(dc: Any, templates: Any, inventory: SandboxInventory, *, name: str, guest_id: str) -> None:
+    """A template VM: one 16 GB thin disk on a paravirtual SCSI controller, one vmxnet3 NIC on the network."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
 
     compute = _child(dc.hostFolder, inventory.host)
     network = next(n for n in dc.network if n.name == inventory.network)
@@ -303,8 +308,8 @@ def seed(si: Any, inventory: SandboxInventory) -> None:
         ),
     )
     spec = vim.vm.ConfigSpec(
-        name=inventory.template,
-        guestId=inventory.template_guest_id,
+        name=name,
+        guestId=guest_id,
         numCPUs=1,
         memoryMB=1024,
         files=vim.vm.FileInfo(vmPathName=f"[{datastore.name}]"),

@@ -173,8 +173,8 @@ def test_invalid_yaml_is_a_blueprint_error(content):
 
 def test_the_shipped_blueprints_load():
     content = Content.locate()
-    assert {"linux-server", "web-server", "app-stack"} <= set(catalog(content).names())
-    for name in ("linux-server", "web-server", "app-stack"):
+    assert {"linux-server", "web-server", "app-stack", "windows-server"} <= set(catalog(content).names())
+    for name in ("linux-server", "web-server", "app-stack", "windows-server"):
         blueprint = load(name, content)
         assert blueprint.version
         assert blueprint.ansible is not None

@@ -93,3 +93,21 @@ def test_the_command_exits_2_and_prints_file_and_line_for_ci(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["problems"] == []
+
+
+@pytest.mark.parametrize(
+    ("message", "hint"),
+    [
+        ("couldn't resolve module/action 'ansible.windows.win_timezone'. This often indicates a misspelling, missing "
+         "collection, or incorrect module path.", "pip install 'umc-infra[windows]'"),
+        ("couldn't resolve module/action 'community.windows.win_firewall_rule'.", "pip install 'umc-infra[windows]'"),
+        ("couldn't resolve module/action 'acme.tools.thing'.", "ansible-galaxy collection install acme.tools"),
+        ("couldn't resolve module/action 'win_timezone'.", None),
+        ("conflicting action statements: copy, file", None),
+    ],
+)  # fmt: skip
+def test_a_module_of_a_missing_collection_names_what_installs_it(message, hint):
+    from umc_infra.ansible.runner import _collection_hint
+
+    found = _collection_hint(message)
+    assert (hint in found) if hint else found == ""

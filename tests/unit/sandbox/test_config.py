@@ -124,6 +124,7 @@ def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(
     assert env["VSPHERE_SERVER"] == "127.0.0.1:18989"
     assert env["UMC_IP_POOL"] == "127.0.1.10-127.0.1.157"
     assert env["UMC_VSPHERE_TEMPLATE"] == "templates/umc-linux-template"
+    assert env["UMC_VSPHERE_WINDOWS_TEMPLATE"] == "templates/umc-windows-template"
     assert "vs-password-canary" not in json.dumps(env)
     assert all(not k.startswith("VSPHERE_PASSWORD") for k in env)
     assert env["AWS_SECRET_ACCESS_KEY"] == "s3-secret-canary"  # generated per sandbox, never a shared word
@@ -178,3 +179,28 @@ def test_vault_config_is_in_memory_on_loopback():
     assert 'storage "inmem" {}' in config
     assert 'address = "127.0.0.1:18200"' in config
     assert "dev" not in config
+
+
+def test_a_sandbox_made_before_the_windows_secrets_gets_them_once_and_keeps_them(tmp_path):
+    from umc_infra.sandbox import Sandbox
+
+    sandbox = Sandbox(SandboxSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"))
+    old = json.loads(fake_credentials().dump())
+    for name in ("windows_admin_password", "windows_join_password", "s3_secret_key"):
+        old.pop(name, None)
+    write_private(sandbox.paths.credentials, json.dumps(old))
+    first = sandbox._credentials(create=False)
+    assert first.windows_admin_password is not None and first.windows_join_password is not None
+    assert first.windows_admin_password.get_secret_value() != first.windows_join_password.get_secret_value()
+    again = sandbox._credentials(create=False)
+    assert again.windows_admin_password == first.windows_admin_password  # written once, then read back
+    assert stat.S_IMODE(sandbox.paths.credentials.stat().st_mode) == 0o600
+
+
+def test_windows_passwords_meet_windows_complexity_and_are_long_enough_to_scan():
+    from umc_infra.sandbox._vault import new_windows_password
+
+    for password in (new_windows_password() for _ in range(50)):
+        assert len(password) >= 16
+        assert any(c.isupper() for c in password) and any(c.islower() for c in password)
+        assert any(c.isdigit() for c in password) and any(not c.isalnum() for c in password)
