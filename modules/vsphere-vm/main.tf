@@ -68,6 +68,17 @@ data "vsphere_resource_pool" "pool" {
   datacenter_id = data.vsphere_datacenter.dc.id
 }
 
+data "vsphere_datastore_cluster" "pod" {
+  count         = local.inputs_ok && var.datastore_cluster != "" ? 1 : 0
+  name          = var.datastore_cluster
+  datacenter_id = data.vsphere_datacenter.dc.id
+}
+
+data "vsphere_storage_policy" "policy" {
+  count = local.inputs_ok && var.storage_policy != "" ? 1 : 0
+  name  = var.storage_policy
+}
+
 data "vsphere_tag_category" "category" {
   for_each = local.inputs_ok ? toset([for tag in var.tags : split("/", tag)[0]]) : toset([])
   name     = each.key
@@ -129,13 +140,16 @@ locals {
 resource "vsphere_virtual_machine" "vm" {
   count = var.instances
 
-  name              = "${var.name_prefix}-${count.index + 1}"
-  folder            = local.vm_folder
-  resource_pool_id  = local.resource_pool_id
-  host_system_id    = local.host_system_id
-  datastore_id      = data.vsphere_datastore.ds.id
-  tags              = concat(var.tag_ids, [for tag in data.vsphere_tag.tag : tag.id])
-  custom_attributes = { for name, value in var.custom_attributes : data.vsphere_custom_attribute.attribute[name].id => value }
+  name             = "${var.name_prefix}-${count.index + 1}"
+  folder           = local.vm_folder
+  resource_pool_id = local.resource_pool_id
+  host_system_id   = local.host_system_id
+  # Storage DRS places the VM in a datastore cluster; otherwise the site's datastore.
+  datastore_cluster_id = length(data.vsphere_datastore_cluster.pod) > 0 ? data.vsphere_datastore_cluster.pod[0].id : null
+  datastore_id         = length(data.vsphere_datastore_cluster.pod) > 0 ? null : data.vsphere_datastore.ds.id
+  storage_policy_id    = length(data.vsphere_storage_policy.policy) > 0 ? data.vsphere_storage_policy.policy[0].id : null
+  tags                 = concat(var.tag_ids, [for tag in data.vsphere_tag.tag : tag.id])
+  custom_attributes    = { for name, value in var.custom_attributes : data.vsphere_custom_attribute.attribute[name].id => value }
   # A variable's value is never a template: "${...}" and "%{...}" in the notes stay literal text.
   # vSphere cannot clear notes through the provider (an empty annotation is left out of the reconfigure
   # spec): no notes are kept as one space, so a note that is removed is removed from vCenter too.
@@ -168,20 +182,22 @@ resource "vsphere_virtual_machine" "vm" {
   }
 
   disk {
-    label            = "disk0"
-    size             = local.disk_gb
-    thin_provisioned = data.vsphere_virtual_machine.template.disks[0].thin_provisioned
-    eagerly_scrub    = data.vsphere_virtual_machine.template.disks[0].eagerly_scrub
+    label             = "disk0"
+    size              = local.disk_gb
+    thin_provisioned  = data.vsphere_virtual_machine.template.disks[0].thin_provisioned
+    eagerly_scrub     = data.vsphere_virtual_machine.template.disks[0].eagerly_scrub
+    storage_policy_id = length(data.vsphere_storage_policy.policy) > 0 ? data.vsphere_storage_policy.policy[0].id : null
   }
 
   dynamic "disk" {
     for_each = var.data_disk_gb
     content {
-      label            = "disk${disk.key + 1}"
-      unit_number      = disk.key + 1
-      size             = disk.value
-      datastore_id     = length(data.vsphere_datastore.data) > 0 ? data.vsphere_datastore.data[0].id : null
-      thin_provisioned = true
+      label             = "disk${disk.key + 1}"
+      unit_number       = disk.key + 1
+      size              = disk.value
+      datastore_id      = length(data.vsphere_datastore.data) > 0 ? data.vsphere_datastore.data[0].id : null
+      storage_policy_id = length(data.vsphere_storage_policy.policy) > 0 ? data.vsphere_storage_policy.policy[0].id : null
+      thin_provisioned  = true
     }
   }
 

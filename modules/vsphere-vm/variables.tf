@@ -201,6 +201,18 @@ variable "resource_pool" {
   default     = ""
 }
 
+variable "datastore_cluster" {
+  description = "A datastore cluster (Storage DRS picks the datastore) instead of datastore; \"\" uses datastore."
+  type        = string
+  default     = ""
+}
+
+variable "storage_policy" {
+  description = "A VM storage policy (SPBM) by name, for the VM's home and its disks; \"\" keeps the datastore's default."
+  type        = string
+  default     = ""
+}
+
 variable "custom_attributes" {
   description = "vCenter custom attribute values set on every VM, by attribute name (the attributes must exist)."
   type        = map(string)

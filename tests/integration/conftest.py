@@ -9,13 +9,16 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import hvac
 import pytest
 from pyVim.task import WaitForTask
 from pyVmomi import vim
 
+from umc_infra.run.tools import RealTools, ToolContext
 from umc_infra.sandbox import Sandbox, SandboxInfo, _vcsim
+from umc_infra.terraform.runner import Terraform
 
 
 def pytest_collection_modifyitems(items):
@@ -122,3 +125,27 @@ def destroy_vm(info: SandboxInfo, name: str) -> None:
             if vm.runtime.powerState == "poweredOn":
                 WaitForTask(vm.PowerOffVM_Task())
             WaitForTask(vm.Destroy_Task())
+
+
+class _ShowingTerraform(Terraform):
+    """The real Terraform; keeps what ``terraform show -json`` printed, in memory, for the test to read."""
+
+    shown: list[dict[str, Any]]
+
+    def _show(self, workdir: Path, module: str, planfile: Path | None) -> dict[str, Any]:
+        found = super()._show(workdir, module, planfile)
+        self.shown.append(found)
+        return found
+
+
+class ShowingTools(RealTools):
+    def __init__(self) -> None:
+        self.shown: list[dict[str, Any]] = []
+
+    def terraform(self, context: ToolContext) -> Terraform:
+        terraform = _ShowingTerraform(
+            context.settings, on_event=context.on_event, redactor=context.redactor, deployment=context.deployment,
+            cancel=context.cancel, private_dir=context.private_dir, on_lock=context.on_lock,
+        )  # fmt: skip
+        terraform.shown = self.shown
+        return terraform

@@ -10,17 +10,20 @@ import warnings
 import pytest
 import requests
 import yaml
+from pyVim.task import WaitForTask
 from pyVmomi import vim
 
-from umc_infra import ParamsError, RunOptions, TerraformError, destroy, plan, provision
+from umc_infra import ParamsError, Provisioner, RunOptions, TerraformError, destroy, plan, provision
 from umc_infra.sandbox import _vcsim
 
-from .conftest import vm_names
+from .conftest import ShowingTools, vm_names
 
 CLUSTER = "DC0_C0"
 DEPARTMENT = "radiology"
 POOL = "gold"
 ATTRIBUTE = "umc.team"
+POD = "UmcPod"
+POLICY = "vSAN Default Storage Policy"  # one of the simulator's built-in storage policies
 
 
 def _child(parent, name):
@@ -42,6 +45,12 @@ def site_objects(info):
                                                     shares=vim.SharesInfo(level="normal", shares=0))  # fmt: skip
             spec = vim.ResourceConfigSpec(cpuAllocation=allocation, memoryAllocation=allocation)
             cluster.resourcePool.CreateResourcePool(POOL, spec)
+        if not any(isinstance(e, vim.StoragePod) and e.name == POD for e in dc.datastoreFolder.childEntity):
+            host = _child(dc.hostFolder, info.inventory.host).host[0]
+            backing = info.state_dir / "vcsim" / "pod-datastore"  # the simulator's datastores are directories
+            backing.mkdir(parents=True, exist_ok=True)
+            datastore = host.configManager.datastoreSystem.CreateLocalDatastore(name=f"{POD}DS_0", path=str(backing))
+            WaitForTask(dc.datastoreFolder.CreateStoragePod(name=POD).MoveIntoFolder_Task([datastore]))
         fields = content.customFieldsManager
         if not any(f.name == ATTRIBUTE for f in fields.field or []):
             fields.AddCustomFieldDef(name=ATTRIBUTE, moType=vim.VirtualMachine)
@@ -188,3 +197,26 @@ def test_hostile_tags_are_refused_naming_the_item(info, tmp_path, tag):
     with pytest.raises(ParamsError) as refused:
         provision("linux-server", {"tags": ["ok/fine", tag]}, deployment="place-bad", settings=site)
     assert [p.field for p in refused.value.problems] == ["params.tags.1"]
+
+
+def test_a_datastore_cluster_and_a_storage_policy_are_planned_by_their_ids(site_objects, tmp_path):
+    """Plan only: the simulator gives Storage DRS no clone placement and keeps no VM's storage policy."""
+    site = site_objects.settings(state_dir=tmp_path / "state", backend="local", ip_pool="127.0.1.245-127.0.1.249")
+    tools = ShowingTools()
+    Provisioner(settings=site, tools=tools).plan("linux-server", {"datastore_cluster": POD, "storage_policy": POLICY,
+                                                 "data_disks_gb": [1]}, deployment="place-storage")  # fmt: skip
+    (shown,) = {id(s): s for s in tools.shown if s.get("resource_changes")}.values()
+    (vm,) = [c["change"]["after"] for c in shown["resource_changes"] if c["type"] == "vsphere_virtual_machine"]
+    lookups = {r["type"]: r["values"] for r in shown["prior_state"]["values"]["root_module"]["resources"]
+               if r["mode"] == "data"}  # fmt: skip
+    assert vm["datastore_cluster_id"] == lookups["vsphere_datastore_cluster"]["id"]
+    assert not vm.get("datastore_id")  # Storage DRS picks it at the apply
+    assert vm["storage_policy_id"] == lookups["vsphere_storage_policy"]["id"]
+    assert [d["storage_policy_id"] for d in vm["disk"]] == [lookups["vsphere_storage_policy"]["id"]] * 2
+
+
+@pytest.mark.parametrize(("field", "value"), [("datastore_cluster", "NoSuchPod"), ("storage_policy", "No such")])
+def test_a_datastore_cluster_or_policy_that_does_not_exist_stops_the_plan_naming_it(site, info, field, value):
+    with pytest.raises(TerraformError, match=value):
+        plan("linux-server", {field: value}, deployment="place-nostore", settings=site)
+    assert not vm_names(info, "place-nostore")

@@ -21,13 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import destroy_vm, read_secret, vm_names
+from tests.integration.conftest import ShowingTools, destroy_vm, read_secret, vm_names
 from tests.leaks import ArgvWatch, leaks, sandbox_secrets, scanned_places
 from umc_infra import ParamsError, Provisioner, RunOptions, UmcInfraError, destroy, plan
 from umc_infra.ansible import runner as ansible_runner
-from umc_infra.run.tools import RealTools, ToolContext
 from umc_infra.sandbox import _s3, _vcsim
-from umc_infra.terraform.runner import Terraform
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL = "127.0.1.220-127.0.1.229"
@@ -56,30 +54,6 @@ def compute(tmp_path_factory) -> Path:
 
 def windows_secrets(info) -> dict[str, str]:
     return read_secret(info, info.inventory.vault_windows_path)
-
-
-class _ShowingTerraform(Terraform):
-    """The real Terraform; keeps what ``terraform show -json`` printed, in memory, for the test to read."""
-
-    shown: list[dict[str, Any]]
-
-    def _show(self, workdir: Path, module: str, planfile: Path | None) -> dict[str, Any]:
-        found = super()._show(workdir, module, planfile)
-        self.shown.append(found)
-        return found
-
-
-class ShowingTools(RealTools):
-    def __init__(self) -> None:
-        self.shown: list[dict[str, Any]] = []
-
-    def terraform(self, context: ToolContext) -> Terraform:
-        terraform = _ShowingTerraform(
-            context.settings, on_event=context.on_event, redactor=context.redactor, deployment=context.deployment,
-            cancel=context.cancel, private_dir=context.private_dir, on_lock=context.on_lock,
-        )  # fmt: skip
-        terraform.shown = self.shown
-        return terraform
 
 
 def test_windows_server_validates_terraform_and_the_playbook(info, tmp_path):
