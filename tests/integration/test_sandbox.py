@@ -14,12 +14,22 @@ import hvac.exceptions
 import pytest
 from pyVmomi import vim
 
+from tests.leaks import leaks, sandbox_secrets
 from umc_infra import PortInUse
 from umc_infra.process import run
 from umc_infra.sandbox import Sandbox, SandboxSettings, _s3, _vcsim
 from umc_infra.sandbox._config import LOOPBACK
 
 from .conftest import clone_vm, destroy_vm, free_port, read_secret, ssh
+
+
+def test_sandbox_up_prints_the_settings_but_no_secret(sandbox, info):
+    """``sandbox up`` on a running sandbox reuses it and prints its settings table: never a secret value."""
+    done = run([str(Path(sys.executable).parent / "umc-infra"), "sandbox", "up"], step="test", timeout=120,
+               env={**os.environ, "COLUMNS": "250"})  # fmt: skip
+    assert "AWS_SECRET_ACCESS_KEY" in done.stdout and "VSPHERE_SERVER" in done.stdout
+    assert leaks(sandbox_secrets(sandbox, info), done.stdout, done.stderr) == []
+
 
 # -- vCenter simulator --------------------------------------------------------------------------------
 

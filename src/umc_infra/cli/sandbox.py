@@ -42,6 +42,10 @@ def _ask(question: Callable[[Sandbox], T], *, as_json: bool) -> T:
     return guarded(lambda: question(sandbox), output)
 
 
+SECRET_SETTINGS = frozenset({"VAULT_TOKEN", "UMC_VAULT_SECRET_ID", "AWS_SECRET_ACCESS_KEY"})
+"""Settings ``sandbox up`` names but never shows (``sandbox env`` prints them for ``eval``)."""
+
+
 @app.command("up")
 def sandbox_up() -> None:
     """Start (or reuse) the sandbox and print its connection settings."""
@@ -51,7 +55,7 @@ def sandbox_up() -> None:
     err.print(f"sandbox up; started: {started}", highlight=False)
     table = Table("setting", "value", title="sandbox", title_justify="left")
     for name, value in info.environment().items():
-        shown = "(from `umc-infra sandbox env`)" if name in {"VAULT_TOKEN", "UMC_VAULT_SECRET_ID"} else value
+        shown = "(from `umc-infra sandbox env`)" if name in SECRET_SETTINGS else value
         table.add_row(name, shown)
     out.print(table)
 
