@@ -1,0 +1,126 @@
+"""Templates from a content library (UMC_VSPHERE_CONTENT_LIBRARY): linux-server deployed from an OVF item on the
+simulator, read back from vCenter, planned again without a change, and removed; the lookups by name in the plan."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import requests
+from pyVmomi import vim
+
+from umc_infra import Provisioner, RunOptions, TerraformError, destroy, plan, provision
+from umc_infra.sandbox import _vcsim
+
+from .conftest import ShowingTools, vm_names
+
+LIBRARY = "umc-lib"
+ITEM = "umc-linux"
+OVF = Path(__file__).parents[1] / "fixtures" / "content-library" / "umc-linux.ovf"
+
+
+@pytest.fixture(scope="module")
+def library(info) -> dict[str, str]:
+    """What a site's platform team makes once: a local library on the datastore with an OVF item (idempotent)."""
+    with _vcsim.connect(info) as si:
+        dc = _vcsim._child(si.RetrieveContent().rootFolder, info.inventory.datacenter)
+        datastore = next(d._moId for d in dc.datastore if d.name == info.inventory.datastore)
+    http = requests.Session()
+    http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=False; the simulator's certificate is Go's
+    http.verify = False
+    base = f"https://{info.vsphere_server}/rest/com/vmware"
+
+    def call(method: str, path: str, body: dict | None = None):
+        response = http.request(method, base + path, json=body)
+        response.raise_for_status()
+        return response.json().get("value") if response.content else None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auth = (info.vsphere_user, info.vsphere_password.get_secret_value())
+        http.headers["vmware-api-session-id"] = http.post(f"{base}/cis/session", auth=auth).json()["value"]
+        found = call("POST", "/content/library?~action=find", {"spec": {"name": LIBRARY}})
+        backing = {"type": "DATASTORE", "datastore_id": datastore}
+        spec = {"name": LIBRARY, "type": "LOCAL", "storage_backings": [backing]}
+        library = found[0] if found else call("POST", "/content/local-library", {"create_spec": spec})
+        found = call("POST", "/content/library/item?~action=find", {"spec": {"library_id": library, "name": ITEM}})
+        if found:
+            item = found[0]
+        else:  # an item, then its descriptor through an update session (the simulator keeps only the .ovf)
+            item = call("POST", "/content/library/item", {"create_spec": {"library_id": library, "name": ITEM,
+                                                                          "type": "ovf"}})  # fmt: skip
+            session = call("POST", "/content/library/item/update-session",
+                           {"create_spec": {"library_item_id": item}})  # fmt: skip
+            upload = call("POST", f"/content/library/item/updatesession/file/id:{session}?~action=add",
+                          {"file_spec": {"name": OVF.name, "source_type": "PUSH"}})  # fmt: skip
+            http.put(upload["upload_endpoint"]["uri"], data=OVF.read_bytes()).raise_for_status()
+            call("POST", f"/content/library/item/update-session/id:{session}?~action=complete")
+        call("DELETE", "/cis/session")
+    return {"library": library, "item": item}
+
+
+@pytest.fixture
+def site(info, library, tmp_path):
+    return info.settings(state_dir=tmp_path / "state", backend="local", ip_pool="127.0.1.225-127.0.1.229",
+                         vsphere_content_library=LIBRARY, vsphere_template=ITEM,
+                         vsphere_windows_template=None)  # fmt: skip
+
+
+def deployed(info, name: str) -> dict:
+    with _vcsim.connect(info) as si:
+        vm = si.RetrieveContent().searchIndex.FindByInventoryPath(f"{info.inventory.datacenter}/vm/"
+                                                                  f"{info.inventory.vm_folder}/{name}")  # fmt: skip
+        devices = vm.config.hardware.device
+        return {
+            "guest_id": vm.config.guestId,
+            "template": vm.config.template,
+            "cpu": vm.config.hardware.numCPU,
+            "memory_mb": vm.config.hardware.memoryMB,
+            "disks_gb": [d.capacityInKB // (1024 * 1024) for d in devices if isinstance(d, vim.vm.device.VirtualDisk)],
+            "networks": [d.backing.deviceName for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)],
+            "ip": vm.guest.ipAddress,
+        }
+
+
+def test_linux_server_deploys_from_a_library_item_and_plans_no_change_after(site, info):
+    d = "lib-vm"
+    made = provision("linux-server", {"cpu": 2, "memory_mb": 2048, "disk_gb": 20}, deployment=d, settings=site)
+    (host,) = made.hosts
+    shown = deployed(info, host.name)
+    assert shown == {"guest_id": "other3xLinux64Guest", "template": False, "cpu": 2, "memory_mb": 2048,
+                     "disks_gb": [20], "networks": [info.inventory.network], "ip": host.ip}  # fmt: skip
+
+    again = plan("linux-server", {"cpu": 2, "memory_mb": 2048, "disk_gb": 20}, deployment=d, settings=site)
+    assert [(r.address, r.action) for r in again.resources] == []  # the item's hardware is what the module says
+    destroy(d, settings=site, options=RunOptions(lock_timeout_s=30))
+    assert not vm_names(info, d)
+
+
+def test_the_plan_finds_library_and_item_by_name_and_clones_from_the_item(site, library):
+    tools = ShowingTools()
+    Provisioner(settings=site, tools=tools).plan("linux-server", {}, deployment="lib-plan")
+    (shown,) = {id(s): s for s in tools.shown if s.get("resource_changes")}.values()
+    (vm,) = [c["change"]["after"] for c in shown["resource_changes"] if c["type"] == "vsphere_virtual_machine"]
+    lookups = {r["type"]: r["values"] for r in shown["prior_state"]["values"]["root_module"]["resources"]
+               if r["mode"] == "data"}  # fmt: skip
+    assert lookups["vsphere_content_library"]["id"] == library["library"]
+    item = lookups["vsphere_content_library_item"]
+    assert (item["id"], item["type"]) == (library["item"], "ovf")
+    assert vm["clone"][0]["template_uuid"] == library["item"]
+    assert "vsphere_virtual_machine" not in lookups  # no template VM is looked up
+    assert (vm["guest_id"], vm["firmware"], vm["scsi_type"]) == ("other3xLinux64Guest", "bios", "pvscsi")
+
+
+@pytest.mark.parametrize(("setting", "value"), [("vsphere_template", "no-such-item"),
+                                                ("vsphere_content_library", "no-such-library")])  # fmt: skip
+def test_a_library_or_item_that_does_not_exist_stops_the_plan_naming_it(site, info, setting, value):
+    with pytest.raises(TerraformError, match=value):
+        plan("linux-server", {}, deployment="lib-missing", settings=site.model_copy(update={setting: value}))
+    assert not vm_names(info, "lib-missing")
+
+
+def test_a_datastore_cluster_with_a_library_item_is_refused_at_plan_time(site, info):
+    with pytest.raises(TerraformError, match=r"datastore_cluster[\s|]+cannot[\s|]+place"):
+        plan("linux-server", {"datastore_cluster": "UmcPod"}, deployment="lib-pod", settings=site)
+    assert not vm_names(info, "lib-pod")
