@@ -14,6 +14,7 @@ from umc_infra import Provisioner, RunOptions, TerraformError, destroy, plan, pr
 from umc_infra.sandbox import _vcsim
 
 from .conftest import ShowingTools, vm_names
+from .test_doctor import PER_DEPLOYMENT, doctor
 
 LIBRARY = "umc-lib"
 ITEM = "umc-linux"
@@ -124,3 +125,25 @@ def test_a_datastore_cluster_with_a_library_item_is_refused_at_plan_time(site, i
     with pytest.raises(TerraformError, match=r"datastore_cluster[\s|]+cannot[\s|]+place"):
         plan("linux-server", {"datastore_cluster": "UmcPod"}, deployment="lib-pod", settings=site)
     assert not vm_names(info, "lib-pod")
+
+
+def test_doctor_checks_the_library_and_its_item_instead_of_a_template_vm(info, library, tmp_path):
+    library_site = {"UMC_VSPHERE_CONTENT_LIBRARY": LIBRARY, "UMC_VSPHERE_TEMPLATE": ITEM,
+                    "UMC_VSPHERE_WINDOWS_TEMPLATE": None}  # fmt: skip
+    code, checks, printed = doctor(info, tmp_path, **library_site)
+    assert code == 0, printed
+    assert checks["vcenter.content_library"]["status"] == "ok"
+    assert checks["vcenter.template"]["detail"] == f"content library item {LIBRARY}/{ITEM} (ovf)"
+    assert {name for name, c in checks.items() if c["status"] != "ok"} == {PER_DEPLOYMENT}
+
+    code, checks, printed = doctor(info, tmp_path, **library_site | {"UMC_VSPHERE_TEMPLATE": "no-such-item"})
+    assert code == 9, printed
+    assert {name for name, c in checks.items() if c["status"] == "failed"} == {"vcenter.template"}
+    assert "no item 'no-such-item'" in checks["vcenter.template"]["detail"]
+    assert "UMC_VSPHERE_TEMPLATE" in checks["vcenter.template"]["fix"]
+
+    code, checks, printed = doctor(info, tmp_path, **library_site | {"UMC_VSPHERE_CONTENT_LIBRARY": "No Such"})
+    assert code == 9, printed
+    assert {name for name, c in checks.items() if c["status"] == "failed"} == {"vcenter.content_library"}
+    assert "no content library 'No Such'" in checks["vcenter.content_library"]["detail"]
+    assert checks["vcenter.template"]["status"] == "skipped"
