@@ -113,6 +113,19 @@ def test_the_plan_finds_library_and_item_by_name_and_clones_from_the_item(site, 
     assert (vm["guest_id"], vm["firmware"], vm["scsi_type"]) == ("other3xLinux64Guest", "bios", "pvscsi")
 
 
+def test_windows_server_plans_from_a_library_item_with_windows_options(site, library):
+    """Plan only: the sandbox's item is a Linux one; the module takes a Windows Server guest id for guest_os windows."""
+    tools = ShowingTools()
+    windows = site.model_copy(update={"vsphere_windows_template": ITEM})
+    Provisioner(settings=windows, tools=tools).plan("windows-server", {"computer_name": "umcfs"}, deployment="lib-win")
+    (shown,) = {id(s): s for s in tools.shown if s.get("resource_changes")}.values()
+    (vm,) = [c["change"]["after"] for c in shown["resource_changes"] if c["type"] == "vsphere_virtual_machine"]
+    assert vm["clone"][0]["template_uuid"] == library["item"]
+    assert vm["guest_id"] == "windows9Server64Guest"
+    (customize,) = vm["clone"][0]["customize"]
+    assert customize["windows_options"][0]["computer_name"] == "umcfs-1" and not customize["linux_options"]
+
+
 @pytest.mark.parametrize(("setting", "value"), [("vsphere_template", "no-such-item"),
                                                 ("vsphere_content_library", "no-such-library")])  # fmt: skip
 def test_a_library_or_item_that_does_not_exist_stops_the_plan_naming_it(site, info, setting, value):
