@@ -1,5 +1,5 @@
-# One or more VMs cloned from a template (a template VM, or an item of a content library), with guest customization (hostname, static IPv4 or DHCP,
-# DNS). A root module: the provider is configured here from variables.
+# One or more VMs cloned from a template (a template VM, or an item of a content library), with guest
+# customization (hostname, static IPv4 or DHCP, DNS). A root module: the provider is configured here from variables.
 
 provider "vsphere" {
   vsphere_server       = var.vsphere_server
@@ -160,7 +160,7 @@ locals {
   template_disk_thin  = local.use_library ? true : data.vsphere_virtual_machine.template[0].disks[0].thin_provisioned
   template_disk_eager = local.use_library ? false : data.vsphere_virtual_machine.template[0].disks[0].eagerly_scrub
   # A clone cannot shrink the template's disk; say so at plan time instead of failing mid-apply (a library
-  # item's disk size is not known before the deploy: vCenter refuses a smaller disk_gb then).
+  # item's disk size is not known before the deploy: a smaller disk_gb fails the apply, vSphere shrinks no disk).
   template_disk_gb = local.use_library ? 0 : data.vsphere_virtual_machine.template[0].disks[0].size
   disk_gb          = var.disk_gb >= local.template_disk_gb ? var.disk_gb : tonumber("ERROR: disk_gb (${var.disk_gb}) is smaller than the template's disk (${local.template_disk_gb} GB).")
 }

@@ -3,15 +3,14 @@ simulator, read back from vCenter, planned again without a change, and removed; 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
-import requests
 from pyVmomi import vim
 
 from umc_infra import Provisioner, RunOptions, TerraformError, destroy, plan, provision
 from umc_infra.sandbox import _vcsim
+from umc_infra.vcenter import rest_session
 
 from .conftest import ShowingTools, vm_names
 from .test_doctor import PER_DEPLOYMENT, doctor
@@ -27,20 +26,7 @@ def library(info) -> dict[str, str]:
     with _vcsim.connect(info) as si:
         dc = _vcsim._child(si.RetrieveContent().rootFolder, info.inventory.datacenter)
         datastore = next(d._moId for d in dc.datastore if d.name == info.inventory.datastore)
-    http = requests.Session()
-    http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify=False; the simulator's certificate is Go's
-    http.verify = False
-    base = f"https://{info.vsphere_server}/rest/com/vmware"
-
-    def call(method: str, path: str, body: dict | None = None):
-        response = http.request(method, base + path, json=body)
-        response.raise_for_status()
-        return response.json().get("value") if response.content else None
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        auth = (info.vsphere_user, info.vsphere_password.get_secret_value())
-        http.headers["vmware-api-session-id"] = http.post(f"{base}/cis/session", auth=auth).json()["value"]
+    with rest_session(info.settings(), info.vsphere_user, info.vsphere_password, step="test") as call:
         found = call("POST", "/content/library?~action=find", {"spec": {"name": LIBRARY}})
         backing = {"type": "DATASTORE", "datastore_id": datastore}
         spec = {"name": LIBRARY, "type": "LOCAL", "storage_backings": [backing]}
@@ -49,15 +35,15 @@ def library(info) -> dict[str, str]:
         if found:
             item = found[0]
         else:  # an item, then its descriptor through an update session (the simulator keeps only the .ovf)
-            item = call("POST", "/content/library/item", {"create_spec": {"library_id": library, "name": ITEM,
-                                                                          "type": "ovf"}})  # fmt: skip
+            spec = {"library_id": library, "name": ITEM, "type": "ovf"}
+            item = call("POST", "/content/library/item", {"create_spec": spec})
             session = call("POST", "/content/library/item/update-session",
                            {"create_spec": {"library_item_id": item}})  # fmt: skip
             upload = call("POST", f"/content/library/item/updatesession/file/id:{session}?~action=add",
                           {"file_spec": {"name": OVF.name, "source_type": "PUSH"}})  # fmt: skip
-            http.put(upload["upload_endpoint"]["uri"], data=OVF.read_bytes()).raise_for_status()
+            path = upload["upload_endpoint"]["uri"].split("/rest/com/vmware", 1)[1]
+            call("PUT", path, data=OVF.read_bytes())
             call("POST", f"/content/library/item/update-session/id:{session}?~action=complete")
-        call("DELETE", "/cis/session")
     return {"library": library, "item": item}
 
 
