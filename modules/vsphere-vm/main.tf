@@ -1,5 +1,5 @@
-# One or more VMs cloned from a template, with guest customization (hostname, static IPv4 or DHCP,
-# DNS). A root module: the provider is configured here from variables.
+# One or more VMs cloned from a template (a template VM, or an item of a content library), with guest
+# customization (hostname, static IPv4 or DHCP, DNS). A root module: the provider is configured here from variables.
 
 provider "vsphere" {
   vsphere_server       = var.vsphere_server
@@ -13,6 +13,7 @@ locals {
   use_cluster = var.cluster != null && var.cluster != ""
   use_host    = var.host != null && var.host != ""
   static_ips  = length(var.ipv4_addresses) > 0
+  use_library = var.content_library != null && var.content_library != ""
 
   # Terraform 1.0 has no preconditions and a validation block only sees its own variable, so
   # cross-variable rules are collected here. A non-empty list stops the plan: tobool() cannot
@@ -23,6 +24,7 @@ locals {
     local.static_ips && length(distinct(var.ipv4_addresses)) != length(var.ipv4_addresses) ? "ipv4_addresses contains duplicates." : "",
     var.memory_reservation_mb > var.memory_mb ? "memory_reservation_mb (${var.memory_reservation_mb}) is more than memory_mb (${var.memory_mb})." : "",
     var.anti_affinity && !local.use_cluster ? "anti_affinity needs a cluster (DRS), but the VMs go to host ${jsonencode(var.host)}: set cluster instead of host." : "",
+    local.use_library && var.datastore_cluster != "" ? "datastore_cluster cannot place VMs deployed from a content library item (the provider refuses it): use datastore, or a template VM." : "",
   ])
   inputs_ok = length(local.input_errors) == 0 ? true : tobool("ERROR: ${join(" ", local.input_errors)}")
 
@@ -117,9 +119,24 @@ data "vsphere_datastore" "data" {
   datacenter_id = data.vsphere_datacenter.dc.id
 }
 
+# The template: a template VM by inventory path, or with content_library an item of that library by name.
 data "vsphere_virtual_machine" "template" {
+  count         = local.use_library ? 0 : 1
   name          = var.template
   datacenter_id = data.vsphere_datacenter.dc.id
+}
+
+data "vsphere_content_library" "library" {
+  count = local.inputs_ok && local.use_library ? 1 : 0
+  name  = var.content_library
+}
+
+data "vsphere_content_library_item" "template" {
+  count      = length(data.vsphere_content_library.library)
+  name       = var.template
+  library_id = data.vsphere_content_library.library[0].id
+  # Required by the data source, which then reads the item's own type: OVF and VM template items both deploy.
+  type = "ovf"
 }
 
 locals {
@@ -132,9 +149,20 @@ locals {
   # Pinning the host only makes sense for a standalone host; on a cluster DRS picks one.
   host_system_id = local.use_host ? data.vsphere_host.host[0].id : null
 
-  template_disk_gb = data.vsphere_virtual_machine.template.disks[0].size
-  # A clone cannot shrink the template's disk; say so at plan time instead of failing mid-apply.
-  disk_gb = var.disk_gb >= local.template_disk_gb ? var.disk_gb : tonumber("ERROR: disk_gb (${var.disk_gb}) is smaller than the template's disk (${local.template_disk_gb} GB).")
+  # The template's hardware, which the VMs must keep, or the provider plans a change on every run. vSphere
+  # cannot read it from a library item before the deploy: there the library_* variables say it.
+  template_id        = local.use_library ? data.vsphere_content_library_item.template[0].id : data.vsphere_virtual_machine.template[0].id
+  template_guest_id  = local.use_library ? local.library_guest_id : data.vsphere_virtual_machine.template[0].guest_id
+  template_firmware  = local.use_library ? var.library_firmware : data.vsphere_virtual_machine.template[0].firmware
+  template_scsi_type = local.use_library ? var.library_scsi_type : data.vsphere_virtual_machine.template[0].scsi_type
+  template_nic_type  = local.use_library ? var.library_nic_type : data.vsphere_virtual_machine.template[0].network_interface_types[0]
+  # A library deploy provisions the disk as asked (thin here); a clone keeps the template's.
+  template_disk_thin  = local.use_library ? true : data.vsphere_virtual_machine.template[0].disks[0].thin_provisioned
+  template_disk_eager = local.use_library ? false : data.vsphere_virtual_machine.template[0].disks[0].eagerly_scrub
+  # A clone cannot shrink the template's disk; say so at plan time instead of failing mid-apply (a library
+  # item's disk size is not known before the deploy: a smaller disk_gb fails the apply, vSphere shrinks no disk).
+  template_disk_gb = local.use_library ? 0 : data.vsphere_virtual_machine.template[0].disks[0].size
+  disk_gb          = var.disk_gb >= local.template_disk_gb ? var.disk_gb : tonumber("ERROR: disk_gb (${var.disk_gb}) is smaller than the template's disk (${local.template_disk_gb} GB).")
 }
 
 resource "vsphere_virtual_machine" "vm" {
@@ -162,30 +190,30 @@ resource "vsphere_virtual_machine" "vm" {
   cpu_reservation        = var.cpu_reservation_mhz
   memory_reservation     = var.memory_reservation_mb
   # Hardware that must match the template, or the provider plans a change on every run.
-  guest_id  = data.vsphere_virtual_machine.template.guest_id
-  firmware  = data.vsphere_virtual_machine.template.firmware
-  scsi_type = data.vsphere_virtual_machine.template.scsi_type
+  guest_id  = local.template_guest_id
+  firmware  = local.template_firmware
+  scsi_type = local.template_scsi_type
 
   wait_for_guest_net_timeout = var.wait_for_guest_net_timeout
 
   network_interface {
     network_id   = data.vsphere_network.net.id
-    adapter_type = data.vsphere_virtual_machine.template.network_interface_types[0]
+    adapter_type = local.template_nic_type
   }
 
   dynamic "network_interface" {
     for_each = data.vsphere_network.extra
     content {
       network_id   = network_interface.value.id
-      adapter_type = data.vsphere_virtual_machine.template.network_interface_types[0]
+      adapter_type = local.template_nic_type
     }
   }
 
   disk {
     label             = "disk0"
     size              = local.disk_gb
-    thin_provisioned  = data.vsphere_virtual_machine.template.disks[0].thin_provisioned
-    eagerly_scrub     = data.vsphere_virtual_machine.template.disks[0].eagerly_scrub
+    thin_provisioned  = local.template_disk_thin
+    eagerly_scrub     = local.template_disk_eager
     storage_policy_id = length(data.vsphere_storage_policy.policy) > 0 ? data.vsphere_storage_policy.policy[0].id : null
   }
 
@@ -202,7 +230,7 @@ resource "vsphere_virtual_machine" "vm" {
   }
 
   clone {
-    template_uuid = data.vsphere_virtual_machine.template.id
+    template_uuid = local.template_id
 
     customize {
       timeout = var.customize_timeout

@@ -58,8 +58,63 @@ variable "folder" {
 }
 
 variable "template" {
-  description = "Template VM, inventory path relative to the datacenter's VM folder (e.g. \"templates/umc-linux-template\")."
+  description = "Template VM, inventory path relative to the datacenter's VM folder (e.g. \"templates/umc-linux-template\"); with content_library, the name of an item in that library."
   type        = string
+}
+
+# --- Templates from a content library ------------------------------------------------------------
+# vSphere cannot read a library item's hardware before the deploy, as it reads a template VM's: the library_*
+# values say it, and must match the item (otherwise the VMs are changed to them after the deploy: the guest id on
+# the next run, the firmware, SCSI controller and NIC type at once, which can keep the guest from booting).
+
+variable "content_library" {
+  description = "A content library by name: template then names an OVF or VM template item in it. \"\": template is a template VM."
+  type        = string
+  default     = ""
+}
+
+variable "library_guest_id" {
+  description = "With content_library: the item's guest id (e.g. \"rhel9_64Guest\"); \"\": other3xLinux64Guest, or windows9Server64Guest for guest_os = windows."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9_-]{1,80})?$", var.library_guest_id))
+    error_message = "The library_guest_id value must be empty or a vSphere guest id such as rhel9_64Guest."
+  }
+}
+
+variable "library_firmware" {
+  description = "With content_library: the item's firmware, \"bios\" or \"efi\"."
+  type        = string
+  default     = "bios"
+
+  validation {
+    condition     = contains(["bios", "efi"], var.library_firmware)
+    error_message = "The library_firmware value must be \"bios\" or \"efi\"."
+  }
+}
+
+variable "library_scsi_type" {
+  description = "With content_library: the item's SCSI controller, \"pvscsi\" or \"lsilogic\" or \"lsilogic-sas\"."
+  type        = string
+  default     = "pvscsi"
+
+  validation {
+    condition     = contains(["pvscsi", "lsilogic", "lsilogic-sas"], var.library_scsi_type)
+    error_message = "The library_scsi_type value must be \"pvscsi\", \"lsilogic\" or \"lsilogic-sas\"."
+  }
+}
+
+variable "library_nic_type" {
+  description = "With content_library: the item's network adapter type, \"vmxnet3\", \"e1000e\" or \"e1000\"."
+  type        = string
+  default     = "vmxnet3"
+
+  validation {
+    condition     = contains(["vmxnet3", "e1000e", "e1000"], var.library_nic_type)
+    error_message = "The library_nic_type value must be \"vmxnet3\", \"e1000e\" or \"e1000\"."
+  }
 }
 
 # --- Shape ---------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 locals {
   # vSphere's Windows guest ids all start with "win" (windows2019srv_64Guest, windows9Server64Guest ...); the
   # provider picks the customization family by the guest id and refuses options of the other family.
-  template_guest_id = data.vsphere_virtual_machine.template.guest_id
-  template_windows  = length(regexall("^win", lower(local.template_guest_id))) > 0
+  template_windows = length(regexall("^win", lower(local.template_guest_id))) > 0
+  # A library item's guest id (library_guest_id) by default: a Windows Server one for guest_os = windows.
+  library_guest_id = var.library_guest_id != "" ? var.library_guest_id : (var.guest_os == "windows" ? "windows9Server64Guest" : "other3xLinux64Guest")
 
   # Sysprep's time zone is Microsoft's index, the playbook's (win_timezone) the zone's id: the module takes the
   # id and looks the index up. Add a zone here with its index from Microsoft's "Time Zone Index Values".

@@ -267,6 +267,7 @@ def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:
         def login() -> str:
             user, password = vcenter.credentials(s, source)
             session["si"] = stack.enter_context(vcenter.connect(s, user, password))
+            session["credentials"] = user, password  # for the REST calls: content libraries
             return f"logged in to {s.vsphere_server} as {user}"
 
         credentials = ("vault.auth", *(f"secret {ref}" for ref in vcenter.credential_refs(s) or ()))
@@ -300,12 +301,46 @@ def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:
         d.check("vcenter.network", find("UMC_VSPHERE_NETWORK", "network", s.vsphere_network), needs=dc)
         d.check("vcenter.folder", find("UMC_VSPHERE_FOLDER", "folder", s.vsphere_folder,
                                        f"{datacenter}/vm/{s.vsphere_folder}"), needs=dc)  # fmt: skip
-        d.check("vcenter.template", find("UMC_VSPHERE_TEMPLATE", "template", s.vsphere_template,
-                                         f"{datacenter}/vm/{s.vsphere_template}"), needs=dc)  # fmt: skip
+        templates = {"vcenter.template": ("UMC_VSPHERE_TEMPLATE", s.vsphere_template)}
         if s.vsphere_windows_template:
-            windows = s.vsphere_windows_template
-            d.check("vcenter.windows_template", find("UMC_VSPHERE_WINDOWS_TEMPLATE", "template", windows,
-                                                     f"{datacenter}/vm/{windows}"), needs=dc)  # fmt: skip
+            templates["vcenter.windows_template"] = ("UMC_VSPHERE_WINDOWS_TEMPLATE", s.vsphere_windows_template)
+        if s.vsphere_content_library:
+            _library_checks(d, s, session["credentials"], templates)
+            return
+        for check, (setting, template) in templates.items():
+            d.check(check, find(setting, "template", template, f"{datacenter}/vm/{template}"), needs=dc)
+
+
+def _library_checks(d: _Doctor, s: Settings, credentials: tuple[str, Any],
+                    templates: dict[str, tuple[str, str | None]]) -> None:  # fmt: skip
+    """UMC_VSPHERE_CONTENT_LIBRARY: the library, and each template setting's item in it (vAPI REST)."""
+    library = s.vsphere_content_library
+    wanted = [name for _, name in templates.values() if name]
+    found: dict[str, str | None] = {}
+
+    def library_found() -> str:
+        types = vcenter.library_items(s, *credentials, library, wanted)
+        if types is None:
+            raise _Failed(f"no content library {library!r}", "set UMC_VSPHERE_CONTENT_LIBRARY to one that exists, "
+                          "or leave it empty for template VMs")  # fmt: skip
+        found.update(types)
+        return f"content library {library}"
+
+    d.check("vcenter.content_library", library_found, fix="check UMC_VSPHERE_CONTENT_LIBRARY")
+
+    def item(setting: str, name: str | None) -> Callable[[], str]:
+        def run() -> str:
+            if not name:
+                raise _Failed(f"{setting} is not set", f"set {setting} to an item of content library {library!r}")
+            if found.get(name) is None:
+                raise _Failed(f"no item {name!r} in content library {library!r}",
+                              f"set {setting} to an OVF or VM template item of it")  # fmt: skip
+            return f"content library item {library}/{name} ({found[name]})"
+
+        return run
+
+    for check, (setting, name) in templates.items():
+        d.check(check, item(setting, name), needs=("vcenter.content_library",))
 
 
 def _by_name(content: Any, datacenter: Any, kind: str, name: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,8 @@ from umc_infra.errors import ParamProblem, SettingsError
 
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,200}$"
+# A content library's or a library item's name: one name, no path.
+_LIBRARY = r"^([A-Za-z0-9][A-Za-z0-9 ._-]{0,79})?$"
 
 
 def _env(*names: str) -> AliasChoices:
@@ -83,6 +86,7 @@ SITE_FIELDS = {
     "folder": "vsphere_folder",
     "template": "vsphere_template",
     "windows_template": "vsphere_windows_template",
+    "content_library": "vsphere_content_library",
     "domain": "vsphere_domain",
     "ip_gateway": "ip_gateway",
     "ip_netmask": "ip_netmask",
@@ -155,6 +159,11 @@ class Settings(BaseSettings):
     vsphere_datastore: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_DATASTORE"))
     vsphere_network: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_NETWORK"))
     vsphere_folder: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_FOLDER"))
+    vsphere_content_library: Annotated[str, Field(pattern=_LIBRARY)] = Field(
+        default="", validation_alias=_env("UMC_VSPHERE_CONTENT_LIBRARY")
+    )
+    """A content library by name: ``UMC_VSPHERE_TEMPLATE`` (and ``UMC_VSPHERE_WINDOWS_TEMPLATE``) then name items in it
+    (OVF or VM template items) instead of template VMs. Empty: template VMs."""
     vsphere_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_TEMPLATE"))
     vsphere_windows_template: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_WINDOWS_TEMPLATE"))
     """The Windows template VM (e.g. ``templates/win2022``), for blueprints that build Windows guests."""
@@ -283,10 +292,17 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _inventory_name(cls, value: str | None) -> str | None:
-        import re
-
         if value is not None and not re.fullmatch(_NAME, value):
             raise ValueError("must be a vSphere inventory name (letters, digits, space, . _ / -)")
+        return value
+
+    @field_validator("vsphere_template", "vsphere_windows_template")
+    @classmethod
+    def _library_item(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # With a content library the templates are items of it: names, not inventory paths.
+        if value is not None and info.data.get("vsphere_content_library") and not re.fullmatch(_LIBRARY, value):
+            raise ValueError("must be the name of an item in UMC_VSPHERE_CONTENT_LIBRARY (letters, digits, space, "
+                             ". _ -; no /), as that setting is set")  # fmt: skip
         return value
 
 

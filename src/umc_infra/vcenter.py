@@ -1,4 +1,4 @@
-"""umc_infra's own vCenter calls (pyvmomi; the tagging API for tags), beside Terraform's.
+"""umc_infra's own vCenter calls (pyvmomi; the vAPI REST API for tags and content libraries), beside Terraform's.
 
 Terraform does all the building. umc_infra talks to vCenter itself only where Terraform cannot help:
 removing a VM that a run killed outright created but never got into Terraform's state (see
@@ -96,6 +96,52 @@ TAG_PART = r"[A-Za-z0-9][A-Za-z0-9 _.:-]{0,79}"
 """A tag's or category's name in ``Category/Name``: letters, digits, space, ``_ . : -``, at most 80 characters."""
 
 
+@contextlib.contextmanager
+def rest_session(settings: Settings, user: str, password: SecretStr, *, step: str) -> Iterator[Callable[..., Any]]:
+    """A vAPI REST session (tagging, content libraries), logged out at the end.
+
+    Yields ``call(method, path, body)`` for paths under ``/rest/com/vmware`` (e.g. ``/cis/tagging/tag``), which
+    returns the answer's ``value``.
+
+    Raises:
+        VCenterError: vCenter cannot be reached, refuses the login or a call (named by ``step``; never shows
+            the password).
+    """
+    import requests
+
+    server = str(settings.vsphere_server)
+    base = f"https://{server}/rest/com/vmware"
+    # UMC_VSPHERE_ALLOW_UNVERIFIED_SSL: the same choice as Terraform's provider and pyvmomi make.
+    verify = not settings.vsphere_allow_unverified_ssl
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        try:
+            # verify per request: a session's own verify loses to REQUESTS_CA_BUNDLE (psf/requests#3829)
+            response = http.request(method, base + path, json=body, timeout=30, verify=verify, **kwargs)
+        except requests.RequestException as exc:
+            raise VCenterError(f"vCenter {server} cannot be reached: {type(exc).__name__}", step=step) from None
+        if response.status_code == 401:
+            raise VCenterError(f"vCenter {server} refused the login of {user!r}", step=step)
+        if not response.ok:
+            raise VCenterError(f"vCenter {server} refused {method} {path}: HTTP {response.status_code} "
+                               f"{response.text[:200]}", step=step)  # fmt: skip
+        return response.json().get("value") if response.content else None
+
+    with warnings.catch_warnings(), requests.Session() as http:
+        warnings.simplefilter("ignore")  # urllib3's warning about the unverified certificate: the setting says so
+        # The password lives only in the auth object (whose repr hides it) for the login, never in a frame's args.
+        http.auth = requests.auth.HTTPBasicAuth(user, password.get_secret_value())
+        try:
+            http.headers["vmware-api-session-id"] = call("POST", "/cis/session")
+        finally:
+            http.auth = None
+        try:
+            yield call
+        finally:
+            with contextlib.suppress(VCenterError):
+                call("DELETE", "/cis/session")
+
+
 def ensure_tags(settings: Settings, user: str, password: SecretStr, tags: Iterable[str]) -> list[str]:
     """Make the categories and tags (``Category/Name``) that vCenter lacks, through its tagging API (vAPI).
 
@@ -108,59 +154,51 @@ def ensure_tags(settings: Settings, user: str, password: SecretStr, tags: Iterab
     Raises:
         VCenterError: vCenter cannot be reached, refuses the login, or refuses a tag (never shows the password).
     """
-    import requests
-
-    server = str(settings.vsphere_server)
-    base = f"https://{server}/rest/com/vmware/cis"
-    # UMC_VSPHERE_ALLOW_UNVERIFIED_SSL: the same choice as Terraform's provider and pyvmomi make.
-    verify = not settings.vsphere_allow_unverified_ssl
-
-    def call(method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        try:
-            # verify per request: a session's own verify loses to REQUESTS_CA_BUNDLE (psf/requests#3829)
-            response = http.request(method, base + path, json=body, timeout=30, verify=verify, **kwargs)
-        except requests.RequestException as exc:
-            raise VCenterError(f"vCenter {server} cannot be reached: {type(exc).__name__}", step=_TAGS) from None
-        if response.status_code == 401:
-            raise VCenterError(f"vCenter {server} refused the login of {user!r}", step=_TAGS)
-        if not response.ok:
-            raise VCenterError(f"vCenter {server} refused {method} {path}: HTTP {response.status_code} "
-                               f"{response.text[:200]}", step=_TAGS)  # fmt: skip
-        return response.json().get("value") if response.content else None
-
-    def categories() -> dict[Any, str]:
-        return {c.get("name"): c["id"] for c in _listing(call, "category")}
-
-    def tag_ids() -> dict[Any, str]:
-        return {(t.get("category_id"), t.get("name")): t["id"] for t in _listing(call, "tag")}
-
     wanted = sorted({(category, name) for category, _, name in (tag.partition("/") for tag in tags)})
     made: list[str] = []
-    with warnings.catch_warnings(), requests.Session() as http:
-        warnings.simplefilter("ignore")  # urllib3's warning about the unverified certificate: the setting says so
-        # The password lives only in the auth object (whose repr hides it) for the login, never in a frame's args.
-        http.auth = requests.auth.HTTPBasicAuth(user, password.get_secret_value())
-        try:
-            http.headers["vmware-api-session-id"] = call("POST", "/session")
-        finally:
-            http.auth = None
-        try:
-            known = categories()
-            for category in sorted({c for c, _ in wanted} - set(known)):
-                spec = {"name": category, "description": "made by umc_infra", "cardinality": "MULTIPLE",
-                        "associable_types": ["VirtualMachine"]}  # fmt: skip
-                known[category] = _create(call, "category", spec, categories, category)
-                made.append(f"{category}/")
-            existing = tag_ids()
-            for category, name in wanted:
-                if (known[category], name) not in existing:
-                    spec = {"name": name, "description": "made by umc_infra", "category_id": known[category]}
-                    _create(call, "tag", spec, tag_ids, (known[category], name))
-                    made.append(f"{category}/{name}")
-        finally:
-            with contextlib.suppress(VCenterError):
-                call("DELETE", "/session")
+    with rest_session(settings, user, password, step=_TAGS) as call:
+
+        def categories() -> dict[Any, str]:
+            return {c.get("name"): c["id"] for c in _listing(call, "category")}
+
+        def tag_ids() -> dict[Any, str]:
+            return {(t.get("category_id"), t.get("name")): t["id"] for t in _listing(call, "tag")}
+
+        known = categories()
+        for category in sorted({c for c, _ in wanted} - set(known)):
+            spec = {"name": category, "description": "made by umc_infra", "cardinality": "MULTIPLE",
+                    "associable_types": ["VirtualMachine"]}  # fmt: skip
+            known[category] = _create(call, "category", spec, categories, category)
+            made.append(f"{category}/")
+        existing = tag_ids()
+        for category, name in wanted:
+            if (known[category], name) not in existing:
+                spec = {"name": name, "description": "made by umc_infra", "category_id": known[category]}
+                _create(call, "tag", spec, tag_ids, (known[category], name))
+                made.append(f"{category}/{name}")
     return made
+
+
+def library_items(settings: Settings, user: str, password: SecretStr, library: str,
+                  items: Iterable[str]) -> dict[str, str | None] | None:  # fmt: skip
+    """The type (``ovf``, ``vm-template``) of each named item of a content library, None for one not in it.
+
+    Returns:
+        None when vCenter has no content library of that name.
+
+    Raises:
+        VCenterError: vCenter cannot be reached, or refuses the login or a call.
+    """
+    with rest_session(settings, user, password, step="vcenter.content_library") as call:
+        found = call("POST", "/content/library?~action=find", {"spec": {"name": library}}) or []
+        if not found:
+            return None
+        types: dict[str, str | None] = {}
+        for name in items:
+            spec = {"library_id": found[0], "name": name}
+            ids = call("POST", "/content/library/item?~action=find", {"spec": spec}) or []
+            types[name] = call("GET", f"/content/library/item/id:{ids[0]}").get("type") if ids else None
+        return types
 
 
 _TAGS = "vcenter.tags"
@@ -168,14 +206,14 @@ _TAGS = "vcenter.tags"
 
 def _listing(call: Callable[..., Any], kind: str) -> list[dict[str, Any]]:
     """Every category or tag, with its name (the list call gives ids only)."""
-    return [call("GET", f"/tagging/{kind}/id:{ident}") for ident in call("GET", f"/tagging/{kind}") or []]
+    return [call("GET", f"/cis/tagging/{kind}/id:{ident}") for ident in call("GET", f"/cis/tagging/{kind}") or []]
 
 
 def _create(call: Callable[..., Any], kind: str, spec: dict[str, Any], lookup: Callable[[], dict[Any, str]],
             key: Any) -> str:  # fmt: skip
     """Create a category or tag; if another run made it meanwhile (vCenter refuses a duplicate), use that one."""
     try:
-        return str(call("POST", f"/tagging/{kind}", {"create_spec": spec}))
+        return str(call("POST", f"/cis/tagging/{kind}", {"create_spec": spec}))
     except VCenterError:
         found = lookup().get(key)
         if found is None:
