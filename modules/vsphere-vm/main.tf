@@ -52,7 +52,7 @@ data "vsphere_host" "host" {
 # The department folder must exist (a site's folders are the platform team's); a per-deployment folder is
 # made here, below it, and removed with the VMs.
 data "vsphere_folder" "department" {
-  count = var.department != "" ? 1 : 0
+  count = local.inputs_ok && var.department != "" ? 1 : 0
   path  = "/${var.datacenter}/vm/${local.department_folder}"
 }
 
@@ -65,7 +65,7 @@ resource "vsphere_folder" "deployment" {
 }
 
 data "vsphere_resource_pool" "pool" {
-  count         = var.resource_pool != "" ? 1 : 0
+  count         = local.inputs_ok && var.resource_pool != "" ? 1 : 0
   name          = var.resource_pool
   datacenter_id = data.vsphere_datacenter.dc.id
 }
