@@ -42,7 +42,7 @@ def test_blueprints_list_show_schema(run):
     listed = run("blueprints", "list", "--output", "json")
     assert listed.returncode == 0
     names = [b["name"] for b in json.loads(listed.stdout)]
-    assert names == ["app-stack", "lab-web", "linux-server", "web-server", "windows-server"]
+    assert names == ["app-stack", "lab-web", "linux-server", "web-ha", "web-server", "windows-server"]
     shown = json.loads(run("blueprints", "show", "web-server", "-o", "json").stdout)
     assert shown["modules"]["web"]["source"] == "vsphere-vm"
     schema = json.loads(run("blueprints", "schema", "app-stack").stdout)

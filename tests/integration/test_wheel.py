@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-BUILT_IN = {"app-stack", "linux-server", "web-server", "windows-server"}
+BUILT_IN = {"app-stack", "linux-server", "web-ha", "web-server", "windows-server"}
 
 
 @pytest.fixture(scope="module")
