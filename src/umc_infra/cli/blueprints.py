@@ -34,7 +34,10 @@ def blueprints_list(output: OutputOption = "text") -> None:
     if output == "json":
         emit([b for b, _ in found], output)
         return
-    table = Table("blueprint", "version", "extends", "source", "description", title="blueprints", title_justify="left")
+    table = Table("blueprint", "version", "extends", title="blueprints", title_justify="left")
+    # A source's words (a package's name) are never cut: the description wraps instead.
+    table.add_column("source", min_width=max((len(w) for _, source in found for w in source.split()), default=6))
+    table.add_column("description")
     for b, source in found:
         table.add_row(b.name, b.version, b.extends or "", source, b.description)
     out.print(table)
