@@ -196,7 +196,9 @@ def test_wrong_params_name_every_field(site, info, params, fields):
 
 
 def test_unknown_blueprint(site):
-    with pytest.raises(BlueprintNotFound, match="available: app-stack, lab-web, linux-server, web-server"):
+    with pytest.raises(
+        BlueprintNotFound, match="available: app-stack, lab-web, linux-server, web-ha, web-server, windows-server"
+    ):
         provision("web-servr", {}, deployment="itest-x", settings=site)
 
 
