@@ -66,6 +66,7 @@ from .conftest import (
 )
 
 ONE = {"instances": 1}
+ROOT = Path(__file__).parents[2]
 
 
 def nothing_made(info, site: Settings, deployment: str) -> None:
@@ -497,12 +498,18 @@ def test_terraform_state_lock_held_while_no_run_died(info, site, secrets):
 
 @contextlib.contextmanager
 def small_state_dir(site: Settings) -> Iterator[Path]:
-    """The state directory on a 64 KB tmpfs (root only), grown to 256 MB by ``grow()``; unmounted afterwards."""
+    """The state directory on a small tmpfs (root only), grown to 256 MB by ``grow()``; unmounted afterwards.
+
+    Its size is the module's ``*.tf`` files (copied into the working directory; tmpfs counts whole 4 KB pages) and
+    40 KB: room for the records, the plan and a VM's state save to begin, not to end (a larger module must not
+    move the fault to an earlier write)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a size-limited tmpfs needs root")
     state = site.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(state)],
+    module = ROOT / "modules" / "vsphere-vm"
+    size_kb = 40 + sum(4 * -(-tf.stat().st_size // 4096) for tf in module.glob("*.tf"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(state)],
                              capture_output=True, text=True)  # fmt: skip
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
