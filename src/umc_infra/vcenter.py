@@ -92,10 +92,6 @@ def remove_vm(si: Any, vm: Any) -> None:
     WaitForTask(vm.Destroy_Task())
 
 
-TAG_PART = r"[A-Za-z0-9][A-Za-z0-9 _.:-]{0,79}"
-"""A tag's or category's name in ``Category/Name``: letters, digits, space, ``_ . : -``, at most 80 characters."""
-
-
 @contextlib.contextmanager
 def rest_session(settings: Settings, user: str, password: SecretStr, *, step: str) -> Iterator[Callable[..., Any]]:
     """A vAPI REST session (tagging, content libraries), logged out at the end.

@@ -8,7 +8,7 @@ they do not read each other's outputs in a cycle.
 from __future__ import annotations
 
 from umc_infra.blueprint.content import ModuleInterface, module_interface
-from umc_infra.blueprint.model import HOOK_GROUP, Blueprint, Value
+from umc_infra.blueprint.model import HOOK_GROUP, NUMBER_TYPES, Blueprint, Value
 from umc_infra.blueprint.references import (
     Format,
     Use,
@@ -21,7 +21,6 @@ from umc_infra.errors import BlueprintError, BlueprintProblem
 
 _NAME_PARAM_TYPES = ("string", "integer", "enum")
 """The param types a format (a name) may hold."""
-_NUMBERS = ("integer", "number")
 
 
 def check(blueprint: Blueprint) -> list[BlueprintProblem]:
@@ -79,7 +78,7 @@ def check(blueprint: Blueprint) -> list[BlueprintProblem]:
         BlueprintProblem(where=f"params.{name}.at_most", message=f"{spec.at_most!r} is not an integer or number "
                          "param of this blueprint")
         for name, spec in blueprint.params.items()
-        if spec.at_most is not None and getattr(blueprint.params.get(spec.at_most), "type", None) not in _NUMBERS
+        if spec.at_most is not None and getattr(blueprint.params.get(spec.at_most), "type", None) not in NUMBER_TYPES
     ]  # fmt: skip
     problems += [
         BlueprintProblem(where=f"params.{name}", message="is never used (by a module input, address, secret path, "

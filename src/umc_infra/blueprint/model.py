@@ -61,6 +61,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+NUMBER_TYPES = ("integer", "number")
+"""The param types that hold numbers (``at_most`` bounds one by another)."""
+
+
 class ParamSpec(_Model):
     """One parameter: its type, default and constraints."""
 
@@ -116,7 +120,7 @@ class ParamSpec(_Model):
                 raise ValueError(f"'pattern' is not a regular expression: {exc}") from None
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError("'min' is greater than 'max'")
-        if self.at_most is not None and self.type not in ("integer", "number"):
+        if self.at_most is not None and self.type not in NUMBER_TYPES:
             raise ValueError("'at_most' is only for type integer or number")
         return self
 
