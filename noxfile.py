@@ -4,9 +4,11 @@ demo, bench, constraints. Every install uses constraints.txt: the tested set."""
 import glob
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
@@ -24,10 +26,34 @@ PYTHONS = [v for v in ("3.11", "3.12", "3.13", "3.14", "3.15") if shutil.which(f
 def tests(session: nox.Session) -> None:
     """Unit and integration tests; the integration tests bring the sandbox up once (as root).
 
-    The blueprint package in tests/fixtures is installed as a user would install one (not editable).
+    Without arguments, in two phases on one sandbox (brought up first, stopped at the end if this session
+    started it): every case not marked ``serial`` on two workers, a test file per worker (a module's shared
+    deployments stay in one process; each file has its own deployment names and address range), then the
+    ``serial`` cases one by one (faults of the whole sandbox: the simulator killed, S3 frozen, the guest agent
+    held). Arguments go to one plain pytest run. The blueprint package in tests/fixtures is installed as a
+    user would install one (not editable).
     """
     session.install(*CONSTRAINTS, "-e", ".[test]", "./tests/fixtures/umc-lab-blueprints")
-    session.run("pytest", *(session.posargs or ["tests"]))
+    if session.posargs:
+        session.run("pytest", *session.posargs)
+        return
+    status = subprocess.run([f"{session.bin}/umc-infra", "sandbox", "status"], capture_output=True, check=False)
+    session.run("umc-infra", "sandbox", "up")
+    failed = []
+    try:
+        for phase, argv in (
+            ("parallel", ["-n", "2", "--dist", "loadfile", "-m", "not serial"]),
+            ("serial", ["-m", "serial"]),
+        ):
+            try:
+                session.run("pytest", *argv, "tests")
+            except CommandFailed:
+                failed.append(phase)
+    finally:
+        if status.returncode != 0:  # it was not running: this session started it
+            session.run("umc-infra", "sandbox", "down")
+    if failed:
+        session.error(f"tests failed in the {' and '.join(failed)} phase")
 
 
 @nox.session(python=PYTHONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -29,10 +30,17 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The sandbox from the environment's settings: reused if it runs, stopped at the end if we started it."""
+    """The sandbox from the environment's settings: reused if it runs, stopped at the end if we started it.
+
+    pytest-xdist's workers share it: one at a time brings it up (the first may start it, the others reuse it), and
+    a worker never stops it, as another may still be using it (``nox -s tests`` starts and stops it around them).
+    """
     sb = Sandbox(on_progress=print)
-    sb.up()
-    started = sb.started
+    sb.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(sb.paths.state_dir / "up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sb.up()
+    started = sb.started and "PYTEST_XDIST_WORKER" not in os.environ
     yield sb
     if started:
         sb.down()

@@ -10,7 +10,7 @@
   SSH with the pinned keys does not connect.
 
 Deployments are named ``iso-*``, the state is local to the test, and addresses come from
-127.0.1.240-127.0.1.249, so other runs on the same sandbox are not touched.
+127.0.1.250-127.0.1.252, so other runs on the same sandbox are not touched.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def site(info, tmp_path_factory):
     for name in vm_names(info, PREFIX):  # left by an earlier run that died: they would hold our addresses
         destroy_vm(info, name)
     settings = info.settings(
-        state_dir=tmp_path_factory.mktemp("iso-state"), backend="local", ip_pool="127.0.1.240-127.0.1.249"
+        state_dir=tmp_path_factory.mktemp("iso-state"), backend="local", ip_pool="127.0.1.250-127.0.1.252"
     )
     return settings.model_copy(update={"blueprint_path": [FIXTURES]})
 
@@ -139,7 +139,7 @@ if not armed:  # the control: ansible-playbook started directly, as ansible-runn
 key = SecretStr("-----BEGIN OPENSSH PRIVATE KEY-----\\nunused\\n-----END OPENSSH PRIVATE KEY-----")
 ansible = Ansible(Settings(), lambda name: playbooks / f"{name}.yml", on_event=lambda e: print(repr(e), flush=True),
                   redactor=Redactor([key]), deployment="iso-orphan", private_dir=run_dir)
-inventory = Inventory(hosts=(Host(name="iso-orphan-1", ip="127.0.1.249", groups=("linux",), module="vm"),))
+inventory = Inventory(hosts=(Host(name="iso-orphan-1", ip="127.0.1.253", groups=("linux",), module="vm"),))
 with ansible:
     ansible.run("wait", inventory=inventory, hosts="all", user="root", ssh_key=key, variables={"seconds": seconds})
 """

@@ -13,7 +13,7 @@ from umc_infra.state.store import LocalStore
 from .conftest import destroy_vm, find_vm, vm_names
 
 PREFIX = "rule-"
-POOL = "127.0.1.230-127.0.1.239"
+POOL = "127.0.1.210-127.0.1.219"
 # Everything a template engine, a shell or a path could mistake for syntax, plus several lines and unicode.
 NOTES = (
     'it\'s "quoted" and `back` \\ ${var.vsphere_password} %{ if true }x%{ endif }\n'

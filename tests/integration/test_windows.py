@@ -28,7 +28,7 @@ from umc_infra.ansible import runner as ansible_runner
 from umc_infra.sandbox import _s3, _vcsim
 
 ROOT = Path(__file__).resolve().parents[2]
-POOL = "127.0.1.220-127.0.1.229"
+POOL = "127.0.1.220-127.0.1.224"
 PREFIX = "win-"
 
 
