@@ -118,6 +118,7 @@ def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
         UMC_SANDBOX_VCSIM_PORT=str(free_port()),
         UMC_SANDBOX_VAULT_PORT=str(free_port()),
         UMC_SANDBOX_S3_PORT=str(free_port()),
+        UMC_SANDBOX_POSTGRES_PORT=str(free_port()),
         UMC_SANDBOX_GUESTS="false",
     )
     script = "set -euo pipefail\n" + code + '\ntest -n "$VAULT_TOKEN" && test -n "$AWS_ENDPOINT_URL"\n'

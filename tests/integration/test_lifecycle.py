@@ -301,6 +301,7 @@ def test_vcsim_killed_mid_apply_then_restarted_converges(tmp_path, sandbox):
             vcsim_port=free_port(),
             vault_port=free_port(),
             s3_port=free_port(),
+            postgres_port=free_port(),
             guest_network="127.0.4.0/24",
         )
     )
