@@ -198,7 +198,8 @@ class Sandbox:
         _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server,
                     vault_addr=info.vault_addr)  # fmt: skip
         _s3.seed(info.s3_endpoint, INVENTORY)
-        _postgres.seed(self.paths, self.settings.postgres_port, creds, INVENTORY)
+        if _daemons.running(self.paths.pids, _postgres.NAME) is not None:  # a sandbox made before it: `up` starts it
+            _postgres.seed(self.paths, self.settings.postgres_port, creds, INVENTORY)
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every process the sandbox started, guests included; ``purge`` also removes its state.
