@@ -23,8 +23,10 @@ import yaml
 
 from tests.leaks import leaks, sandbox_secrets
 from umc_infra import SandboxError
-from umc_infra.sandbox import _postgres
+from umc_infra.sandbox import Sandbox, SandboxSettings, _postgres
 from umc_infra.sandbox._config import SERVICE_POLICY
+
+from .conftest import free_port
 
 UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
 
@@ -232,3 +234,39 @@ def test_up_and_status_never_show_the_database_password(sandbox, info):
     assert leaks(secrets, up.stdout, up.stderr, status.stdout, status.stderr) == []
     status_json = cli("sandbox", "status", "--json")
     assert leaks(secrets, status_json.stdout, status_json.stderr) == []
+
+
+def test_the_cluster_is_made_once_and_keeps_its_data_across_down_and_up(tmp_path, sandbox):
+    """On a second sandbox of its own (no guests): `down` stops the server and all its workers, `up` starts it on the
+    same cluster (no second initdb), whose tables are still there; `down --purge` removes it."""
+    settings = SandboxSettings(
+        state_dir=tmp_path / "pg",
+        cache_dir=sandbox.settings.cache_dir,
+        vcsim_port=free_port(),
+        vault_port=free_port(),
+        s3_port=free_port(),
+        postgres_port=free_port(),
+        guests=False,
+    )
+    second = Sandbox(settings)
+    try:
+        info = second.up()
+        made = (second.paths.postgres_data / "PG_VERSION").stat().st_mtime_ns
+        with psycopg.connect(info.database_url.get_secret_value()) as conn:
+            conn.execute("CREATE TABLE kept (id int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        server = next(c.pid for c in second.status().components if c.name == "postgres")
+        workers = [int(p) for p in Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+        assert workers  # checkpointer, writers, launchers
+        second.down()
+        assert not [pid for pid in [server, *workers] if Path(f"/proc/{pid}").exists()]
+        assert not _tcp_listeners(settings.postgres_port)
+
+        info = second.up()
+        assert "postgres" in second.started
+        assert (second.paths.postgres_data / "PG_VERSION").stat().st_mtime_ns == made
+        with psycopg.connect(info.database_url.get_secret_value()) as conn:
+            assert conn.execute("SELECT id FROM kept").fetchall() == [(42,)]
+    finally:
+        second.down(purge=True)
+    assert not (tmp_path / "pg").exists()
