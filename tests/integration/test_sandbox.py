@@ -20,7 +20,7 @@ from umc_infra.process import run
 from umc_infra.sandbox import Sandbox, SandboxSettings, _s3, _vcsim
 from umc_infra.sandbox._config import LOOPBACK
 
-from .conftest import clone_vm, destroy_vm, free_port, read_secret, ssh
+from .conftest import clone_vm, destroy_vm, own_ports, read_secret, ssh
 
 
 def test_sandbox_up_prints_the_settings_but_no_secret(sandbox, info):
@@ -272,11 +272,8 @@ def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
         holder.listen()
         port = holder.getsockname()[1]
         settings = SandboxSettings(
+            **own_ports() | {"vcsim_port": port, "vault_port": port + 1 if port < 65535 else port - 1},
             state_dir=tmp_path / "state",
-            vcsim_port=port,
-            vault_port=port + 1 if port < 65535 else port - 1,
-            s3_port=free_port(),
-            postgres_port=free_port(),
             guests=False,
         )
         with pytest.raises(PortInUse) as info:
@@ -306,11 +303,8 @@ def test_down_leaves_no_process_and_purge_leaves_no_state(tmp_path, sandbox):
     settings = SandboxSettings(
         state_dir=tmp_path / "second",
         cache_dir=sandbox.settings.cache_dir,
-        vcsim_port=free_port(),
-        vault_port=free_port(),
-        s3_port=free_port(),
-        postgres_port=free_port(),
         guest_network="127.0.3.0/24",
+        **own_ports(),
     )
     second = Sandbox(settings)
     try:

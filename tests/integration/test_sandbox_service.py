@@ -26,7 +26,7 @@ from umc_infra import SandboxError
 from umc_infra.sandbox import Sandbox, SandboxSettings, _postgres
 from umc_infra.sandbox._config import SERVICE_POLICY
 
-from .conftest import free_port
+from .conftest import own_ports
 
 UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
 
@@ -242,11 +242,8 @@ def test_the_cluster_is_made_once_and_keeps_its_data_across_down_and_up(tmp_path
     settings = SandboxSettings(
         state_dir=tmp_path / "pg",
         cache_dir=sandbox.settings.cache_dir,
-        vcsim_port=free_port(),
-        vault_port=free_port(),
-        s3_port=free_port(),
-        postgres_port=free_port(),
         guests=False,
+        **own_ports(),
     )
     second = Sandbox(settings)
     try:
