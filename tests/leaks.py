@@ -105,8 +105,9 @@ def scanned_places(state_dir: Path) -> tuple[Path, ...]:
 
 def sandbox_secrets(sandbox: Any, info: Any) -> list[str]:
     """Every secret the sandbox holds: Vault root and read tokens, AppRole secret id, the vSphere and demo DB
-    passwords, the S3 secret key, the Windows Administrator and domain join passwords, and the SSH and JWT signing
-    keys line by line (less the lines every key of their kind has: the armour, and the header of an OpenSSH key)."""
+    passwords, the S3 secret key, the Windows Administrator and domain join passwords, the service database's and
+    the sandbox users' passwords, and the SSH and JWT signing keys line by line (less the lines every key of their
+    kind has: the armour, and the header of an OpenSSH key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -120,6 +121,7 @@ def sandbox_secrets(sandbox: Any, info: Any) -> list[str]:
               creds.demo_db_password.get_secret_value()]  # fmt: skip
     windows = read_secret(info, info.inventory.vault_windows_path)
     values += [windows["admin_password"], windows["join_password"]]
+    values += [p.get_secret_value() for p in [creds.postgres_password, *(creds.user_passwords or {}).values()] if p]
     another_ssh_key = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )

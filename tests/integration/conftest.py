@@ -18,7 +18,7 @@ from pyVim.task import WaitForTask
 from pyVmomi import vim
 
 from umc_infra.run.tools import RealTools, ToolContext
-from umc_infra.sandbox import Sandbox, SandboxInfo, _vcsim
+from umc_infra.sandbox import Sandbox, SandboxInfo, SandboxSettings, _vcsim
 from umc_infra.terraform.runner import Terraform
 
 
@@ -88,6 +88,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def own_ports() -> dict[str, int]:
+    """A free port for each service of a second sandbox (every ``*_port`` setting but the guests' SSH port), so it
+    never meets the session's sandbox; a service added later gets one too."""
+    services = [name for name in SandboxSettings.model_fields if name.endswith("_port") and name != "guest_ssh_port"]
+    return {name: free_port() for name in services}
 
 
 def vm_names(info: SandboxInfo, prefix: str) -> list[str]:

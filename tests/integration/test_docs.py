@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from .conftest import own_ports
 
 ROOT = Path(__file__).parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -116,10 +116,8 @@ def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
         PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
         UMC_SANDBOX_STATE_DIR=str(tmp_path / "walkthrough"),
         UMC_SANDBOX_CACHE_DIR=str(sandbox.settings.cache_dir),
-        UMC_SANDBOX_VCSIM_PORT=str(free_port()),
-        UMC_SANDBOX_VAULT_PORT=str(free_port()),
-        UMC_SANDBOX_S3_PORT=str(free_port()),
         UMC_SANDBOX_GUESTS="false",
+        **{f"UMC_SANDBOX_{name.upper()}": str(port) for name, port in own_ports().items()},
     )
     script = "set -euo pipefail\n" + code + '\ntest -n "$VAULT_TOKEN" && test -n "$AWS_ENDPOINT_URL"\n'
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env)

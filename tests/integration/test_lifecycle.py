@@ -37,7 +37,7 @@ from umc_infra.sandbox import Sandbox, SandboxSettings, _vcsim
 from umc_infra.state.ipam import held
 from umc_infra.state.store import open_store
 
-from .conftest import destroy_vm, free_port, vm_names
+from .conftest import destroy_vm, own_ports, vm_names
 
 PREFIX = "life-"
 
@@ -298,10 +298,8 @@ def test_vcsim_killed_mid_apply_then_restarted_converges(tmp_path, sandbox):
         SandboxSettings(
             state_dir=tmp_path / "faults",
             cache_dir=sandbox.settings.cache_dir,
-            vcsim_port=free_port(),
-            vault_port=free_port(),
-            s3_port=free_port(),
             guest_network="127.0.4.0/24",
+            **own_ports(),
         )
     )
     try:

@@ -20,7 +20,7 @@ from umc_infra.process import run
 from umc_infra.sandbox import Sandbox, SandboxSettings, _s3, _vcsim
 from umc_infra.sandbox._config import LOOPBACK
 
-from .conftest import clone_vm, destroy_vm, free_port, read_secret, ssh
+from .conftest import clone_vm, destroy_vm, own_ports, read_secret, ssh
 
 
 def test_sandbox_up_prints_the_settings_but_no_secret(sandbox, info):
@@ -211,8 +211,10 @@ def test_status_is_healthy_from_real_clients(sandbox):
     status = sandbox.status()
     assert status.healthy, status
     names = {c.name for c in status.components}
-    assert {"vcsim", "vault", "s3", "agent"} <= names
-    assert "AppRole login and KV read ok" in next(c.detail for c in status.components if c.name == "vault")
+    assert {"vcsim", "vault", "s3", "postgres", "agent"} <= names
+    details = {c.name: c.detail for c in status.components}
+    assert "AppRole login, KV read and OIDC discovery ok" in details["vault"]
+    assert "login as umc to umc ok" in details["postgres"]
 
 
 def test_a_second_up_reuses_what_runs(sandbox):
@@ -257,7 +259,8 @@ def test_everything_listens_on_loopback_only(sandbox, info):
         ours = {listeners[s] for pid in pids for s in _sockets_of(pid) if s in listeners}
         ports = {port for _, port in ours}
         settings = sandbox.settings
-        assert {settings.vcsim_port, settings.vault_port, settings.s3_port, settings.guest_ssh_port} <= ports
+        assert {settings.vcsim_port, settings.vault_port, settings.s3_port, settings.postgres_port,
+                settings.guest_ssh_port} <= ports  # fmt: skip
         assert all(ip.is_loopback or getattr(ip, "ipv4_mapped", None) in LOOPBACK for ip, _ in ours), ours
     finally:
         destroy_vm(info, "itest-listen")
@@ -269,10 +272,8 @@ def test_a_port_in_use_stops_up_before_anything_starts(tmp_path):
         holder.listen()
         port = holder.getsockname()[1]
         settings = SandboxSettings(
+            **own_ports() | {"vcsim_port": port, "vault_port": port + 1 if port < 65535 else port - 1},
             state_dir=tmp_path / "state",
-            vcsim_port=port,
-            vault_port=port + 1 if port < 65535 else port - 1,
-            s3_port=free_port(),
             guests=False,
         )
         with pytest.raises(PortInUse) as info:
@@ -302,15 +303,13 @@ def test_down_leaves_no_process_and_purge_leaves_no_state(tmp_path, sandbox):
     settings = SandboxSettings(
         state_dir=tmp_path / "second",
         cache_dir=sandbox.settings.cache_dir,
-        vcsim_port=free_port(),
-        vault_port=free_port(),
-        s3_port=free_port(),
         guest_network="127.0.3.0/24",
+        **own_ports(),
     )
     second = Sandbox(settings)
     try:
         info = second.up()
-        assert set(second.started) == {"vcsim", "vault", "s3", "agent"}
+        assert set(second.started) == {"vcsim", "vault", "s3", "postgres", "agent"}
         clone_vm(info, "down-probe", "127.0.3.10")
         guest = second.wait_for_guest("127.0.3.10")
         result = ssh(info, "127.0.3.10", "nohup sleep 300 >/dev/null 2>&1 & echo started")
@@ -321,7 +320,7 @@ def test_down_leaves_no_process_and_purge_leaves_no_state(tmp_path, sandbox):
             if component.pid:
                 pids |= _process_tree(component.pid)
         pids |= _process_tree(guest.pid)
-        assert len(pids) >= 8  # vcsim, bao, moto, agent, unshare, guest init, sshd, sleep
+        assert len(pids) >= 9  # vcsim, bao, moto, postgres (and its workers), agent, unshare, guest init, sshd, sleep
     finally:
         second.down()
     assert not [pid for pid in pids if _alive(pid)]
@@ -340,6 +339,7 @@ def test_no_seeded_secret_is_written_to_a_log_or_argv(sandbox):
         creds.demo_db_password.get_secret_value(),
         creds.vault_secret_id.get_secret_value(),
         *creds.ssh_private_key.get_secret_value().splitlines()[1:-1],
+        *(p.get_secret_value() for p in [creds.postgres_password, *(creds.user_passwords or {}).values()] if p),
     ]
     logs = list(sandbox.paths.logs.glob("*.log"))
     assert logs

@@ -4,11 +4,13 @@ import json
 import subprocess
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from tests.unit.conftest import CANARIES, fake_credentials
+from tests.unit.conftest import CANARIES, fake_credentials, fake_info
 from umc_infra import __version__
 from umc_infra.cli.app import app
+from umc_infra.cli.sandbox import SECRET_SETTINGS
 from umc_infra.errors import ExitCode
 from umc_infra.sandbox._config import write_private
 
@@ -59,8 +61,28 @@ def test_env_prints_export_lines_a_shell_can_eval(state_dir):
     ).stdout
     assert shown == "http://127.0.0.1:2|read-token-1|VM Network"
     for name, canary in CANARIES.items():
-        if name not in ("vault_read_token", "vault_secret_id"):  # env hands out these two on purpose
+        if name not in ("vault_read_token", "vault_secret_id", "postgres_password"):  # env hands these out on purpose
             assert canary.strip().splitlines()[-1] not in result.stdout
+
+
+def test_every_setting_that_carries_a_secret_is_masked_by_sandbox_up(tmp_path):
+    """``sandbox up`` shows every setting but those in SECRET_SETTINGS: each one whose value holds a secret of the
+    sandbox's connection settings (the database URL holds its password) must be among them."""
+    info = fake_info(tmp_path)
+    secrets = [value.get_secret_value() for _, value in info if isinstance(value, SecretStr)]
+    carrying = {name for name, value in info.environment().items() if any(s and s in value for s in secrets)}
+    assert "UMC_SERVICE_DATABASE_URL" in carrying
+    assert carrying <= SECRET_SETTINGS, carrying - SECRET_SETTINGS
+
+
+def test_token_for_an_unknown_user_lists_the_users(state_dir):
+    write_credentials(state_dir)
+    result = runner.invoke(app, ["sandbox", "token", "eve"])
+    assert result.exit_code == ExitCode.ERROR
+    assert "'eve' is not a sandbox user" in result.stderr
+    for user in ("alice", "bob", "admin"):
+        assert user in result.stderr
+    assert result.stdout == ""
 
 
 def test_env_json(state_dir):

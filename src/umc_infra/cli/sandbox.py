@@ -1,4 +1,4 @@
-"""``umc-infra sandbox``: the local sandbox (vCenter simulator, Vault, S3 state backend, SSH guests)."""
+"""``umc-infra sandbox``: the local sandbox (vCenter simulator, Vault, S3 state backend, PostgreSQL, SSH guests)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _ask(question: Callable[[Sandbox], T], *, as_json: bool) -> T:
     return guarded(lambda: question(sandbox), output)
 
 
-SECRET_SETTINGS = frozenset({"VAULT_TOKEN", "UMC_VAULT_SECRET_ID", "AWS_SECRET_ACCESS_KEY"})
+SECRET_SETTINGS = frozenset({"VAULT_TOKEN", "UMC_VAULT_SECRET_ID", "AWS_SECRET_ACCESS_KEY", "UMC_SERVICE_DATABASE_URL"})
 """Settings ``sandbox up`` names but never shows (``sandbox env`` prints them for ``eval``)."""
 
 
@@ -131,6 +131,18 @@ def sandbox_demo(
     changes = ", ".join(f"{m}: +{c.add} ~{c.change} -{c.remove}" for m, c in result.terraform.items())
     played = ", ".join(f"{p}: {r.changed} changed" for p, r in result.ansible.items())
     out.print(f"terraform {changes}; ansible {played}; {sum(result.timings.values()):.1f} s")
+
+
+@app.command("token")
+def sandbox_token(
+    user: Annotated[str, typer.Argument(help="A sandbox user: alice (cardiology-it), bob (radiology-it), admin.")],
+) -> None:
+    """Print a fresh OIDC ID token for a sandbox user, raw.
+
+    For a service call: curl -H "Authorization: Bearer $(umc-infra sandbox token alice)" ...
+    """
+    token = _ask(lambda sandbox: sandbox.token(user), as_json=False)
+    sys.stdout.write(token.get_secret_value() + "\n")
 
 
 @app.command("env")

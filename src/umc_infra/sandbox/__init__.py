@@ -1,4 +1,4 @@
-"""The sandbox: a real vSphere (simulator), Vault, S3 state backend and SSH guests on one machine.
+"""The sandbox: a real vSphere (simulator), Vault, S3 state backend, PostgreSQL and SSH guests on one machine.
 
 It is what the demo and every integration test run on, on loopback only::
 
@@ -8,7 +8,7 @@ It is what the demo and every integration test run on, on loopback only::
         info = sb.info()
         print(info.vsphere_server, info.vault_addr, info.s3_endpoint)
 
-From the shell: ``umc-infra sandbox up | status | env | down [--purge]``.
+From the shell: ``umc-infra sandbox up | status | env | token USER | down [--purge]``.
 """
 
 from umc_infra.sandbox._config import SandboxInfo, SandboxInventory, SandboxSettings

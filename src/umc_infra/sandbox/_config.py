@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,6 +49,8 @@ class SandboxSettings(BaseSettings):
     vcsim_port: Port = 18989
     vault_port: Port = 18200
     s3_port: Port = 18555
+    postgres_port: Port = 18432
+    """The PostgreSQL server of the self-service service (its job queue and tables)."""
     guest_network: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.1.0/24")
     """Guest IPs: a VM whose guest IP lies here gets an SSH-reachable guest."""
     guest_ssh_port: Port = 22
@@ -74,9 +77,9 @@ class SandboxSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> SandboxSettings:
-        ports = [self.vcsim_port, self.vault_port, self.s3_port]
+        ports = [self.vcsim_port, self.vault_port, self.s3_port, self.postgres_port]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"vcsim_port, vault_port and s3_port must differ, got {ports}")
+            raise ValueError(f"vcsim_port, vault_port, s3_port and postgres_port must differ, got {ports}")
         return self
 
 
@@ -109,6 +112,19 @@ class SandboxInventory(BaseModel):
     vault_jwt_role: str = "ci"
     jwt_audience: str = "umc-infra"
     jwt_issuer: str = "https://ci.sandbox.invalid"
+
+    oidc_key: str = "umc-sandbox"
+    oidc_role: str = "portal"
+    oidc_client_id: str = "umc-portal"
+    """The audience of the role's ID tokens."""
+    oidc_policy: str = "umc-oidc-token"
+    oidc_users: dict[str, str] = {"alice": "cardiology-it", "bob": "radiology-it", "admin": "platform-engineers"}
+    """Userpass users of Vault and the one identity group each belongs to (the ID token's ``groups``)."""
+
+    postgres_database: str = "umc"
+    postgres_user: str = "umc"
+    postgres_superuser: str = "postgres"
+    """The cluster's bootstrap superuser: reached through the 0700 unix socket only, for seeding."""
 
     state_bucket: str = "umc-terraform-state"
     lock_table: str = "umc-terraform-locks"
@@ -163,6 +179,21 @@ class SandboxPaths(BaseModel):
         return self.state_dir / "guests"
 
     @property
+    def postgres_data(self) -> Path:
+        """The PostgreSQL cluster's data directory (made once by initdb)."""
+        return self.state_dir / "postgres"
+
+    @property
+    def postgres_run(self) -> Path:
+        """The directory of PostgreSQL's unix socket (mode 0700; not /var/run)."""
+        return self.state_dir / "postgres-run"
+
+    @property
+    def service_policy(self) -> Path:
+        """The self-service service's policy file (departments, groups, blueprints, quotas)."""
+        return self.state_dir / "service-policy.yaml"
+
+    @property
     def vcsim_tmp(self) -> Path:
         """TMPDIR of the simulator: its datastore directories live here."""
         return self.state_dir / "vcsim"
@@ -207,6 +238,36 @@ def vault_policy(inventory: SandboxInventory) -> str:
     )
 
 
+def oidc_token_policy(inventory: SandboxInventory) -> str:
+    """What a sandbox user's Vault login may do: read an ID token of the portal role, nothing else."""
+    return f'path "identity/oidc/token/{inventory.oidc_role}" {{\n  capabilities = ["read"]\n}}\n'
+
+
+OIDC_TEMPLATE = '{"preferred_username": {{identity.entity.name}}, "groups": {{identity.entity.groups.names}}}'
+"""The claims the portal role adds to its ID tokens (an OpenBao identity template: its values are JSON)."""
+
+SERVICE_POLICY = """\
+admin_groups: [platform-engineers]
+departments:
+  cardiology:
+    groups: [cardiology-it]
+    blueprints: [web-server, linux-server, app-stack, web-ha]
+    quota: {vms: 6, vcpus: 12, memory_mb: 24576}
+    lease: {max_days: 30, default_days: 14, warn_days: 3}
+  radiology:
+    groups: [radiology-it]
+    blueprints: [web-server, linux-server]
+    quota: {vms: 2, vcpus: 4, memory_mb: 8192}
+"""
+"""The policy file the sandbox writes for the self-service service (its groups are the sandbox users' groups)."""
+
+
+def database_url(host: str, port: int, inventory: SandboxInventory, password: SecretStr) -> SecretStr:
+    """The service database's URL, ``postgresql://user:password@host:port/database``."""
+    quoted = urllib.parse.quote(password.get_secret_value(), safe="")
+    return SecretStr(f"postgresql://{inventory.postgres_user}:{quoted}@{host}:{port}/{inventory.postgres_database}")
+
+
 def vault_config(host: str, port: int) -> str:
     """OpenBao server configuration: in-memory storage, one plain-HTTP listener on loopback."""
     return (
@@ -239,6 +300,14 @@ class SandboxInfo(BaseModel):
     """The state backend's secret access key (the S3 stand-in accepts any; a real one is secret)."""
     guest_network: ipaddress.IPv4Network
     guest_ssh_port: int
+    database_url: SecretStr
+    """The self-service service's PostgreSQL database, ``postgresql://umc:...@127.0.0.1:port/umc``."""
+    oidc_issuer: str
+    """Vault's OIDC issuer: ``<vault_addr>/v1/identity/oidc`` (discovery under ``/.well-known/``)."""
+    oidc_audience: str
+    """The ``aud`` of the sandbox users' ID tokens (the OIDC role's client id)."""
+    policy_file: Path
+    """The self-service service's policy file."""
     inventory: SandboxInventory = INVENTORY
 
     @property
@@ -289,6 +358,10 @@ class SandboxInfo(BaseModel):
             "UMC_STATE_BUCKET": inv.state_bucket,
             "UMC_LOCK_TABLE": inv.lock_table,
             "UMC_SANDBOX_STATE_DIR": str(self.state_dir),
+            "UMC_SERVICE_DATABASE_URL": self.database_url.get_secret_value(),
+            "UMC_SERVICE_OIDC_ISSUER": self.oidc_issuer,
+            "UMC_SERVICE_OIDC_AUDIENCE": self.oidc_audience,
+            "UMC_SERVICE_POLICY_FILE": str(self.policy_file),
         }
 
     def settings(self, **overrides: Any) -> Settings:
@@ -321,13 +394,22 @@ class Credentials(BaseModel):
     """The Windows guests' Administrator password (Vault ``umc/windows``); generated like ``s3_secret_key``."""
     windows_join_password: SecretStr | None = None
     """The domain join account's password (Vault ``umc/windows``); generated like ``s3_secret_key``."""
+    postgres_password: SecretStr | None = None
+    """The service database role's password; generated like ``s3_secret_key``."""
+    user_passwords: dict[str, SecretStr] | None = None
+    """Vault userpass passwords of the sandbox users (alice, bob, admin), by name; generated like ``s3_secret_key``."""
 
     def dump(self) -> str:
         """JSON with the secret values revealed, for the 0600 file only."""
-        data: dict[str, Any] = {
-            name: value.get_secret_value() if isinstance(value, SecretStr) else value for name, value in self
-        }
-        return json.dumps(data, indent=2)
+        return json.dumps({name: _revealed(value) for name, value in self}, indent=2)
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    return value
 
 
 def vcsim_environment(listen: str, user: str, password: SecretStr, tmpdir: Path) -> dict[str, str]:

@@ -30,6 +30,8 @@ class Daemon(BaseModel):
     pid: int
     start_ticks: int
     log: Path
+    stop_signal: int = signal.SIGTERM
+    """The signal that asks it to shut down (PostgreSQL: SIGINT, a fast shutdown; SIGTERM waits for its clients)."""
 
     def alive(self) -> bool:
         """Running (not a zombie) and still the process we started."""
@@ -60,12 +62,13 @@ def start(
     pids_dir: Path,
     logs_dir: Path,
     cwd: Path | None = None,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> Daemon:
-    """Start ``argv`` in its own session and record it under ``name``."""
+    """Start ``argv`` in its own session and record it under ``name``; :func:`stop` sends it ``stop_signal``."""
     log = logs_dir / f"{name}.log"
     proc = spawn_daemon(argv, env=env, log_path=log, cwd=cwd)
     stat = _stat(proc.pid)
-    daemon = Daemon(name=name, pid=proc.pid, start_ticks=stat[1] if stat else 0, log=log)
+    daemon = Daemon(name=name, pid=proc.pid, start_ticks=stat[1] if stat else 0, log=log, stop_signal=stop_signal)
     pids_dir.mkdir(parents=True, exist_ok=True)
     pid_file(pids_dir, name).write_text(daemon.model_dump_json())
     return daemon
@@ -87,9 +90,9 @@ def running(pids_dir: Path, name: str) -> Daemon | None:
 
 
 def stop(daemon: Daemon, *, pids_dir: Path | None = None, timeout_s: float = 10.0) -> None:
-    """Stop a daemon and everything in its process group: SIGTERM, then SIGKILL."""
+    """Stop a daemon and everything in its process group: its stop signal (SIGTERM), then SIGKILL."""
     if daemon.alive():
-        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        for sig, wait_s in ((daemon.stop_signal, timeout_s), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(daemon.pid, sig)
             with contextlib.suppress(ProcessLookupError):

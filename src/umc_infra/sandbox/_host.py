@@ -37,6 +37,11 @@ def install_command(packages: list[str]) -> str:
     return f"{prefix}apt-get update && {prefix}apt-get install -y {' '.join(packages)}"
 
 
+def can_install() -> bool:
+    """Whether this process can install Debian packages (root, with apt-get)."""
+    return is_root() and shutil.which("apt-get") is not None
+
+
 def require_packages(
     packages: dict[str, Path],
     *,
@@ -51,19 +56,28 @@ def require_packages(
 
     """
     missing = sorted(name for name, marker in packages.items() if not marker.exists())
-    if not missing:
-        return
-    if not is_root() or shutil.which("apt-get") is None:
+    if missing:
+        install_packages(missing, purpose=purpose, step=step, on_progress=on_progress)
+
+
+def install_packages(packages: list[str], *, purpose: str, step: str, on_progress: Callable[[str], None]) -> None:
+    """Install Debian packages with apt-get.
+
+    Raises:
+        MissingDependency: This process cannot install packages; names the command that does.
+
+    """
+    if not can_install():
         raise MissingDependency(
-            f"{purpose} needs the Debian packages {', '.join(missing)}, which are not installed",
-            fix=install_command(missing),
+            f"{purpose} needs the Debian packages {', '.join(packages)}, which are not installed",
+            fix=install_command(packages),
             step=step,
         )
-    on_progress(f"installing Debian packages {', '.join(missing)} (for {purpose})")
+    on_progress(f"installing Debian packages {', '.join(packages)} (for {purpose})")
     env = host_env() | {"DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-qq"], step=step, env=env, timeout=600)
     run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
         step=step,
         env=env,
         timeout=1200,

@@ -18,19 +18,21 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from umc_infra.errors import ComponentFailed, SandboxDamaged, SandboxError, SandboxNotFound
-from umc_infra.sandbox import _daemons, _guests, _s3, _vault, _vcsim
+from umc_infra.sandbox import _daemons, _guests, _host, _postgres, _s3, _vault, _vcsim
 from umc_infra.sandbox._config import (
     INVENTORY,
+    SERVICE_POLICY,
     Credentials,
     SandboxInfo,
     SandboxPaths,
     SandboxSettings,
+    database_url,
     write_private,
 )
 from umc_infra.sandbox._guests import Guest
 
 AGENT = "agent"
-_SERVICES = (_vcsim.NAME, _vault.NAME, _s3.NAME)
+_SERVICES = (_vcsim.NAME, _vault.NAME, _s3.NAME, _postgres.NAME)
 
 
 class ComponentStatus(BaseModel):
@@ -59,7 +61,9 @@ class SandboxStatus(BaseModel):
 
 
 class Sandbox:
-    """A vCenter simulator, Vault, an S3/DynamoDB state backend and SSH guests, on loopback.
+    """A vCenter simulator, Vault (also the OIDC issuer), an S3/DynamoDB state backend, PostgreSQL and SSH guests.
+
+    All on loopback; PostgreSQL and the OIDC issuer serve the self-service service.
 
     ``up()`` is idempotent: what runs is reused, what is missing is started and seeded. Used as a
     context manager it brings the sandbox up and, on exit, stops it again if it started anything.
@@ -124,11 +128,13 @@ class Sandbox:
             _vcsim.NAME: settings.vcsim_port,
             _vault.NAME: settings.vault_port,
             _s3.NAME: settings.s3_port,
+            _postgres.NAME: settings.postgres_port,
         }
         missing = [name for name in _SERVICES if _daemons.running(paths.pids, name) is None]
         # Check every port first, so a taken port stops us before anything starts.
         for name in missing:
             _daemons.ensure_port_free(host, ports[name], component=name, setting=f"UMC_SANDBOX_{name.upper()}_PORT")
+        postgres = _postgres.ensure_server(on_progress=self._progress) if _postgres.NAME in missing else None
         binary = _vcsim.ensure_built(paths, on_progress=self._progress)
         rootfs = _guests.ensure_rootfs(settings, paths, on_progress=self._progress) if settings.guests else None
 
@@ -154,7 +160,14 @@ class Sandbox:
             self._progress(f"starting the S3/DynamoDB state backend on {info.s3_endpoint}")
             _s3.start(host=host, port=settings.s3_port, paths=paths)
             self._started.append(_s3.NAME)
+
+        if postgres is not None:
+            self._progress(f"starting PostgreSQL on {host}:{settings.postgres_port}")
+            _postgres.start(postgres, host=host, port=settings.postgres_port, paths=paths, inventory=INVENTORY,
+                            root=_host.is_root())  # fmt: skip
+            self._started.append(_postgres.NAME)
         self._seed(info, creds)
+        paths.service_policy.write_text(SERVICE_POLICY)
 
         if rootfs is not None:
             paths.ssh_public_key.write_text(creds.ssh_public_key + "\n")
@@ -182,8 +195,11 @@ class Sandbox:
     def _seed(self, info: SandboxInfo, creds: Credentials) -> None:
         with _vcsim.connect(info) as si:
             _vcsim.seed(si, INVENTORY)
-        _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server)
+        _vault.seed(self._vault_root(creds), creds, INVENTORY, vsphere_server=info.vsphere_server,
+                    vault_addr=info.vault_addr)  # fmt: skip
         _s3.seed(info.s3_endpoint, INVENTORY)
+        if _daemons.running(self.paths.pids, _postgres.NAME) is not None:  # a sandbox made before it: `up` starts it
+            _postgres.seed(self.paths, self.settings.postgres_port, creds, INVENTORY)
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every process the sandbox started, guests included; ``purge`` also removes its state.
@@ -207,7 +223,7 @@ class Sandbox:
         self._started = []
 
     def status(self) -> SandboxStatus:
-        """Each component's health from a real client call (vSphere login, AppRole read, S3 HEAD)."""
+        """Each component's health from a real client call (vSphere login, AppRole read, S3 HEAD, database login)."""
         components: list[ComponentStatus] = []
         try:
             info: SandboxInfo | None = self.info()
@@ -218,6 +234,7 @@ class Sandbox:
             _vcsim.NAME: _vcsim.health,
             _vault.NAME: _vault.health,
             _s3.NAME: _s3.health,
+            _postgres.NAME: _postgres.health,
         }
         for name, check in checks.items():
             daemon = _daemons.running(self.paths.pids, name)
@@ -259,12 +276,13 @@ class Sandbox:
 
     def _info(self, creds: Credentials) -> SandboxInfo:
         host = self.settings.host
+        vault_addr = f"http://{host}:{self.settings.vault_port}"
         return SandboxInfo(
             state_dir=self.paths.state_dir,
             vsphere_server=f"{host}:{self.settings.vcsim_port}",
             vsphere_user=INVENTORY.vsphere_user,
             vsphere_password=creds.vsphere_password,
-            vault_addr=f"http://{host}:{self.settings.vault_port}",
+            vault_addr=vault_addr,
             vault_token=creds.vault_read_token,
             vault_role_id=creds.vault_role_id,
             vault_secret_id=creds.vault_secret_id,
@@ -272,6 +290,12 @@ class Sandbox:
             s3_secret_key=creds.s3_secret_key or SecretStr(""),
             guest_network=self.settings.guest_network,
             guest_ssh_port=self.settings.guest_ssh_port,
+            database_url=database_url(
+                str(host), self.settings.postgres_port, INVENTORY, creds.postgres_password or SecretStr("")
+            ),
+            oidc_issuer=f"{vault_addr}/v1/identity/oidc",
+            oidc_audience=INVENTORY.oidc_client_id,
+            policy_file=self.paths.service_policy,
         )
 
     def _settings_env(self) -> dict[str, str]:
@@ -285,12 +309,10 @@ class Sandbox:
         path = self.paths.credentials
         try:
             creds = Credentials.model_validate_json(path.read_text())
-            # Secrets added since the sandbox was made: generated once, kept like the others.
-            added = {name: make() for name, make in _ADDED_SECRETS.items() if getattr(creds, name) is None}
-            if added:
-                creds = creds.model_copy(update=added)
-                write_private(path, creds.dump())
-            return creds
+            complete = _with_added_secrets(creds)
+            if complete is not creds:
+                write_private(path, complete.dump())
+            return complete
         except FileNotFoundError:
             if not create:
                 raise SandboxNotFound(
@@ -346,6 +368,39 @@ class Sandbox:
             path=path, mount_point=INVENTORY.vault_mount, secret=dict(values)
         )
 
+    def token(self, user: str) -> SecretStr:
+        """A fresh OIDC ID token for a sandbox user (``alice``, ``bob``, ``admin``), issued by the sandbox's Vault.
+
+        Its claims: ``iss`` (:attr:`SandboxInfo.oidc_issuer`), ``aud`` (:attr:`SandboxInfo.oidc_audience`),
+        ``exp``, ``sub`` (the user's Vault entity), ``preferred_username`` and ``groups``.
+
+        Raises:
+            SandboxError: ``user`` is not a sandbox user (the message lists them).
+            SandboxNotFound: The sandbox was never brought up here.
+            ComponentFailed: Vault does not answer.
+
+        """
+        users = INVENTORY.oidc_users
+        if user not in users:
+            raise SandboxError(
+                f"{user!r} is not a sandbox user; the users are: "
+                + ", ".join(f"{name} ({group})" for name, group in users.items()),
+                step="sandbox.token",
+            )
+        import requests
+
+        creds = self._credentials(create=False)
+        addr = self._info(creds).vault_addr
+        try:
+            return _vault.id_token(
+                addr, user=user, password=(creds.user_passwords or {})[user], role=INVENTORY.oidc_role
+            )
+        except requests.ConnectionError:
+            raise ComponentFailed(
+                f"the sandbox's Vault does not answer at {addr}; start it with: umc-infra sandbox up",
+                step="sandbox.token",
+            ) from None
+
     def ci_jwt(
         self,
         *,
@@ -376,7 +431,7 @@ def _new_credentials() -> Credentials:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return Credentials(
+    creds = Credentials(
         vault_root_token=SecretStr(f"umc-root-{secrets.token_hex(16)}"),
         vault_read_token=SecretStr(f"umc-read-{secrets.token_hex(16)}"),
         vault_role_id=str(uuid.uuid4()),
@@ -386,13 +441,21 @@ def _new_credentials() -> Credentials:
         ssh_public_key=f"{public.decode()} umc-infra-sandbox",
         jwt_signing_key=SecretStr(_vault.new_jwt_signing_key()),
         demo_db_password=SecretStr(secrets.token_urlsafe(18)),
-        **{name: make() for name, make in _ADDED_SECRETS.items()},
     )
+    return _with_added_secrets(creds)
 
 
-_ADDED_SECRETS: dict[str, Callable[[], SecretStr]] = {
+def _with_added_secrets(creds: Credentials) -> Credentials:
+    """Secrets added since the sandbox was made: generated once, then kept like the others."""
+    added = {name: make() for name, make in _ADDED_SECRETS.items() if getattr(creds, name) is None}
+    return creds.model_copy(update=added) if added else creds
+
+
+_ADDED_SECRETS: dict[str, Callable[[], SecretStr | dict[str, SecretStr]]] = {
     "s3_secret_key": lambda: SecretStr(secrets.token_urlsafe(24)),
     "windows_admin_password": lambda: SecretStr(_vault.new_windows_password()),
     "windows_join_password": lambda: SecretStr(_vault.new_windows_password()),
+    "postgres_password": lambda: SecretStr(secrets.token_urlsafe(24)),
+    "user_passwords": lambda: {user: SecretStr(secrets.token_urlsafe(18)) for user in INVENTORY.oidc_users},
 }
 """Credentials a sandbox made before them gets on its next start (or :meth:`Sandbox.seed`)."""

@@ -8,15 +8,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 
-from umc_infra.errors import MissingDependency
+from umc_infra.errors import ComponentFailed, MissingDependency
 from umc_infra.process import find_tool
 from umc_infra.sandbox import _daemons
 from umc_infra.sandbox._config import (
+    OIDC_TEMPLATE,
     Credentials,
     SandboxInfo,
     SandboxInventory,
     SandboxPaths,
+    oidc_token_policy,
     vault_config,
     vault_policy,
 )
@@ -78,8 +81,8 @@ def client(addr: str, token: str | None = None) -> Any:
     return hvac.Client(url=addr, token=token, timeout=10)
 
 
-def seed(root: Any, creds: Credentials, inventory: SandboxInventory, *, vsphere_server: str) -> None:
-    """KV v2 secrets, the read policy, an AppRole, a read token and JWT auth; safe to repeat."""
+def seed(root: Any, creds: Credentials, inventory: SandboxInventory, *, vsphere_server: str, vault_addr: str) -> None:
+    """KV v2 secrets, the read policy, an AppRole, a read token, JWT auth and the OIDC issuer; safe to repeat."""
     mount = inventory.vault_mount
     if f"{mount}/" not in root.sys.list_mounted_secrets_engines()["data"]:
         root.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
@@ -160,6 +163,56 @@ def seed(root: Any, creds: Credentials, inventory: SandboxInventory, *, vsphere_
         token_policies=[inventory.vault_policy],
         token_ttl="20m",
     )
+    _seed_oidc(root, creds, inventory, vault_addr=vault_addr)
+
+
+def _seed_oidc(root: Any, creds: Credentials, inventory: SandboxInventory, *, vault_addr: str) -> None:
+    """The sandbox users (userpass), their entities and groups, and an OIDC key and role that issue their ID tokens.
+
+    A userpass login of ``alice`` lands on the entity ``alice`` (through its alias), a member of its group: the
+    role's template puts the entity's name and its groups' names in the token.
+    """
+    if creds.user_passwords is None:  # made by Sandbox._credentials before any seeding
+        raise ComponentFailed("the sandbox has no user passwords yet", step="sandbox.vault")
+    if "userpass/" not in root.sys.list_auth_methods()["data"]:
+        root.sys.enable_auth_method("userpass")
+    accessor = root.sys.list_auth_methods()["data"]["userpass/"]["accessor"]
+    root.sys.create_or_update_policy(name=inventory.oidc_policy, policy=oidc_token_policy(inventory))
+    identity = root.secrets.identity
+    members: dict[str, list[str]] = {group: [] for group in inventory.oidc_users.values()}
+    for user, group in inventory.oidc_users.items():
+        root.auth.userpass.create_or_update_user(
+            user,
+            password=creds.user_passwords[user].get_secret_value(),
+            token_policies=[inventory.oidc_policy],
+            token_ttl="5m",
+        )
+        identity.create_or_update_entity_by_name(user)
+        entity_id = identity.read_entity_by_name(user)["data"]["id"]
+        identity.create_or_update_entity_alias(user, canonical_id=entity_id, mount_accessor=accessor)
+        members[group].append(entity_id)
+    for group, entity_ids in members.items():
+        identity.create_or_update_group_by_name(group, member_entity_ids=entity_ids)
+    # Tokens say iss = <issuer>/v1/identity/oidc, where the discovery document and the keys are served.
+    identity.configure_tokens_backend(issuer=vault_addr)
+    identity.create_named_key(inventory.oidc_key, allowed_client_ids=[inventory.oidc_client_id])
+    identity.create_or_update_role(
+        inventory.oidc_role,
+        key=inventory.oidc_key,
+        template=OIDC_TEMPLATE,
+        client_id=inventory.oidc_client_id,
+        ttl="1h",
+    )
+
+
+def id_token(addr: str, *, user: str, password: SecretStr, role: str) -> SecretStr:
+    """A fresh ID token of ``role`` for a sandbox user: a userpass login, the token read, the login revoked."""
+    vault = client(addr)
+    vault.auth.userpass.login(user, password.get_secret_value())
+    try:
+        return SecretStr(vault.secrets.identity.generate_signed_id_token(role)["data"]["token"])
+    finally:
+        vault.auth.token.revoke_self()
 
 
 def _token_exists(root: Any, token: str) -> bool:
@@ -197,4 +250,7 @@ def health(info: SandboxInfo) -> str:
     )
     status = approle.sys.read_health_status(method="GET")
     version = status.get("version", "?") if isinstance(status, dict) else "?"
-    return f"OpenBao {version}; AppRole login and KV read ok"
+    issuer = client(info.vault_addr).secrets.identity.read_well_known_configurations()["issuer"]
+    if issuer != info.oidc_issuer:
+        raise ComponentFailed(f"the OIDC issuer is {issuer}, not {info.oidc_issuer}", step="sandbox.vault")
+    return f"OpenBao {version}; AppRole login, KV read and OIDC discovery ok"

@@ -4,17 +4,23 @@ import ipaddress
 import json
 import stat
 import subprocess
+import urllib.parse
 
 import pytest
+import yaml
 from pydantic import SecretStr, ValidationError
 
-from tests.unit.conftest import CANARIES, fake_credentials
-from umc_infra.sandbox import SandboxInfo, SandboxSettings
+from tests.unit.conftest import CANARIES, USER_CANARIES, fake_credentials, fake_info
+from umc_infra.sandbox import SandboxSettings
 from umc_infra.sandbox._config import (
     INVENTORY,
+    OIDC_TEMPLATE,
+    SERVICE_POLICY,
     Credentials,
     SandboxPaths,
+    database_url,
     gateway,
+    oidc_token_policy,
     pool_addresses,
     sshd_argv,
     vault_config,
@@ -24,30 +30,12 @@ from umc_infra.sandbox._config import (
 )
 
 
-def make_info(tmp_path, **overrides):
-    values = dict(
-        state_dir=tmp_path,
-        vsphere_server="127.0.0.1:18989",
-        vsphere_user=INVENTORY.vsphere_user,
-        vsphere_password=SecretStr("vs-password-canary"),
-        vault_addr="http://127.0.0.1:18200",
-        vault_token=SecretStr("read-token-canary"),
-        vault_role_id="role-1",
-        vault_secret_id=SecretStr("secret-id-canary"),
-        s3_endpoint="http://127.0.0.1:18555",
-        s3_secret_key=SecretStr("s3-secret-canary"),
-        guest_network=ipaddress.IPv4Network("127.0.1.0/24"),
-        guest_ssh_port=22,
-    )
-    values.update(overrides)
-    return SandboxInfo(**values)
-
-
 def test_defaults_are_loopback_and_distinct_ports():
     settings = SandboxSettings()
     assert settings.host == ipaddress.IPv4Address("127.0.0.1")
     assert settings.guest_network == ipaddress.IPv4Network("127.0.1.0/24")
-    assert len({settings.vcsim_port, settings.vault_port, settings.s3_port}) == 3
+    assert settings.postgres_port == 18432
+    assert len({settings.vcsim_port, settings.vault_port, settings.s3_port, settings.postgres_port}) == 4
 
 
 @pytest.mark.parametrize(
@@ -72,7 +60,10 @@ def test_bad_settings_name_the_field_and_what_is_allowed(field, value, message):
     assert message in text
 
 
-def test_ports_must_differ():
+@pytest.mark.parametrize("other", ["vcsim_port", "vault_port", "s3_port"])
+def test_ports_must_differ(other):
+    with pytest.raises(ValidationError, match="must differ"):
+        SandboxSettings(**{other: 18000, "postgres_port": 18000})
     with pytest.raises(ValidationError, match="must differ"):
         SandboxSettings(vcsim_port=18000, vault_port=18000)
 
@@ -81,7 +72,9 @@ def test_settings_come_from_umc_sandbox_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("UMC_SANDBOX_VCSIM_PORT", "19989")
     monkeypatch.setenv("UMC_SANDBOX_STATE_DIR", str(tmp_path / "sb"))
     monkeypatch.setenv("UMC_SANDBOX_GUESTS", "false")
+    monkeypatch.setenv("UMC_SANDBOX_POSTGRES_PORT", "19432")
     settings = SandboxSettings()
+    assert settings.postgres_port == 19432
     assert settings.vcsim_port == 19989
     assert settings.state_dir == tmp_path / "sb"
     assert settings.guests is False
@@ -100,6 +93,9 @@ def test_paths_live_under_state_and_cache(tmp_path):
     assert paths.guests == tmp_path / "state" / "guests"
     assert paths.rootfs("bookworm") == tmp_path / "cache" / "rootfs" / "bookworm-2"
     assert paths.vcsim_binary.parent == tmp_path / "cache" / "bin"
+    assert paths.postgres_data == tmp_path / "state" / "postgres"
+    assert paths.postgres_run == tmp_path / "state" / "postgres-run"  # the socket: in the state dir, not /var/run
+    assert paths.service_policy == tmp_path / "state" / "service-policy.yaml"
 
 
 def test_pool_and_gateway():
@@ -118,7 +114,7 @@ def test_vault_policy_is_read_only_on_umc_and_apps():
 
 
 def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(tmp_path):
-    env = make_info(tmp_path).environment()
+    env = fake_info(tmp_path).environment()
     assert env["VAULT_ADDR"] == "http://127.0.0.1:18200"
     assert env["VAULT_TOKEN"] == "read-token-canary"
     assert env["VSPHERE_SERVER"] == "127.0.0.1:18989"
@@ -132,16 +128,75 @@ def test_environment_hands_out_connection_settings_but_not_the_vsphere_password(
 
 
 def test_export_lines_survive_a_real_shell(tmp_path):
-    info = make_info(tmp_path, state_dir=tmp_path / "it's $(here)")
+    info = fake_info(tmp_path, state_dir=tmp_path / "it's $(here)")
     script = "\n".join(info.export_lines()) + '\nprintf "%s|%s" "$UMC_VSPHERE_NETWORK" "$UMC_SANDBOX_STATE_DIR"'
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert out == f"VM Network|{tmp_path}/it's $(here)"
 
 
 def test_info_repr_hides_secrets(tmp_path):
-    text = repr(make_info(tmp_path)) + str(make_info(tmp_path))
-    for canary in ("vs-password-canary", "read-token-canary", "secret-id-canary", "s3-secret-canary"):
+    text = repr(fake_info(tmp_path)) + str(fake_info(tmp_path))
+    for canary in ("vs-password-canary", "read-token-canary", "secret-id-canary", "s3-secret-canary",
+                   "db-password-canary"):  # fmt: skip
         assert canary not in text
+
+
+def test_environment_hands_out_the_service_settings(tmp_path):
+    env = fake_info(tmp_path).environment()
+    assert env["UMC_SERVICE_DATABASE_URL"] == "postgresql://umc:db-password-canary@127.0.0.1:18432/umc"
+    assert env["UMC_SERVICE_OIDC_ISSUER"] == "http://127.0.0.1:18200/v1/identity/oidc"
+    assert env["UMC_SERVICE_OIDC_AUDIENCE"] == "umc-portal"
+    assert env["UMC_SERVICE_POLICY_FILE"] == str(tmp_path / "service-policy.yaml")
+
+
+@pytest.mark.parametrize("password", ["plain-Password_123", "p@ss:w/rd?#%&=+ 'q\"$"])
+def test_database_url_carries_any_password_intact(password):
+    url = database_url("127.0.0.1", 18432, INVENTORY, SecretStr(password))
+    parts = urllib.parse.urlsplit(url.get_secret_value())
+    assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("postgresql", "127.0.0.1", 18432, "/umc")
+    assert parts.username == "umc"
+    assert urllib.parse.unquote(parts.password) == password
+    assert password not in repr(url)
+
+
+def test_service_policy_is_the_contract():
+    """The policy file of ISSUE14's contract: two departments, the admin group, the sandbox users' groups."""
+    policy = yaml.safe_load(SERVICE_POLICY)
+    assert policy == {
+        "admin_groups": ["platform-engineers"],
+        "departments": {
+            "cardiology": {
+                "groups": ["cardiology-it"],
+                "blueprints": ["web-server", "linux-server", "app-stack", "web-ha"],
+                "quota": {"vms": 6, "vcpus": 12, "memory_mb": 24576},
+                "lease": {"max_days": 30, "default_days": 14, "warn_days": 3},
+            },
+            "radiology": {
+                "groups": ["radiology-it"],
+                "blueprints": ["web-server", "linux-server"],
+                "quota": {"vms": 2, "vcpus": 4, "memory_mb": 8192},
+            },
+        },
+    }
+    groups = {g for d in policy["departments"].values() for g in d["groups"]} | set(policy["admin_groups"])
+    assert groups == set(INVENTORY.oidc_users.values())  # every sandbox user lands in a department or is admin
+
+
+def test_sandbox_users_are_the_contract():
+    assert INVENTORY.oidc_users == {"alice": "cardiology-it", "bob": "radiology-it", "admin": "platform-engineers"}
+
+
+def test_a_user_login_may_only_read_the_portal_role_tokens():
+    policy = oidc_token_policy(INVENTORY)
+    assert policy == 'path "identity/oidc/token/portal" {\n  capabilities = ["read"]\n}\n'
+
+
+def test_the_token_template_gives_username_and_groups_as_json():
+    """OpenBao fills each placeholder with a JSON value: the template is JSON once they are filled."""
+    filled = OIDC_TEMPLATE.replace("{{identity.entity.name}}", '"alice"').replace(
+        "{{identity.entity.groups.names}}", '["cardiology-it"]'
+    )
+    assert json.loads(filled) == {"preferred_username": "alice", "groups": ["cardiology-it"]}
 
 
 def test_simulator_gets_its_password_in_the_environment_only(tmp_path):
@@ -169,9 +224,12 @@ def test_credentials_round_trip_and_hide_secrets_in_repr():
     creds = fake_credentials()
     for canary in CANARIES.values():
         assert canary not in repr(creds)
+    for canary in USER_CANARIES.values():
+        assert canary not in repr(creds)
     again = Credentials.model_validate_json(creds.dump())
     assert again.vault_root_token.get_secret_value() == CANARIES["vault_root_token"]
     assert again.ssh_private_key == creds.ssh_private_key
+    assert again.user_passwords == creds.user_passwords  # the users' passwords, revealed in the 0600 file only
 
 
 def test_vault_config_is_in_memory_on_loopback():
@@ -186,14 +244,19 @@ def test_a_sandbox_made_before_the_windows_secrets_gets_them_once_and_keeps_them
 
     sandbox = Sandbox(SandboxSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"))
     old = json.loads(fake_credentials().dump())
-    for name in ("windows_admin_password", "windows_join_password", "s3_secret_key"):
+    for name in ("windows_admin_password", "windows_join_password", "s3_secret_key", "postgres_password",
+                 "user_passwords"):  # fmt: skip
         old.pop(name, None)
     write_private(sandbox.paths.credentials, json.dumps(old))
     first = sandbox._credentials(create=False)
     assert first.windows_admin_password is not None and first.windows_join_password is not None
     assert first.windows_admin_password.get_secret_value() != first.windows_join_password.get_secret_value()
+    assert first.postgres_password is not None and len(first.postgres_password.get_secret_value()) >= 16
+    assert first.user_passwords is not None and set(first.user_passwords) == {"alice", "bob", "admin"}
     again = sandbox._credentials(create=False)
     assert again.windows_admin_password == first.windows_admin_password  # written once, then read back
+    assert again.postgres_password == first.postgres_password
+    assert again.user_passwords == first.user_passwords
     assert stat.S_IMODE(sandbox.paths.credentials.stat().st_mode) == 0o600
 
 

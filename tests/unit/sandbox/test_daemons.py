@@ -1,5 +1,6 @@
 """Daemons by pid file: start, find, stop, pid reuse, ports."""
 
+import signal
 import socket
 import sys
 
@@ -23,6 +24,31 @@ def test_start_find_and_stop_a_daemon(tmp_path):
     _daemons.stop(daemon, pids_dir=tmp_path / "pids")
     assert not daemon.alive()
     assert _daemons.find(tmp_path / "pids", "sleeper") is None
+
+
+def test_a_daemon_is_stopped_with_its_own_signal_first(tmp_path):
+    """PostgreSQL's fast shutdown is SIGINT (SIGTERM would wait for its clients): the pid file keeps the signal."""
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, lambda *_: (print('got SIGINT', flush=True), sys.exit(0)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    daemon = _daemons.start("interruptible", [sys.executable, "-c", script], env={}, pids_dir=tmp_path,
+                            logs_dir=tmp_path, stop_signal=signal.SIGINT)  # fmt: skip
+    _daemons.wait_until(lambda: "up" in daemon.log.read_text(), daemon=daemon, component="i", timeout_s=10)
+    found = _daemons.find(tmp_path, "interruptible")
+    assert found is not None and found.stop_signal == signal.SIGINT
+    _daemons.stop(found, pids_dir=tmp_path, timeout_s=5)
+    assert "got SIGINT" in daemon.log.read_text()
+
+
+def test_a_pid_file_written_before_stop_signals_means_sigterm(tmp_path):
+    old = '{"name": "x", "pid": 1, "start_ticks": 1, "log": "/tmp/x.log"}'
+    (tmp_path / "x.json").write_text(old)
+    found = _daemons.find(tmp_path, "x")
+    assert found is not None and found.stop_signal == signal.SIGTERM
 
 
 def test_a_recycled_pid_is_not_ours(tmp_path):
