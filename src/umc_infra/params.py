@@ -42,6 +42,10 @@ SYSTEM_ACCOUNTS = (
 )  # fmt: skip
 """Accounts of the OS and its services (Debian and RHEL); ``format: username`` refuses them and ``systemd-*``."""
 SYSTEM_PREFIX = "systemd-"
+REQUESTED_BY = r"^[A-Za-z0-9][A-Za-z0-9._@+:\[\]-]{0,127}$"
+"""Who asked for a run: a login, a CI user (``GITHUB_ACTOR``: ``dependabot[bot]``), an e-mail or a token subject."""
+TICKET = r"^[A-Za-z0-9#][A-Za-z0-9._#:-]{0,63}$"
+"""A ticket reference: ``INC0012345``, ``OPS-1234``, ``#42`` (no spaces, quotes, slashes or ``${}``)."""
 # U+FFFE and U+FFFF cannot be carried in XML (vCenter's API): a VM's notes would come back as U+FFFD, forever drifting.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")
@@ -245,6 +249,24 @@ def _bound_problems(blueprint: Blueprint, values: dict[str, Any]) -> list[ParamP
         if spec.at_most is not None and isinstance(values.get(name), int | float)
         and isinstance(values.get(spec.at_most), int | float) and values[name] > values[spec.at_most]
     ]  # fmt: skip
+
+
+def check_request(*, requested_by: object, ticket: object) -> list[ParamProblem]:
+    """The problems with who asked for a run and its ticket reference (None: not given), as :class:`ParamProblem`.
+
+    Both end up in the deployment's record, the audit and the logs: no newlines, quotes, ``${}`` or paths.
+    """
+    problems = []
+    for field, value, pattern, words in (
+        ("requested_by", requested_by, REQUESTED_BY, "1 to 128 characters: letters, digits and . _ @ + : [ ] -, "
+         "starting with a letter or digit (a login, CI user, e-mail or token subject)"),
+        ("ticket", ticket, TICKET, "1 to 64 characters: letters, digits and . _ # : -, starting with a letter, digit "
+         "or # (e.g. INC0012345, OPS-1234, #42)"),
+    ):  # fmt: skip
+        if value is not None and not (isinstance(value, str) and re.fullmatch(pattern, value)):
+            problems.append(ParamProblem(field=field, message=f"{_show(value)} is not a valid {field}",
+                                         allowed=f"{words}, matching {pattern}"))  # fmt: skip
+    return problems
 
 
 def check_deployment(deployment: object) -> list[ParamProblem]:
