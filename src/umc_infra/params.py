@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -194,8 +195,22 @@ class ResolvedParams(BaseModel):
         return [v for v in self.values.values() if isinstance(v, SecretStr)]
 
 
-def validate(blueprint: Blueprint, params: object, deployment: object) -> ResolvedParams:
+Choices = Mapping[str, Sequence[str]]
+"""The names of the site's vCenter objects per kind of ``choices`` (``{"networks": ["VM Network"]}``): what
+:func:`umc_infra.vcenter.choices` returns. A kind left out is not known: its params are plain strings."""
+
+
+def validate(
+    blueprint: Blueprint, params: object, deployment: object, *, choices: Choices | None = None
+) -> ResolvedParams:
     """Validate the deployment name and the params against the blueprint.
+
+    Args:
+        blueprint: The blueprint.
+        params: The params asked for.
+        deployment: The deployment's name.
+        choices: The site's names per kind, where known: a param declaring ``choices`` of a kind given here
+            must name one of them (or be its default).
 
     Raises:
         ParamsError: Every invalid field, with what is allowed.
@@ -234,7 +249,7 @@ def validate(blueprint: Blueprint, params: object, deployment: object) -> Resolv
                 message=error["msg"].removeprefix("Value error, ") + shown,
                 allowed=allowed(spec) if spec else "see the blueprint",
             ))  # fmt: skip
-    problems += _bound_problems(blueprint, values)
+    problems += _bound_problems(blueprint, values) + _choice_problems(blueprint, values, choices)
     if problems:
         raise ParamsError(problems, blueprint=blueprint.name)
     return ResolvedParams(blueprint=blueprint.name, deployment=str(deployment), values=values)
@@ -249,6 +264,38 @@ def _bound_problems(blueprint: Blueprint, values: dict[str, Any]) -> list[ParamP
         if spec.at_most is not None and isinstance(values.get(name), int | float)
         and isinstance(values.get(spec.at_most), int | float) and values[name] > values[spec.at_most]
     ]  # fmt: skip
+
+
+def allowed_choices(spec: ParamSpec, choices: Choices | None) -> list[str] | None:
+    """The values a param with ``choices`` may take (for a list: each item), or None where they are not known.
+
+    The site's names of the param's kind, and its default (for a list: the default's items), which often means
+    "the site's own" (an empty string) and must stay possible.
+    """
+    if spec.choices is None or choices is None or spec.choices not in choices:
+        return None
+    names = list(dict.fromkeys(str(name) for name in choices[spec.choices]))
+    default = [] if spec.required else spec.default if spec.type == "list" else [spec.default]
+    return names + [v for v in default or [] if isinstance(v, str) and v not in names]
+
+
+def _choice_problems(blueprint: Blueprint, values: dict[str, Any], choices: Choices | None) -> list[ParamProblem]:
+    """Each param whose value (or a list item) is not among its allowed choices (only where the value is valid)."""
+    problems = []
+    for name, spec in blueprint.params.items():
+        names = allowed_choices(spec, choices)
+        if names is None or name not in values:
+            continue
+        value = values[name]
+        outside = [v for v in (value if isinstance(value, list) else [value]) if v not in names]
+        if outside:
+            shown = ", ".join(_show(v) for v in outside[:5]) + (" ..." if len(outside) > 5 else "")
+            listed = ", ".join(repr(n) for n in names[:50]) + (f" and {len(names) - 50} more" if names[50:] else "")
+            problems.append(ParamProblem(
+                field=f"params.{name}", message=f"{shown} is not one of the site's {spec.choices}",
+                allowed=f"one of {listed}" if names else f"none: the site has no {spec.choices}",
+            ))  # fmt: skip
+    return problems
 
 
 def check_request(*, requested_by: object, ticket: object) -> list[ParamProblem]:
