@@ -34,6 +34,7 @@ from umc_infra.blueprint.model import Blueprint, ParamSpec
 from umc_infra.errors import BlueprintProblem, ParamProblem, ParamsError
 
 DEPLOYMENT = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+DEPLOYMENT_WORDS = "3 to 32 characters, lowercase letters, digits and '-'"
 HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 SYSTEM_ACCOUNTS = (
@@ -324,7 +325,7 @@ def check_deployment(deployment: object) -> list[ParamProblem]:
         ParamProblem(
             field="deployment",
             message=f"{_show(deployment)} is not a valid deployment name",
-            allowed=f"3 to 32 characters, lowercase letters, digits and '-', matching {DEPLOYMENT}",
+            allowed=f"{DEPLOYMENT_WORDS}, matching {DEPLOYMENT}",
         )
     ]
 
@@ -339,7 +340,7 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
     """The params as JSON Schema, agreeing with :func:`validate` on every value (a test proves it).
 
     Each property has the param's title, description, default and constraints. Secret params are marked
-    ``writeOnly``. Control characters are refused through a ``not``/``pattern`` pair, addresses
+    ``writeOnly`` and never show a default. Control characters are refused through a ``not``/``pattern`` pair, addresses
     carry ``format: ipv4``, and ``format: username`` refuses system accounts through ``not``/``enum`` and
     ``not``/``pattern`` (in ``allOf``). A param bounded by another (``at_most``) is listed in the schema's
     ``x-umc-at-most`` (``{"memory_reservation_mb": "memory_mb"}``: the first at most the second), which a portal
@@ -357,6 +358,7 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
             prop["title"] = spec.title
         if spec.secret:
             prop["writeOnly"] = True
+            prop.pop("default", None)  # a secret's value, even a default, is never shown
             continue
         if spec.type == "string":
             _text_rules(prop, multiline=spec.multiline, ipv4=spec.format == "ipv4")
@@ -370,6 +372,53 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
             if spec.pattern is not None:
                 prop["items"]["pattern"] = spec.pattern
     return schema
+
+
+def form_schema(blueprint: Blueprint, *, choices: Choices | None = None) -> dict[str, Any]:
+    """A portal's form: the deployment name and the params (:func:`json_schema`), with a form library's hints.
+
+    The hints are those of ``@json-editor/json-editor``.
+
+    The form's value is ``{"deployment": ..., "params": {...}}``; it is valid exactly when :func:`validate` accepts
+    ``params`` and ``deployment`` with the same ``choices`` (a test proves it). Every property has a ``title``, a
+    ``description`` and a ``propertyOrder`` (the blueprint's order, the deployment first and required); widgets
+    through ``format`` (``checkbox``, ``select``, ``table``, ``textarea``, ``password``); a param with ``choices``
+    of a kind given here gets them as its ``enum`` (with ``options.enum_titles``). Secret params never carry a
+    default or an example.
+
+    Args:
+        blueprint: The blueprint.
+        choices: The site's names per kind (:func:`umc_infra.vcenter.choices`), where known.
+    """
+    params = json_schema(blueprint)
+    params["title"] = "Parameters"
+    properties = params.get("properties", {})
+    for order, (name, spec) in enumerate(blueprint.params.items(), start=1):
+        prop = properties[name]
+        prop["propertyOrder"] = order
+        prop.setdefault("description", spec.description or prop.get("title", name))
+        if spec.secret:
+            prop["format"] = "password"  # json_schema() gives it no default
+            continue
+        names = allowed_choices(spec, choices)
+        target = prop["items"] if spec.type == "list" else prop
+        if names is not None:
+            target["enum"] = names
+            target["options"] = {"enum_titles": [n or "(none)" for n in names]}
+        widget = {"boolean": "checkbox", "list": "table"}.get(spec.type)
+        widget = widget or ("select" if "enum" in prop else "textarea" if spec.multiline else None)
+        if widget is not None:
+            prop.setdefault("format", widget)  # a format that validates (ipv4) stays
+    deployment = {
+        "type": "string", "title": "Deployment", "pattern": DEPLOYMENT, "propertyOrder": 1,
+        "description": f"The deployment's name: {DEPLOYMENT_WORDS}.",
+    }  # fmt: skip
+    _text_rules(deployment, multiline=False, ipv4=False)  # JSON Schema's "$" also matches before a final newline
+    return {
+        "title": blueprint.name, "description": blueprint.description, "type": "object",
+        "properties": {"deployment": deployment, "params": params | {"propertyOrder": 2}},
+        "required": ["deployment", "params"], "additionalProperties": False,
+    }  # fmt: skip
 
 
 def _text_rules(prop: dict[str, Any], *, multiline: bool, ipv4: bool) -> None:

@@ -1,6 +1,6 @@
 """Live choices from the sandbox's vCenter simulator: every kind read through umc_infra.vcenter.choices agrees with
 an independent reading (pyvmomi walking the inventory one object at a time, the tagging REST API), the cache
-answers without logging in again, and validation uses the names.
+answers without logging in again, and validation and the portal form use the names.
 
 Read-only: the sandbox is shared, so this module creates and removes nothing in it.
 """
@@ -14,7 +14,7 @@ from pyVmomi import vim
 
 from umc_infra import ParamsError
 from umc_infra.blueprint.catalog import Catalog
-from umc_infra.params import validate
+from umc_infra.params import form_schema, validate
 from umc_infra.sandbox import Sandbox, SandboxInfo, _vcsim
 from umc_infra.secrets.vault import VaultSource
 from umc_infra.vcenter import ChoiceCache, choices, rest_session
@@ -115,7 +115,7 @@ def test_a_cached_answer_needs_no_login_until_the_ttl_passes(running):
     assert source.reads == 6  # TTL 0: read every time
 
 
-def test_validation_uses_the_live_names(running):
+def test_validation_and_the_portal_form_use_the_live_names(running):
     settings = running.settings()
     live = choices(settings, VaultSource(settings), ["networks", "folders", "datastore_clusters"], cache=ChoiceCache())
     linux = Catalog.from_settings(settings).load("linux-server")
@@ -125,3 +125,6 @@ def test_validation_uses_the_live_names(running):
         validate(linux, {"extra_networks": ["No Such Network"]}, "choices-check", choices=live)
     [problem] = refused.value.problems
     assert problem.field == "params.extra_networks" and repr(network) in problem.allowed
+    form = form_schema(linux, choices=live)["properties"]["params"]["properties"]
+    assert network in form["extra_networks"]["items"]["enum"]
+    assert "" in form["datastore_cluster"]["enum"]  # the default (the site's datastore) stays possible

@@ -1,4 +1,5 @@
-"""Live choices in validation, in inheritance, and the choices cache."""
+"""Live choices in validation and the portal's form schema (the agreement with validate() is in
+test_schema_agreement), and the choices cache."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from umc_infra import ParamsError, Settings
 from umc_infra.blueprint.catalog import Catalog
-from umc_infra.blueprint.model import ParamSpec
-from umc_infra.params import validate
+from umc_infra.blueprint.model import Blueprint, ParamSpec
+from umc_infra.params import DEPLOYMENT, form_schema, json_schema, validate
 from umc_infra.vcenter import ChoiceCache
 
 CATALOG = Catalog.from_settings(Settings())
@@ -62,6 +63,52 @@ def test_a_child_may_add_choices_but_not_drop_or_change_its_parents():
     child = {"name": "child", "params": params}
     _, problems = merge(LINUX, child)
     assert sorted(p.where for p in problems) == ["params.department.choices", "params.extra_networks.choices"]
+
+
+def test_the_form_has_the_deployment_first_and_required_with_the_library_pattern():
+    form = form_schema(LINUX)
+    assert list(form["properties"]) == ["deployment", "params"] and form["required"] == ["deployment", "params"]
+    deployment = form["properties"]["deployment"]
+    assert (deployment["pattern"], deployment["propertyOrder"], deployment["title"]) == (DEPLOYMENT, 1, "Deployment")
+    params = form["properties"]["params"]
+    assert [p["propertyOrder"] for p in params["properties"].values()] == list(range(1, len(LINUX.params) + 1))
+    assert list(params["properties"]) == list(LINUX.params)
+    assert params["x-umc-at-most"] == {"memory_reservation_mb": "memory_mb"}
+    assert all(p.get("title") and p.get("description") for p in params["properties"].values())
+
+
+def test_the_form_builds_on_json_schema_and_adds_only_hints():
+    hints = {"propertyOrder", "format", "options", "title"}
+    plain, form = json_schema(LINUX), form_schema(LINUX)["properties"]["params"]
+    for name, prop in plain["properties"].items():
+        added = {k: v for k, v in form["properties"][name].items() if prop.get(k) != v}
+        assert set(added) <= hints, (name, added)
+        assert prop.get("format") in (None, form["properties"][name].get("format"))  # a validating format stays
+
+
+def test_widgets_and_live_choices():
+    form = form_schema(LINUX, choices=SITE)["properties"]["params"]["properties"]
+    assert form["cpu_hot_add"]["format"] == "checkbox" and form["notes"]["format"] == "textarea"
+    assert form["extra_networks"]["format"] == "table"
+    assert form["extra_networks"]["items"]["enum"] == ["VM Network", "DC0_DVPG0"]
+    assert form["department"]["enum"] == ["cardiology", "radiology", ""]
+    assert form["department"]["options"]["enum_titles"] == ["cardiology", "radiology", "(none)"]
+    assert form["department"]["format"] == "select"
+    assert "enum" not in form_schema(LINUX)["properties"]["params"]["properties"]["department"]
+
+
+def blueprint_with_secret() -> Blueprint:
+    return LINUX.model_copy(update={"params": {**LINUX.params, "db_password": ParamSpec(
+        type="string", secret=True, default="hunter2-default", description="The database password")}})  # fmt: skip
+
+
+def test_a_secret_param_never_carries_a_default_or_example_in_the_schema_or_the_form():
+    spec = blueprint_with_secret()
+    form = form_schema(spec)
+    prop = form["properties"]["params"]["properties"]["db_password"]
+    assert prop["format"] == "password" and prop["writeOnly"] is True
+    assert not {"default", "examples", "example"} & set(prop)
+    assert "hunter2" not in repr(form) and "hunter2" not in repr(json_schema(spec))
 
 
 def test_the_cache_keeps_names_for_the_ttl_and_reads_each_miss_once_for_concurrent_callers():
