@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from umc_infra import ParamsError
+from umc_infra import ParamsError, Provisioner
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.params import form_schema, validate
 from umc_infra.sandbox import Sandbox, SandboxInfo, _vcsim
@@ -125,6 +125,7 @@ def test_validation_and_the_portal_form_use_the_live_names(running):
         validate(linux, {"extra_networks": ["No Such Network"]}, "choices-check", choices=live)
     [problem] = refused.value.problems
     assert problem.field == "params.extra_networks" and repr(network) in problem.allowed
+    assert Provisioner(settings=settings).choices("linux-server") == live  # what the blueprint declares
     form = form_schema(linux, choices=live)["properties"]["params"]["properties"]
     assert network in form["extra_networks"]["items"]["enum"]
     assert "" in form["datastore_cluster"]["enum"]  # the default (the site's datastore) stays possible

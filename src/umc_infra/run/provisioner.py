@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from umc_infra import private as _private
+from umc_infra import vcenter
 from umc_infra.ansible import hostkeys
 from umc_infra.blueprint.catalog import Catalog
-from umc_infra.blueprint.model import Blueprint
+from umc_infra.blueprint.model import Blueprint, ChoiceKind
 from umc_infra.errors import DeploymentNotFound, ParamProblem, ParamsError
 from umc_infra.events import EventCallback, ignore
 from umc_infra.params import check_deployment, check_request, validate
@@ -97,6 +98,19 @@ class Provisioner:
     def blueprint(self, name: str) -> Blueprint:
         """Load and check a blueprint."""
         return self.catalog.load(name)
+
+    def choices(self, blueprint: str) -> dict[ChoiceKind, tuple[str, ...]]:
+        """The site's names for each kind of ``choices`` the blueprint's params declare (:func:`vcenter.choices`).
+
+        For :func:`~umc_infra.params.validate` and :func:`~umc_infra.params.form_schema` (``choices=``); read from
+        vCenter and kept ``UMC_VCENTER_CHOICES_TTL`` seconds.
+
+        Raises:
+            SettingsError: ``UMC_VSPHERE_CREDENTIALS`` or ``UMC_VSPHERE_SERVER`` is not set.
+            SecretError, VCenterError: The credentials cannot be read, or vCenter refuses.
+        """
+        kinds = [spec.choices for spec in self.blueprint(blueprint).params.values() if spec.choices]
+        return vcenter.choices(self.settings, self._secret_source or VaultSource(self.settings), kinds)
 
     # -- records, leases, host keys -----------------------------------------------------------------
 
