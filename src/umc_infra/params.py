@@ -375,16 +375,14 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
 
 
 def form_schema(blueprint: Blueprint, *, choices: Choices | None = None) -> dict[str, Any]:
-    """A portal's form: the deployment name and the params (:func:`json_schema`), with a form library's hints.
+    """A portal's form: the deployment name and the params, with the hints a JSON-Schema form library reads.
 
-    The hints are those of ``@json-editor/json-editor``.
-
-    The form's value is ``{"deployment": ..., "params": {...}}``; it is valid exactly when :func:`validate` accepts
-    ``params`` and ``deployment`` with the same ``choices`` (a test proves it). Every property has a ``title``, a
-    ``description`` and a ``propertyOrder`` (the blueprint's order, the deployment first and required); widgets
-    through ``format`` (``checkbox``, ``select``, ``table``, ``textarea``, ``password``); a param with ``choices``
-    of a kind given here gets them as its ``enum`` (with ``options.enum_titles``). Secret params never carry a
-    default or an example.
+    Built on :func:`json_schema`; the hints are those of ``@json-editor/json-editor``. The form's value is
+    ``{"deployment": ..., "params": {...}}``; it is valid exactly when :func:`validate` accepts ``params`` and
+    ``deployment`` with the same ``choices`` (a test proves it). Every property has a ``title``, a ``description``
+    and a ``propertyOrder`` (the blueprint's order, the deployment first and required); widgets through ``format``
+    (``checkbox``, ``select``, ``table``, ``textarea``, ``password``); a param with ``choices`` of a kind given here
+    gets them as its ``enum`` (with ``options.enum_titles``). Secret params never carry a default or an example.
 
     Args:
         blueprint: The blueprint.
