@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,6 +34,7 @@ from umc_infra.blueprint.model import Blueprint, ParamSpec
 from umc_infra.errors import BlueprintProblem, ParamProblem, ParamsError
 
 DEPLOYMENT = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+DEPLOYMENT_WORDS = "3 to 32 characters, lowercase letters, digits and '-'"
 HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 SYSTEM_ACCOUNTS = (
@@ -42,6 +44,10 @@ SYSTEM_ACCOUNTS = (
 )  # fmt: skip
 """Accounts of the OS and its services (Debian and RHEL); ``format: username`` refuses them and ``systemd-*``."""
 SYSTEM_PREFIX = "systemd-"
+REQUESTED_BY = r"^[A-Za-z0-9][A-Za-z0-9._@+:\[\]-]{0,127}$"
+"""Who asked for a run: a login, a CI user (``GITHUB_ACTOR``: ``dependabot[bot]``), an e-mail or a token subject."""
+TICKET = r"^[A-Za-z0-9#][A-Za-z0-9._#:-]{0,63}$"
+"""A ticket reference: ``INC0012345``, ``OPS-1234``, ``#42`` (no spaces, quotes, slashes or ``${}``)."""
 # U+FFFE and U+FFFF cannot be carried in XML (vCenter's API): a VM's notes would come back as U+FFFD, forever drifting.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")
@@ -190,8 +196,22 @@ class ResolvedParams(BaseModel):
         return [v for v in self.values.values() if isinstance(v, SecretStr)]
 
 
-def validate(blueprint: Blueprint, params: object, deployment: object) -> ResolvedParams:
+Choices = Mapping[str, Sequence[str]]
+"""The names of the site's vCenter objects per kind of ``choices`` (``{"networks": ["VM Network"]}``): what
+:func:`umc_infra.vcenter.choices` returns. A kind left out is not known: its params are plain strings."""
+
+
+def validate(
+    blueprint: Blueprint, params: object, deployment: object, *, choices: Choices | None = None
+) -> ResolvedParams:
     """Validate the deployment name and the params against the blueprint.
+
+    Args:
+        blueprint: The blueprint.
+        params: The params asked for.
+        deployment: The deployment's name.
+        choices: The site's names per kind, where known: a param declaring ``choices`` of a kind given here
+            must name one of them (or be its default).
 
     Raises:
         ParamsError: Every invalid field, with what is allowed.
@@ -230,7 +250,7 @@ def validate(blueprint: Blueprint, params: object, deployment: object) -> Resolv
                 message=error["msg"].removeprefix("Value error, ") + shown,
                 allowed=allowed(spec) if spec else "see the blueprint",
             ))  # fmt: skip
-    problems += _bound_problems(blueprint, values)
+    problems += _bound_problems(blueprint, values) + _choice_problems(blueprint, values, choices)
     if problems:
         raise ParamsError(problems, blueprint=blueprint.name)
     return ResolvedParams(blueprint=blueprint.name, deployment=str(deployment), values=values)
@@ -247,6 +267,56 @@ def _bound_problems(blueprint: Blueprint, values: dict[str, Any]) -> list[ParamP
     ]  # fmt: skip
 
 
+def allowed_choices(spec: ParamSpec, choices: Choices | None) -> list[str] | None:
+    """The values a param with ``choices`` may take (for a list: each item), or None where they are not known.
+
+    The site's names of the param's kind, and its default (for a list: the default's items), which often means
+    "the site's own" (an empty string) and must stay possible.
+    """
+    if spec.choices is None or choices is None or spec.choices not in choices:
+        return None
+    names = list(dict.fromkeys(str(name) for name in choices[spec.choices]))
+    default = [] if spec.required else spec.default if spec.type == "list" else [spec.default]
+    return names + [v for v in default or [] if isinstance(v, str) and v not in names]
+
+
+def _choice_problems(blueprint: Blueprint, values: dict[str, Any], choices: Choices | None) -> list[ParamProblem]:
+    """Each param whose value (or a list item) is not among its allowed choices (only where the value is valid)."""
+    problems = []
+    for name, spec in blueprint.params.items():
+        names = allowed_choices(spec, choices)
+        if names is None or name not in values:
+            continue
+        value = values[name]
+        outside = [v for v in (value if isinstance(value, list) else [value]) if v not in names]
+        if outside:
+            shown = ", ".join(_show(v) for v in outside[:5]) + (" ..." if len(outside) > 5 else "")
+            listed = ", ".join(repr(n) for n in names[:50]) + (f" and {len(names) - 50} more" if names[50:] else "")
+            problems.append(ParamProblem(
+                field=f"params.{name}", message=f"{shown} is not one of the site's {spec.choices}",
+                allowed=f"one of {listed}" if names else f"none: the site has no {spec.choices}",
+            ))  # fmt: skip
+    return problems
+
+
+def check_request(*, requested_by: object, ticket: object) -> list[ParamProblem]:
+    """The problems with who asked for a run and its ticket reference (None: not given), as :class:`ParamProblem`.
+
+    Both end up in the deployment's record, the audit and the logs: no newlines, quotes, ``${}`` or paths.
+    """
+    problems = []
+    for field, value, pattern, words in (
+        ("requested_by", requested_by, REQUESTED_BY, "1 to 128 characters: letters, digits and . _ @ + : [ ] -, "
+         "starting with a letter or digit (a login, CI user, e-mail or token subject)"),
+        ("ticket", ticket, TICKET, "1 to 64 characters: letters, digits and . _ # : -, starting with a letter, digit "
+         "or # (e.g. INC0012345, OPS-1234, #42)"),
+    ):  # fmt: skip
+        if value is not None and not (isinstance(value, str) and re.fullmatch(pattern, value)):
+            problems.append(ParamProblem(field=field, message=f"{_show(value)} is not a valid {field}",
+                                         allowed=f"{words}, matching {pattern}"))  # fmt: skip
+    return problems
+
+
 def check_deployment(deployment: object) -> list[ParamProblem]:
     """The problem with a deployment name, if any (as a list, to join the params' problems)."""
     if isinstance(deployment, str) and re.fullmatch(DEPLOYMENT, deployment):
@@ -255,7 +325,7 @@ def check_deployment(deployment: object) -> list[ParamProblem]:
         ParamProblem(
             field="deployment",
             message=f"{_show(deployment)} is not a valid deployment name",
-            allowed=f"3 to 32 characters, lowercase letters, digits and '-', matching {DEPLOYMENT}",
+            allowed=f"{DEPLOYMENT_WORDS}, matching {DEPLOYMENT}",
         )
     ]
 
@@ -270,7 +340,7 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
     """The params as JSON Schema, agreeing with :func:`validate` on every value (a test proves it).
 
     Each property has the param's title, description, default and constraints. Secret params are marked
-    ``writeOnly``. Control characters are refused through a ``not``/``pattern`` pair, addresses
+    ``writeOnly`` and never show a default. Control characters are refused through a ``not``/``pattern`` pair, addresses
     carry ``format: ipv4``, and ``format: username`` refuses system accounts through ``not``/``enum`` and
     ``not``/``pattern`` (in ``allOf``). A param bounded by another (``at_most``) is listed in the schema's
     ``x-umc-at-most`` (``{"memory_reservation_mb": "memory_mb"}``: the first at most the second), which a portal
@@ -288,6 +358,7 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
             prop["title"] = spec.title
         if spec.secret:
             prop["writeOnly"] = True
+            prop.pop("default", None)  # a secret's value, even a default, is never shown
             continue
         if spec.type == "string":
             _text_rules(prop, multiline=spec.multiline, ipv4=spec.format == "ipv4")
@@ -301,6 +372,51 @@ def json_schema(blueprint: Blueprint) -> dict[str, Any]:
             if spec.pattern is not None:
                 prop["items"]["pattern"] = spec.pattern
     return schema
+
+
+def form_schema(blueprint: Blueprint, *, choices: Choices | None = None) -> dict[str, Any]:
+    """A portal's form: the deployment name and the params, with the hints a JSON-Schema form library reads.
+
+    Built on :func:`json_schema`; the hints are those of ``@json-editor/json-editor``. The form's value is
+    ``{"deployment": ..., "params": {...}}``; it is valid exactly when :func:`validate` accepts ``params`` and
+    ``deployment`` with the same ``choices`` (a test proves it). Every property has a ``title``, a ``description``
+    and a ``propertyOrder`` (the blueprint's order, the deployment first and required); widgets through ``format``
+    (``checkbox``, ``select``, ``table``, ``textarea``, ``password``); a param with ``choices`` of a kind given here
+    gets them as its ``enum`` (with ``options.enum_titles``). Secret params never carry a default or an example.
+
+    Args:
+        blueprint: The blueprint.
+        choices: The site's names per kind (:func:`umc_infra.vcenter.choices`), where known.
+    """
+    params = json_schema(blueprint)
+    params["title"] = "Parameters"
+    properties = params.get("properties", {})
+    for order, (name, spec) in enumerate(blueprint.params.items(), start=1):
+        prop = properties[name]
+        prop["propertyOrder"] = order
+        prop.setdefault("description", spec.description or prop.get("title", name))
+        if spec.secret:
+            prop["format"] = "password"  # json_schema() gives it no default
+            continue
+        names = allowed_choices(spec, choices)
+        target = prop["items"] if spec.type == "list" else prop
+        if names is not None:
+            target["enum"] = names
+            target["options"] = {"enum_titles": [n or "(none)" for n in names]}
+        widget = {"boolean": "checkbox", "list": "table"}.get(spec.type)
+        widget = widget or ("select" if "enum" in prop else "textarea" if spec.multiline else None)
+        if widget is not None:
+            prop.setdefault("format", widget)  # a format that validates (ipv4) stays
+    deployment = {
+        "type": "string", "title": "Deployment", "pattern": DEPLOYMENT, "propertyOrder": 1,
+        "description": f"The deployment's name: {DEPLOYMENT_WORDS}.",
+    }  # fmt: skip
+    _text_rules(deployment, multiline=False, ipv4=False)  # JSON Schema's "$" also matches before a final newline
+    return {
+        "title": blueprint.name, "description": blueprint.description, "type": "object",
+        "properties": {"deployment": deployment, "params": params | {"propertyOrder": 2}},
+        "required": ["deployment", "params"], "additionalProperties": False,
+    }  # fmt: skip
 
 
 def _text_rules(prop: dict[str, Any], *, multiline: bool, ipv4: bool) -> None:

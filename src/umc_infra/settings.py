@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     vsphere_credentials: str | None = Field(default=None, validation_alias=_env("UMC_VSPHERE_CREDENTIALS"))
     """A Vault KV v2 secret with keys ``user`` and ``password`` (``kv/data/umc/vsphere``) for umc_infra's own
     vCenter calls: removing a VM a killed run created but never recorded, and ``doctor``."""
+    vcenter_choices_ttl_s: float = Field(default=60, ge=0, validation_alias=_env("UMC_VCENTER_CHOICES_TTL"))
+    """Seconds the names of vCenter objects (a param's ``choices``, for a portal's form) are kept before vCenter is
+    asked again; 0 asks every time."""
     customize_timeout: int = Field(default=10, ge=0, validation_alias=_env("UMC_VSPHERE_CUSTOMIZE_TIMEOUT"))
     """Minutes to wait for guest customization; 0 on the simulator, which never reports completion."""
     wait_for_guest_net_timeout: int = Field(

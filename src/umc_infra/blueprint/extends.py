@@ -73,6 +73,8 @@ def _widened(name: str, parent: ParamSpec, child: dict[str, Any]) -> list[Bluepr
     if "pattern" in child and parent.pattern is not None and child["pattern"] != parent.pattern:
         widen("pattern", "a new pattern cannot be proven narrower; keep the parent's and narrow with values, "
               "min_length or max_length")  # fmt: skip
+    if "choices" in child and parent.choices is not None and child["choices"] != parent.choices:
+        widen("choices", f"{child['choices']!r} where the parent names the site's {parent.choices}")
     if child.get("multiline") is True and not parent.multiline:
         widen("multiline", "allows newlines where the parent does not")
     return problems

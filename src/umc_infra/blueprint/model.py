@@ -63,6 +63,10 @@ class _Model(BaseModel):
 
 NUMBER_TYPES = ("integer", "number")
 """The param types that hold numbers (``at_most`` bounds one by another)."""
+ChoiceKind = Literal[
+    "templates", "networks", "datastores", "datastore_clusters", "folders", "clusters", "hosts", "tags",
+]  # fmt: skip
+"""What a param's ``choices`` names: a kind of object in the site's vCenter (:func:`umc_infra.vcenter.choices`)."""
 
 
 class ParamSpec(_Model):
@@ -90,6 +94,10 @@ class ParamSpec(_Model):
     at_most: Ident | None = None
     """An integer or number param may not exceed the value of this other integer or number param (a memory
     reservation at most the memory); in the JSON Schema as ``x-umc-at-most``."""
+    choices: ChoiceKind | None = None
+    """A string (or each item of a list of strings) names an object of this kind in the site's vCenter: where its
+    names are known (a portal, a service), a value outside them (other than the default) is refused and the JSON
+    Schema lists them; without them (offline) the param is a plain string."""
     secret: bool = False
 
     @property
@@ -122,6 +130,8 @@ class ParamSpec(_Model):
             raise ValueError("'min' is greater than 'max'")
         if self.at_most is not None and self.type not in NUMBER_TYPES:
             raise ValueError("'at_most' is only for type integer or number")
+        if self.choices is not None and (self.secret or not (self.type == "string" or self.items == "string")):
+            raise ValueError("'choices' is only for a non-secret string or list of strings")
         return self
 
 

@@ -78,6 +78,23 @@ ParamOption = Annotated[
 ParamsFileOption = Annotated[
     Path | None, typer.Option("--params-file", help="A YAML or JSON mapping of params (-p wins).")
 ]
+RequestedByOption = Annotated[
+    str | None,
+    typer.Option("--requested-by", help="Who asked for the run, in its record [default: the CI user "
+                 "(GITLAB_USER_LOGIN, GITHUB_ACTOR) in a CI job, else the login name]."),
+]  # fmt: skip
+TicketOption = Annotated[
+    str | None, typer.Option("--ticket", help="The ticket the run was asked for in (e.g. INC0012345), in its record.")
+]
+
+
+def requester(requested_by: str | None) -> str:
+    """``--requested-by``, or by default who runs the command (the CI user in a CI job, else the login name)."""
+    from umc_infra.state.records import Actor
+
+    return requested_by if requested_by is not None else Actor.from_environment().user
+
+
 PARAMS_FILE_ALLOWED = "a YAML or JSON mapping of param names to plain values (text, numbers, booleans, lists, mappings)"
 
 

@@ -16,13 +16,16 @@ from umc_infra.cli.common import (
     OutputOption,
     ParamOption,
     ParamsFileOption,
+    RequestedByOption,
     ResetOption,
+    TicketOption,
     YesOption,
     confirm,
     emit,
     fail,
     guarded,
     out,
+    requester,
     typed_params,
     with_progress,
 )
@@ -41,10 +44,15 @@ def plan(
     params_file: ParamsFileOption = None,
     reset: ResetOption = False,
     lock_timeout: LockTimeoutOption = None,
+    requested_by: RequestedByOption = None,
+    ticket: TicketOption = None,
     output: OutputOption = "text",
 ) -> None:
-    """Show what provision would change: params, Terraform per resource, Ansible check mode per host."""
-    options = RunOptions(reset=reset, lock_timeout_s=lock_timeout)
+    """Show what provision would change: params, Terraform per resource, Ansible check mode per host.
+
+    --requested-by and --ticket are checked as provision checks them; a plan records nothing.
+    """
+    options = RunOptions(reset=reset, lock_timeout_s=lock_timeout, requested_by=requester(requested_by), ticket=ticket)
     result: PlanResult = _run_blueprint("plan", blueprint, deployment, param, params_file, options, output)
     if output == "json":
         return
@@ -75,6 +83,8 @@ def provision(
     on_failure: Annotated[str, typer.Option(help="keep, or destroy a brand-new deployment that fails.")] = "keep",
     retry: Annotated[str, typer.Option(help="failed: resume at the failed hosts; all: everything.")] = "failed",
     lock_timeout: LockTimeoutOption = None,
+    requested_by: RequestedByOption = None,
+    ticket: TicketOption = None,
     output: OutputOption = "text",
 ) -> None:
     """Create, update or converge a deployment from a blueprint (params left out keep their value)."""
@@ -85,7 +95,8 @@ def provision(
 
     options = RunOptions(allow_destroy=allow_destroy, lock_timeout_s=lock_timeout, reset=reset,
                          on_failure=cast(Literal["keep", "destroy"], on_failure),
-                         retry=cast(Literal["failed", "all"], retry))  # fmt: skip
+                         retry=cast(Literal["failed", "all"], retry), requested_by=requester(requested_by),
+                         ticket=ticket)  # fmt: skip
 
     result: ProvisionResult = _run_blueprint("provision", blueprint, deployment, param, params_file, options, output)
     if output == "json":
@@ -109,11 +120,13 @@ def destroy(
     deployment: Annotated[str, typer.Argument(help="The deployment to destroy.")],
     yes: YesOption = False,
     lock_timeout: LockTimeoutOption = None,
+    requested_by: RequestedByOption = None,
+    ticket: TicketOption = None,
     output: OutputOption = "text",
 ) -> None:
     """Remove a deployment's VMs and addresses (the record stays, marked destroyed)."""
     confirm(f"Destroy every VM of deployment {deployment!r}?", yes=yes, step="destroy", output=output)
-    options = RunOptions(lock_timeout_s=lock_timeout)
+    options = RunOptions(lock_timeout_s=lock_timeout, requested_by=requester(requested_by), ticket=ticket)
     result = guarded(lambda: with_progress(lambda p: p.destroy(deployment, options=options)), output)
     if output == "json":
         emit(result, output)

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from umc_infra.cli.common import OutputOption, YesOption, confirm, emit, guarded, out, provisioner
@@ -19,10 +20,13 @@ def status(deployment: Annotated[str, typer.Argument()], output: OutputOption = 
         emit(record, output)
         return
     out.print(f"{record.deployment}: {record.state} ({record.blueprint} {record.version})", highlight=False)
-    table = Table("action", "outcome", "who", "started", "failed step", title="runs", title_justify="left")
+    table = Table("action", "outcome", "who", "requested by", "ticket", "started", "failed step", title="runs",
+                  title_justify="left")  # fmt: skip
     for run in record.runs:
         who = run.actor.user + (f" (CI job {run.actor.ci_job_id})" if run.actor.ci_job_id else "")
-        table.add_row(run.action, run.outcome, who, f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.failed_step or "")
+        # Escaped: a CI user such as dependabot[bot] is not rich markup.
+        table.add_row(run.action, run.outcome, escape(who), escape(run.requested_by or ""), escape(run.ticket or ""),
+                      f"{run.started_at:%Y-%m-%d %H:%M:%S}", run.failed_step or "")  # fmt: skip
     out.print(table)
 
 

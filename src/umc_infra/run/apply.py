@@ -42,7 +42,7 @@ def provision(session: Session, options: RunOptions) -> ProvisionResult:
     digest = policy.params_digest(session.params.masked())
     journal = session.journal = Journal.start(
         session.records, record, action="provision", blueprint_version=session.spec.version, params_digest=digest,
-        state="provisioning" if brand_new else record.state,
+        state="provisioning" if brand_new else record.state, requested_by=options.requested_by, ticket=options.ticket,
     )  # fmt: skip
     changes: dict[str, ChangeCounts] = {}
     applied: list[str] = []

@@ -7,6 +7,7 @@ import shutil
 from umc_infra.ansible import hostkeys
 from umc_infra.blueprint.references import dependency_order, needs
 from umc_infra.run.journal import Journal
+from umc_infra.run.options import RunOptions
 from umc_infra.run.recovery import recover
 from umc_infra.run.results import DestroyResult
 from umc_infra.run.session import Session
@@ -14,13 +15,14 @@ from umc_infra.state import ipam as _ipam
 from umc_infra.terraform.plan import ChangeCounts
 
 
-def destroy(session: Session) -> DestroyResult:
+def destroy(session: Session, options: RunOptions) -> DestroyResult:
     """Remove everything the session's deployment made; the record stays, marked destroyed."""
     recover(session, full=True)
     record = session.records.get(session.deployment)
     assert record is not None
     journal = session.journal = Journal.start(session.records, record, action="destroy",
-                                              blueprint_version=record.version)  # fmt: skip
+                                              blueprint_version=record.version, requested_by=options.requested_by,
+                                              ticket=options.ticket)  # fmt: skip
     try:
         session.hooks("before_destroy", "destroy")
         counts = destroy_modules(session, list(record.modules or session.spec.modules))

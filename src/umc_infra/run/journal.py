@@ -57,11 +57,14 @@ class Journal:
         blueprint_version: str,
         params_digest: str | None = None,
         state: Any = None,
+        requested_by: str | None = None,
+        ticket: str | None = None,
     ) -> Journal:
         """Write a new run as ``running`` (and the deployment's ``state`` if given)."""
         run = RunRecord(
             action=action, outcome="running", actor=Actor.from_environment(), started_at=datetime.now(UTC),
             blueprint_version=blueprint_version, terraform_who=terraform_who(), params_digest=params_digest,
+            requested_by=requested_by, ticket=ticket,
         )  # fmt: skip
         journal = cls(records, record, run)
         journal._write(run, **({"state": state} if state is not None else {}))

@@ -35,6 +35,13 @@ class RunOptions(BaseModel):
     """plan, provision: start from the blueprint's defaults, not from the params the deployment has now."""
     lock_timeout_s: float | None = Field(default=None, ge=0)
     """Every operation: how long to wait for another run on the deployment (default ``UMC_LOCK_TIMEOUT``)."""
+    requested_by: str | None = None
+    """provision, destroy: who asked for the run (a portal user, the CI user), in the run's record beside who ran it
+    (:class:`~umc_infra.state.records.Actor`). plan and drift record nothing: they check it and ignore it. Checked
+    before anything happens (:data:`~umc_infra.params.REQUESTED_BY`): a bad one is a ``ParamsError``."""
+    ticket: str | None = None
+    """provision, destroy: the ticket the run was asked for in (``INC0012345``), recorded like ``requested_by``
+    (:data:`~umc_infra.params.TICKET`)."""
 
 
 def _resolve_forward_refs() -> None:

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 from umc_infra import private as _private
+from umc_infra import vcenter
 from umc_infra.ansible import hostkeys
 from umc_infra.blueprint.catalog import Catalog
-from umc_infra.blueprint.model import Blueprint
-from umc_infra.errors import DeploymentNotFound, ParamsError
+from umc_infra.blueprint.model import Blueprint, ChoiceKind
+from umc_infra.errors import DeploymentNotFound, ParamProblem, ParamsError
 from umc_infra.events import EventCallback, ignore
-from umc_infra.params import check_deployment, validate
+from umc_infra.params import check_deployment, check_request, validate
 from umc_infra.process import sigterm_as_interrupt
 from umc_infra.run import apply as _apply
 from umc_infra.run import destroy as _destroy
@@ -97,6 +98,19 @@ class Provisioner:
     def blueprint(self, name: str) -> Blueprint:
         """Load and check a blueprint."""
         return self.catalog.load(name)
+
+    def choices(self, blueprint: str) -> dict[ChoiceKind, tuple[str, ...]]:
+        """The site's names for each kind of ``choices`` the blueprint's params declare (:func:`vcenter.choices`).
+
+        For :func:`~umc_infra.params.validate` and :func:`~umc_infra.params.form_schema` (``choices=``); read from
+        vCenter and kept ``UMC_VCENTER_CHOICES_TTL`` seconds.
+
+        Raises:
+            SettingsError: ``UMC_VSPHERE_CREDENTIALS`` or ``UMC_VSPHERE_SERVER`` is not set.
+            SecretError, VCenterError: The credentials cannot be read, or vCenter refuses.
+        """
+        kinds = [spec.choices for spec in self.blueprint(blueprint).params.values() if spec.choices]
+        return vcenter.choices(self.settings, self._secret_source or VaultSource(self.settings), kinds)
 
     # -- records, leases, host keys -----------------------------------------------------------------
 
@@ -195,12 +209,14 @@ class Provisioner:
             DeploymentNotFound: No record of it.
         """
         options = options or RunOptions()
+        # Before the early return: a bad request is refused even for a destroyed deployment.
+        _refuse(check_request(requested_by=options.requested_by, ticket=options.ticket), step="params")
         record = self.status(deployment)
         if record.state == "destroyed":
             return DestroyResult(deployment=deployment, already_destroyed=True, terraform={}, released_addresses=())
         spec = self._deployed(record)
         with self._session(spec, _recorded(spec), deployment, "destroy", options) as s:
-            return _destroy.destroy(s.session)
+            return _destroy.destroy(s.session, options)
 
     def drift(self, deployment: str, *, options: RunOptions | None = None) -> DriftReport:
         """Compute drift (Terraform refresh) and configuration drift (Ansible check mode), in one report."""
@@ -233,7 +249,8 @@ class Provisioner:
         options: RunOptions,
     ) -> Iterator[_Opened]:
         """A run: params checked, then the deployment's lease, a private directory, a dead run found."""
-        _check_name(deployment, step="params", blueprint=spec.name)
+        asked = check_request(requested_by=options.requested_by, ticket=options.ticket)
+        _refuse(check_deployment(deployment) + asked, step="params", blueprint=spec.name)
         records = self.records
         validate(spec, params(records.get(deployment)), deployment)  # bad input fails before any wait
         settings = self.settings
@@ -270,8 +287,11 @@ class _Opened:
         self.record = record
 
 
-def _check_name(deployment: str, *, step: str, blueprint: str | None = None) -> None:
-    problems = check_deployment(deployment)
+def _check_name(deployment: str, *, step: str) -> None:
+    _refuse(check_deployment(deployment), step=step)
+
+
+def _refuse(problems: list[ParamProblem], *, step: str, blueprint: str | None = None) -> None:
     if problems:
         raise ParamsError(problems, blueprint=blueprint, step=step)
 

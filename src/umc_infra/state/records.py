@@ -105,6 +105,10 @@ class RunRecord(BaseModel):
     """The ``user@host`` Terraform writes into the state locks this run's commands take."""
     params_digest: str | None = None
     """A digest of the (masked) params the run was asked for: a retry resumes only for the same params."""
+    requested_by: str | None = None
+    """Who asked for the run (a portal user, a CI user), where the caller said; ``actor`` is who ran it."""
+    ticket: str | None = None
+    """The ticket the run was asked for in, where the caller said."""
 
 
 class DeploymentRecord(BaseModel):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from umc_infra import ParamsError, Settings
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.blueprint.model import Blueprint, ParamSpec
-from umc_infra.params import SYSTEM_ACCOUNTS, USERNAME, json_schema, validate
+from umc_infra.params import DEPLOYMENT, SYSTEM_ACCOUNTS, USERNAME, form_schema, json_schema, validate
 
 CATALOG = Catalog.from_settings(Settings())
 BLUEPRINTS = [CATALOG.load(name) for name in CATALOG.names()]
@@ -44,8 +44,19 @@ PORTAL = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-umc-a
 """What a portal validates with: JSON Schema plus the one rule it cannot say (``x-umc-at-most``)."""
 
 
-def near(spec: ParamSpec) -> st.SearchStrategy:
+SITE = {
+    "networks": ["VM Network", "DC0_DVPG0", "Net (prod)", "x" * 90], "folders": ["cardiology", "a/b", "Radiology "],
+    "datastore_clusters": ["SSD-pod", "pod\n2"], "templates": ["templates/rhel9"], "clusters": ["DC0_C0"],
+    "hosts": ["DC0_H0"], "tags": ["Backup/Daily"],
+}  # fmt: skip
+"""Live choices as a site might have them: some the param's own rules refuse (a pattern, a length, a newline)."""
+
+
+def near(spec: ParamSpec, choices: dict | None = None) -> st.SearchStrategy:
     """Values close to what the param accepts, inside and just outside each constraint."""
+    if choices and spec.choices in choices:
+        names = st.sampled_from([*choices[spec.choices], "not-a-choice", ""])
+        return st.one_of(names, st.lists(names, max_size=3)) if spec.type == "list" else names
     low = int(spec.min) if spec.min is not None else -5
     high = int(spec.max) if spec.max is not None else 5
     numbers = st.integers(low - 2, high + 2)
@@ -68,8 +79,12 @@ def near(spec: ParamSpec) -> st.SearchStrategy:
     return st.one_of(*strings)
 
 
-def valid(spec: ParamSpec) -> st.SearchStrategy:
+def valid(spec: ParamSpec, choices: dict | None = None) -> st.SearchStrategy:
     """Values the param accepts, so that whole sets of params pass often enough to test that side too."""
+    if choices and spec.choices in choices:
+        if spec.type == "list":
+            return st.lists(st.sampled_from(choices[spec.choices]), max_size=2)
+        return st.sampled_from([*choices[spec.choices], spec.default])
     if spec.type in ("integer", "number"):
         low, high = int(spec.min or 0), int(spec.max if spec.max is not None else 100)
         return st.integers(low, high) if spec.type == "integer" else st.floats(low, high)
@@ -88,8 +103,14 @@ def valid(spec: ParamSpec) -> st.SearchStrategy:
     )
 
 
-def params_for(blueprint: Blueprint) -> st.SearchStrategy:
-    values = {name: st.one_of(valid(spec), valid(spec), valid(spec), near(spec), JSON_SCALARS)
+def params_for(blueprint: Blueprint, choices: dict | None = None) -> st.SearchStrategy:
+    def good(spec: ParamSpec) -> st.SearchStrategy:
+        return valid(spec, choices)
+
+    def close(spec: ParamSpec) -> st.SearchStrategy:
+        return near(spec, choices)
+
+    values = {name: st.one_of(good(spec), good(spec), good(spec), close(spec), JSON_SCALARS)
               for name, spec in blueprint.params.items()}  # fmt: skip
     known = st.fixed_dictionaries({}, optional=values)
     unknown = st.dictionaries(
@@ -99,35 +120,59 @@ def params_for(blueprint: Blueprint) -> st.SearchStrategy:
     mixed = st.builds(lambda a, b: {**b, **a}, known, extra)
     # With many params a mixed set is rarely valid as a whole: draw wholly valid sets too, and valid sets
     # with one value near the line, where schema and library are most likely to part.
-    every_valid = st.fixed_dictionaries({}, optional={name: valid(spec) for name, spec in blueprint.params.items()})
+    every_valid = st.fixed_dictionaries({}, optional={name: good(spec) for name, spec in blueprint.params.items()})
 
     def one_near(name: str) -> st.SearchStrategy:
-        rest = {other: valid(spec) for other, spec in blueprint.params.items() if other != name}
-        return st.fixed_dictionaries({name: near(blueprint.params[name])}, optional=rest)
+        rest = {other: good(spec) for other, spec in blueprint.params.items() if other != name}
+        return st.fixed_dictionaries({name: close(blueprint.params[name])}, optional=rest)
 
     all_but_one = st.sampled_from(sorted(blueprint.params)).flatmap(one_near) if blueprint.params else every_valid
     return st.one_of(mixed, mixed, every_valid, all_but_one, all_but_one)
 
 
-@pytest.mark.parametrize("blueprint", BLUEPRINTS, ids=lambda b: b.name)
-def test_the_schema_and_provision_agree_on_every_value(blueprint):
-    checker = PORTAL(json_schema(blueprint), format_checker=jsonschema.FormatChecker())
+def assert_agree(schema: dict, values: st.SearchStrategy, library) -> None:
+    """On every drawn value, the schema (as a portal checks it) and ``library`` (raising ParamsError) agree."""
+    checker = PORTAL(schema, format_checker=jsonschema.FormatChecker())
     seen = {True: 0, False: 0}
 
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(params_for(blueprint))
-    def agree(params):
-        schema_says = checker.is_valid(params)
+    @given(values)
+    def agree(value):
+        schema_says = checker.is_valid(value)
         try:
-            validate(blueprint, params, "portal-check")
+            library(value)
             library_says = True
         except ParamsError:
             library_says = False
-        assert schema_says == library_says, (params, list(checker.iter_errors(params))[:2])
+        assert schema_says == library_says, (value, list(checker.iter_errors(value))[:2])
         seen[library_says] += 1
 
     agree()
     assert seen[True] >= 20 and seen[False] >= 20  # both sides of the line were tried
+
+
+@pytest.mark.parametrize("blueprint", BLUEPRINTS, ids=lambda b: b.name)
+def test_the_schema_and_provision_agree_on_every_value(blueprint):
+    assert_agree(
+        json_schema(blueprint), params_for(blueprint), lambda params: validate(blueprint, params, "portal-check")
+    )
+
+
+VALID_DEPLOYMENTS = st.from_regex(DEPLOYMENT, fullmatch=True)
+BAD_DEPLOYMENTS = st.one_of(
+    st.sampled_from(["team-x\n", "ab", "a" * 33, "Team-x", "team-x-", "-team", "../x", "web 1", "wéb"]),
+    st.text(TEXT, max_size=34), JSON_SCALARS,
+)  # fmt: skip
+DEPLOYMENTS = st.integers(0, 7).flatmap(lambda n: BAD_DEPLOYMENTS if n == 0 else VALID_DEPLOYMENTS)
+"""Mostly valid names: a whole form passes often enough to test that side too."""
+
+
+@pytest.mark.parametrize("choices", [None, SITE], ids=["offline", "live-choices"])
+@pytest.mark.parametrize("blueprint", BLUEPRINTS, ids=lambda b: b.name)
+def test_the_portal_form_and_provision_agree_on_every_value(blueprint, choices):
+    forms = st.fixed_dictionaries({"deployment": DEPLOYMENTS, "params": params_for(blueprint, choices)})
+    assert_agree(form_schema(blueprint, choices=choices), forms,
+                 lambda form: validate(blueprint, form["params"], form["deployment"], choices=choices))  # fmt: skip
 
 
 USERNAME_BLUEPRINTS = [b for b in BLUEPRINTS if any(s.format == "username" for s in b.params.values())]
