@@ -1,0 +1,189 @@
+"""The queue: a procrastinate app on PostgreSQL and its tasks, which run the library in the worker's process.
+
+- ``umc.provision`` (create or update) and ``umc.destroy``: deferred with ``lock=<deployment>`` (one job of a
+  deployment runs at a time, on any number of workers) and ``queueing_lock=<deployment>`` (a second request
+  for a deployment that already has one queued is refused);
+- retried only for transient failures (:data:`TRANSIENT`), with a growing wait, at most :data:`MAX_ATTEMPTS`;
+- cancelled through procrastinate's abort: the task is cancelled, which sets the library's cancel event; the
+  run stops its tool gracefully (Terraform saves its state) and the job ends ``cancelled``;
+- every library event is stored as a job event (``job_started``, the library's kinds, ``job_finished``), and
+  the outcome goes into the request's audit entry;
+- ``umc.stalled`` (every minute): jobs whose worker died (no heartbeat) are marked with an event and queued
+  again; the library's lease and dead-run recovery reconcile the deployment on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from procrastinate import App, JobContext, RetryStrategy
+from procrastinate.connector import BaseConnector
+from procrastinate.jobs import Status
+from pydantic import BaseModel
+
+from umc_infra.errors import DeploymentLocked, SshUnreachable, StateBackendError, VCenterError
+from umc_infra.events import Event, EventCallback
+from umc_infra.service.store import Store
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "umc"
+PROVISION = "umc.provision"
+DESTROY = "umc.destroy"
+MAX_ATTEMPTS = 3
+TRANSIENT: tuple[type[Exception], ...] = (DeploymentLocked, StateBackendError, VCenterError, SshUnreachable)
+"""Failures a later attempt may not meet: another run holds the deployment (a CLI run, a lease not yet
+expired), the state backend or vCenter did not answer, a VM had not answered SSH yet. Everything else (bad
+params, a secret denied, Terraform or a playbook failing, a refused change) fails the job at once."""
+RETRY = RetryStrategy(max_attempts=MAX_ATTEMPTS, exponential_wait=5, retry_exceptions=TRANSIENT)
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+_STATES: dict[Status, JobState] = {
+    Status.TODO: "queued", Status.DOING: "running", Status.ABORTING: "running", Status.SUCCEEDED: "succeeded",
+    Status.FAILED: "failed", Status.CANCELLED: "cancelled", Status.ABORTED: "cancelled",
+}  # fmt: skip
+FINAL: frozenset[JobState] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def job_state(status: Status) -> JobState:
+    """The API's state of a procrastinate status."""
+    return _STATES[status]
+
+
+class Runner(Protocol):
+    """What a job runs: the library (tests pass a fake). Returns the result as JSON data."""
+
+    def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str, on_event: EventCallback,
+                  cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+        """Create or update a deployment."""
+        ...
+
+    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+        """Remove a deployment."""
+        ...
+
+
+class LibraryRunner:
+    """The library in this process, with its settings from the environment (``UMC_*``) read per run."""
+
+    def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str, on_event: EventCallback,
+                  cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+        """:meth:`umc_infra.Provisioner.provision`."""
+        from umc_infra.run.provisioner import Provisioner
+
+        result = Provisioner(on_event=on_event, cancel=cancel).provision(blueprint, params, deployment=deployment)
+        return result.model_dump(mode="json")
+
+    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+        """:meth:`umc_infra.Provisioner.destroy`."""
+        from umc_infra.run.provisioner import Provisioner
+
+        return Provisioner(on_event=on_event, cancel=cancel).destroy(deployment).model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the tasks use: the service's store and the runner (the API process defers, never runs, them)."""
+
+    store: Store
+    runner: Runner
+
+
+class JobFinished(BaseModel):
+    """The data of a job's last event."""
+
+    state: JobState
+    error: str | None = None
+    error_type: str | None = None
+    result: dict[str, Any] | None = None
+
+
+def build_app(connector: BaseConnector, runtime: Runtime) -> App:
+    """The procrastinate app with the service's tasks (the API defers them, a worker runs them)."""
+    app = App(connector=connector)
+
+    @app.task(name=PROVISION, queue=QUEUE, pass_context=True, retry=RETRY)
+    async def provision(context: JobContext, *, blueprint: str, deployment: str, params: dict[str, Any],
+                        audit: int) -> None:  # fmt: skip
+        def run(on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+            return runtime.runner.provision(blueprint, params, deployment=deployment, on_event=on_event,
+                                              cancel=cancel)  # fmt: skip
+
+        await _run(context, runtime.store, audit, run)
+
+    @app.task(name=DESTROY, queue=QUEUE, pass_context=True, retry=RETRY)
+    async def destroy(context: JobContext, *, deployment: str, audit: int) -> None:
+        def run(on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+            return runtime.runner.destroy(deployment, on_event=on_event, cancel=cancel)
+
+        await _run(context, runtime.store, audit, run)
+        await runtime.store.forget(deployment)
+
+    @app.periodic(cron="* * * * *", periodic_id="stalled")
+    @app.task(name="umc.stalled", queue=QUEUE, queueing_lock="umc.stalled", pass_context=True)
+    async def stalled(context: JobContext, timestamp: int) -> None:
+        for job in await context.app.job_manager.get_stalled_jobs(queue=QUEUE):
+            if job.id is None or job.task_name not in (PROVISION, DESTROY):
+                continue
+            await runtime.store.add_event(job.id, "worker_lost", {"note": "the worker running this job stopped "
+                                          "answering; the job is queued again and the next run recovers"})  # fmt: skip
+            await context.app.job_manager.retry_job(job)
+
+    return app
+
+
+async def _run(context: JobContext, store: Store, audit: int,
+               run: Callable[[EventCallback, threading.Event], dict[str, Any]]) -> None:  # fmt: skip
+    """Run ``run`` in a thread; its events into the store, its outcome into the audit; an abort cancels it."""
+    job = context.job.id
+    assert job is not None
+    loop = asyncio.get_running_loop()
+    serial = asyncio.Lock()  # the library emits from several threads: the store numbers one at a time
+
+    async def add(kind: str, data: dict[str, Any]) -> None:
+        async with serial:
+            await store.add_event(job, kind, data)
+
+    def on_event(event: Event) -> None:
+        future = asyncio.run_coroutine_threadsafe(add(event.kind, event.model_dump(mode="json")), loop)
+        try:
+            future.result(timeout=30)
+        except Exception:  # a lost progress line must not fail the run
+            logger.warning("job %s: could not store a %s event", job, event.kind, exc_info=True)
+
+    await add("job_started", {"attempt": context.job.attempts + 1, "worker": context.worker_name})
+    await store.update(audit, outcome="running", job=job)
+    cancel = threading.Event()
+    future = loop.run_in_executor(None, functools.partial(run, on_event, cancel))
+    try:
+        result = await asyncio.shield(future)
+    except asyncio.CancelledError:  # aborted (the API's cancel, or the worker shutting down)
+        cancel.set()
+        with contextlib.suppress(BaseException):
+            await future  # the run stops its tool gracefully; wait for it before the job ends
+        await _finish(add, store, audit, JobFinished(state="cancelled"), "cancelled")
+        raise
+    except Exception as exc:
+        retried = RETRY.get_retry_decision(exception=exc, job=context.job) is not None
+        if retried:
+            await add("job_retrying", {"error_type": type(exc).__name__, "error": str(exc),
+                                       "attempt": context.job.attempts + 1})  # fmt: skip
+            await store.update(audit, outcome=f"retrying: {type(exc).__name__}")
+        else:
+            finished = JobFinished(state="failed", error=str(exc), error_type=type(exc).__name__)
+            await _finish(add, store, audit, finished, f"failed: {type(exc).__name__}: {exc}")
+        raise
+    await _finish(add, store, audit, JobFinished(state="succeeded", result=result), "succeeded")
+
+
+async def _finish(add: Callable[[str, dict[str, Any]], Any], store: Store, audit: int, finished: JobFinished,
+                  outcome: str) -> None:  # fmt: skip
+    await add("job_finished", finished.model_dump(mode="json"))
+    await store.update(audit, outcome=outcome)
