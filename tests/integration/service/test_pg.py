@@ -1,0 +1,126 @@
+"""The service's store and queue on a real PostgreSQL: schema, quota under concurrency, events, a real job."""
+
+import asyncio
+
+import psycopg
+import pytest
+from procrastinate import PsycopgConnector
+from procrastinate.exceptions import AlreadyEnqueued
+
+from umc_infra.errors import RequestConflict
+from umc_infra.service.jobs import PROVISION, QUEUE, Runtime, build_app
+from umc_infra.service.policy import Quota
+from umc_infra.service.quota import Usage
+from umc_infra.service.store import AuditEntry, AuditQuery, Ownership, PgStore
+
+from ...unit.service.conftest import FakeRunner
+
+
+def owner(name, department="cardiology", vms=1):
+    used = Usage(vms=vms, vcpus=vms, memory_mb=512)
+    return Ownership(name=name, department=department, blueprint="web-server", requested_by="alice",
+                     params={"instances": vms, "app_token": "***"}, usage=used)  # fmt: skip
+
+
+def tables(url):
+    with psycopg.connect(url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_the_schema_is_made_once_and_again_is_a_no_op(database_url):
+    async def twice():
+        store = PgStore(database_url)
+        try:
+            await store.ensure_schema()
+            await store.record(AuditEntry(subject="s", username="alice", department="cardiology", action="plan",
+                                          deployment="x-web"))  # fmt: skip
+            await asyncio.gather(store.ensure_schema(), PgStore(database_url).ensure_schema())
+            return await store.audit(AuditQuery())
+        finally:
+            await store.close()
+
+    kept = asyncio.run(twice())
+    assert [e.username for e in kept] == ["alice"]  # nothing recreated
+    assert {"procrastinate_jobs", "umc_service_deployments", "umc_service_job_events", "umc_service_audit"} <= tables(
+        database_url
+    )
+
+
+def test_concurrent_claims_never_exceed_the_quota(database_url):
+    quota = Quota(vms=3, vcpus=100, memory_mb=100_000)
+
+    async def race():
+        stores = [PgStore(database_url, max_size=2) for _ in range(8)]
+        await stores[0].ensure_schema()
+        try:
+            claims = await asyncio.gather(*(s.claim(owner(f"web-{i}"), quota) for i, s in enumerate(stores)))
+            return claims, await stores[0].deployments(["cardiology"])
+        finally:
+            for s in stores:
+                await s.close()
+
+    claims, kept = asyncio.run(race())
+    assert sum(c.breach is None for c in claims) == 3
+    assert len(kept) == 3
+
+
+def test_ownership_events_and_audit_round_trip(database_url):
+    async def scenario():
+        store = PgStore(database_url)
+        await store.ensure_schema()
+        try:
+            quota = Quota(vms=5, vcpus=5, memory_mb=5000)
+            assert (await store.claim(owner("a-web", vms=2), quota)).breach is None
+            with pytest.raises(RequestConflict):
+                await store.claim(owner("a-web", department="radiology"), quota)
+            claim = await store.claim(owner("a-web", vms=3), quota)  # an update: counted once
+            assert claim.previous is not None and claim.previous.usage.vms == 2
+            await store.restore("a-web", claim.previous)
+            assert (await store.ownership("a-web")).usage.vms == 2  # type: ignore[union-attr]
+            assert await store.deployments(["radiology"]) == []
+            for n in range(3):
+                await store.add_event(7, "output", {"line": f"l{n}"})
+            assert [e.id for e in await store.events(7, after=1)] == [2, 3]
+            asked = AuditEntry(subject="s1", username="alice", department="cardiology", action="provision",
+                               deployment="a-web", params={"x": "***"})  # fmt: skip
+            entry = await store.record(asked)
+            await store.update(entry, outcome="queued", job=7)
+            assert (await store.request_of(7)).outcome == "queued"  # type: ignore[union-attr]
+            assert [e.id for e in await store.audit(AuditQuery(user="alice", departments=("cardiology",)))] == [entry]
+            assert await store.audit(AuditQuery(departments=("radiology",))) == []
+            await store.forget("a-web")
+            assert await store.ownership("a-web") is None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_runs_on_the_real_queue_with_its_lock(database_url):
+    runner = FakeRunner()
+
+    async def scenario():
+        store = PgStore(database_url)
+        await store.ensure_schema()
+        app = build_app(PsycopgConnector(conninfo=database_url.get_secret_value()), Runtime(store, runner))
+        try:
+            async with app.open_async():
+                audit = await store.record(AuditEntry(subject="s", username="alice", department="cardiology",
+                                                      action="provision", deployment="a-web"))  # fmt: skip
+                deferrer = app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web")
+                job = await deferrer.defer_async(blueprint="web-server", deployment="a-web", params={}, audit=audit)
+                with pytest.raises(AlreadyEnqueued):
+                    await app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web").defer_async(
+                        blueprint="web-server", deployment="a-web", params={}, audit=audit
+                    )
+                await app.run_worker_async(queues=[QUEUE], wait=False, install_signal_handlers=False)
+                status = await app.job_manager.get_job_status_async(job)
+                return status.value, [e.kind for e in await store.events(job)], (await store.request_of(job))
+        finally:
+            await store.close()
+
+    status, kinds, request = asyncio.run(scenario())
+    assert status == "succeeded"
+    assert kinds == ["job_started", "step_started", "step_finished", "job_finished"]
+    assert request is not None and request.outcome == "succeeded"
