@@ -1,6 +1,7 @@
 """The service's store and queue on a real PostgreSQL: schema, quota under concurrency, events, a real job."""
 
 import asyncio
+import contextlib
 
 import psycopg
 import pytest
@@ -124,3 +125,42 @@ def test_a_job_runs_on_the_real_queue_with_its_lock(database_url):
     assert status == "succeeded"
     assert kinds == ["job_started", "step_started", "step_finished", "job_finished"]
     assert request is not None and request.outcome == "succeeded"
+
+
+def test_cancelling_a_running_job_sets_the_librarys_cancel_event(database_url):
+    runner = FakeRunner()
+    runner.block.set()  # the fake run waits for its cancel event, then raises Cancelled as the library does
+
+    async def scenario():
+        store = PgStore(database_url)
+        await store.ensure_schema()
+        app = build_app(PsycopgConnector(conninfo=database_url.get_secret_value()), Runtime(store, runner))
+        try:
+            async with app.open_async():
+                asked = AuditEntry(subject="s", username="alice", department="cardiology", action="provision",
+                                   deployment="a-web")  # fmt: skip
+                audit = await store.record(asked)
+                job = await app.configure_task(PROVISION, lock="a-web").defer_async(
+                    blueprint="web-server", deployment="a-web", params={}, audit=audit
+                )
+                worker = asyncio.create_task(app.run_worker_async(queues=[QUEUE], install_signal_handlers=False,
+                                                                  abort_job_polling_interval=0.2))  # fmt: skip
+                await asyncio.to_thread(runner.started.wait, 20)
+                assert await app.job_manager.cancel_job_by_id_async(job, abort=True)
+                for _ in range(100):
+                    status = await app.job_manager.get_job_status_async(job)
+                    if status.value not in ("doing", "todo"):
+                        break
+                    await asyncio.sleep(0.1)
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+                return status.value, [e.kind for e in await store.events(job)], await store.request_of(job)
+        finally:
+            await store.close()
+
+    status, kinds, request = asyncio.run(scenario())
+    assert runner.cancel_seen  # the abort reached the run as the library's cancel event
+    assert status == "aborted"
+    assert kinds == ["job_started", "step_started", "job_finished"]
+    assert request is not None and request.outcome == "cancelled"

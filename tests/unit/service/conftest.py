@@ -94,6 +94,7 @@ class FakeRunner:
         self.fail: dict[str, BaseException] = {}
         self.block = threading.Event()
         self.started = threading.Event()
+        self.cancel_seen = False
 
     def _run(self, action: str, deployment: str, params: Mapping[str, Any], on_event: EventCallback,
              cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
@@ -101,7 +102,8 @@ class FakeRunner:
         on_event(StepStarted(deployment=deployment, step="terraform.web", seq=1))
         self.started.set()
         if self.block.is_set():
-            if not cancel.wait(10):
+            self.cancel_seen = cancel.wait(10)
+            if not self.cancel_seen:
                 raise AssertionError("never cancelled")
             raise Cancelled(f"cancelled before step 'ansible' of deployment {deployment!r}", step="ansible")
         if deployment in self.fail:
