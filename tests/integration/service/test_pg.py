@@ -98,28 +98,39 @@ def test_ownership_events_and_audit_round_trip(database_url):
     asyncio.run(scenario())
 
 
+@contextlib.asynccontextmanager
+async def queued(database_url, runner):
+    """The store, the queue (open) and one provision request of ``a-web`` in the audit."""
+    store = PgStore(database_url)
+    await store.ensure_schema()
+    app = build_app(PsycopgConnector(conninfo=database_url.get_secret_value()), Runtime(store, runner))
+    try:
+        async with app.open_async():
+            asked = AuditEntry(subject="s", username="alice", department="cardiology", action="provision",
+                               deployment="a-web")  # fmt: skip
+            yield store, app, await store.record(asked)
+    finally:
+        await store.close()
+
+
+async def outcome(store, app, job):
+    status = await app.job_manager.get_job_status_async(job)
+    return status.value, [e.kind for e in await store.events(job)], await store.request_of(job)
+
+
 def test_a_job_runs_on_the_real_queue_with_its_lock(database_url):
     runner = FakeRunner()
 
     async def scenario():
-        store = PgStore(database_url)
-        await store.ensure_schema()
-        app = build_app(PsycopgConnector(conninfo=database_url.get_secret_value()), Runtime(store, runner))
-        try:
-            async with app.open_async():
-                audit = await store.record(AuditEntry(subject="s", username="alice", department="cardiology",
-                                                      action="provision", deployment="a-web"))  # fmt: skip
-                deferrer = app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web")
-                job = await deferrer.defer_async(blueprint="web-server", deployment="a-web", params={}, audit=audit)
-                with pytest.raises(AlreadyEnqueued):
-                    await app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web").defer_async(
-                        blueprint="web-server", deployment="a-web", params={}, audit=audit
-                    )
-                await app.run_worker_async(queues=[QUEUE], wait=False, install_signal_handlers=False)
-                status = await app.job_manager.get_job_status_async(job)
-                return status.value, [e.kind for e in await store.events(job)], (await store.request_of(job))
-        finally:
-            await store.close()
+        async with queued(database_url, runner) as (store, app, audit):
+            deferrer = app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web")
+            job = await deferrer.defer_async(blueprint="web-server", deployment="a-web", params={}, audit=audit)
+            with pytest.raises(AlreadyEnqueued):
+                await app.configure_task(PROVISION, lock="a-web", queueing_lock="a-web").defer_async(
+                    blueprint="web-server", deployment="a-web", params={}, audit=audit
+                )
+            await app.run_worker_async(queues=[QUEUE], wait=False, install_signal_handlers=False)
+            return await outcome(store, app, job)
 
     status, kinds, request = asyncio.run(scenario())
     assert status == "succeeded"
@@ -132,32 +143,22 @@ def test_cancelling_a_running_job_sets_the_librarys_cancel_event(database_url):
     runner.block.set()  # the fake run waits for its cancel event, then raises Cancelled as the library does
 
     async def scenario():
-        store = PgStore(database_url)
-        await store.ensure_schema()
-        app = build_app(PsycopgConnector(conninfo=database_url.get_secret_value()), Runtime(store, runner))
-        try:
-            async with app.open_async():
-                asked = AuditEntry(subject="s", username="alice", department="cardiology", action="provision",
-                                   deployment="a-web")  # fmt: skip
-                audit = await store.record(asked)
-                job = await app.configure_task(PROVISION, lock="a-web").defer_async(
-                    blueprint="web-server", deployment="a-web", params={}, audit=audit
-                )
-                worker = asyncio.create_task(app.run_worker_async(queues=[QUEUE], install_signal_handlers=False,
-                                                                  abort_job_polling_interval=0.2))  # fmt: skip
-                await asyncio.to_thread(runner.started.wait, 20)
-                assert await app.job_manager.cancel_job_by_id_async(job, abort=True)
-                for _ in range(100):
-                    status = await app.job_manager.get_job_status_async(job)
-                    if status.value not in ("doing", "todo"):
-                        break
-                    await asyncio.sleep(0.1)
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
-                return status.value, [e.kind for e in await store.events(job)], await store.request_of(job)
-        finally:
-            await store.close()
+        async with queued(database_url, runner) as (store, app, audit):
+            job = await app.configure_task(PROVISION, lock="a-web").defer_async(
+                blueprint="web-server", deployment="a-web", params={}, audit=audit
+            )
+            worker = asyncio.create_task(app.run_worker_async(queues=[QUEUE], install_signal_handlers=False,
+                                                              abort_job_polling_interval=0.2))  # fmt: skip
+            await asyncio.to_thread(runner.started.wait, 20)
+            assert await app.job_manager.cancel_job_by_id_async(job, abort=True)
+            for _ in range(100):
+                if (await app.job_manager.get_job_status_async(job)).value not in ("doing", "todo"):
+                    break
+                await asyncio.sleep(0.1)
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            return await outcome(store, app, job)
 
     status, kinds, request = asyncio.run(scenario())
     assert runner.cancel_seen  # the abort reached the run as the library's cancel event
