@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic as time_monotonic
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -84,6 +85,29 @@ class Service:
     """The site settings, for a size input that reads one (``site.<name>``)."""
     open_queue: bool = True
     """Open (and close) the queue's connector with the app."""
+
+
+class BlueprintCache:
+    """Blueprints loaded (in a thread: a load reads YAML and module files) and kept for ``ttl_s`` seconds.
+
+    Args:
+        catalog: Where blueprints come from.
+        ttl_s: How long a loaded blueprint is kept; a changed blueprint file is seen after at most this long.
+    """
+
+    def __init__(self, catalog: Catalog, *, ttl_s: float = 60.0) -> None:
+        self.catalog = catalog
+        self.ttl_s = ttl_s
+        self._loaded: dict[str, tuple[float, Blueprint]] = {}
+
+    async def load(self, name: str) -> Blueprint:
+        """The blueprint (see :meth:`Catalog.load` for what it raises; failures are not kept)."""
+        kept = self._loaded.get(name)
+        if kept is not None and time_monotonic() - kept[0] < self.ttl_s:
+            return kept[1]
+        spec = await run_in_threadpool(self.catalog.load, name)
+        self._loaded[name] = (time_monotonic(), spec)
+        return spec
 
 
 # -- request and response models ----------------------------------------------------------------------
@@ -223,6 +247,7 @@ def create_app(service: Service) -> FastAPI:
                 await service.store.close()
 
     api = FastAPI(title="umc-infra self-service", version="1", lifespan=lifespan)
+    blueprints = BlueprintCache(service.catalog)
     bearer = HTTPBearer(auto_error=False)
 
     def access(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Access:
@@ -258,7 +283,7 @@ def create_app(service: Service) -> FastAPI:
             if name not in mine:
                 continue
             try:
-                spec = service.catalog.load(name)
+                spec = await blueprints.load(name)
             except UmcInfraError:
                 continue  # a broken blueprint is not offered (`umc-infra blueprints check` names why)
             result.append(BlueprintSummary(name=name, version=spec.version, description=spec.description,
@@ -271,7 +296,7 @@ def create_app(service: Service) -> FastAPI:
         if name not in usable(who):
             yours = ", ".join(sorted(usable(who)))
             raise NotFound(f"no blueprint {name!r} for your departments; yours: {yours}", step="request")
-        spec = _load(name)
+        spec = await blueprints.load(name)
         params = json_schema(spec)
         return {
             "name": spec.name, "version": spec.version, "description": spec.description,
@@ -284,9 +309,6 @@ def create_app(service: Service) -> FastAPI:
                 },
             },
         }  # fmt: skip
-
-    def _load(name: str) -> Blueprint:
-        return service.catalog.load(name)  # BlueprintNotFound: 404; BlueprintError: 502
 
     # -- checks shared by request and plan ------------------------------------------------------------
 
@@ -325,7 +347,7 @@ def create_app(service: Service) -> FastAPI:
         if existing is not None and existing.blueprint != body.blueprint:
             raise RequestConflict(f"deployment {body.deployment!r} is a {existing.blueprint!r} deployment, "
                                   f"not {body.blueprint!r}", step="request")  # fmt: skip
-        spec = _load(body.blueprint)
+        spec = await blueprints.load(body.blueprint)  # BlueprintNotFound: 404; BlueprintError: 502
         secret = [ParamProblem(field=f"params.{n}", message="secret params cannot be passed through the service "
                                "(they would be stored in the job queue)", allowed="set it with the CLI or library")
                   for n in body.params if n in spec.params and spec.params[n].secret]  # fmt: skip

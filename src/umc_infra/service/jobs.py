@@ -28,7 +28,7 @@ from procrastinate.connector import BaseConnector
 from procrastinate.jobs import Status
 from pydantic import BaseModel
 
-from umc_infra.errors import DeploymentLocked, SshUnreachable, StateBackendError, VCenterError
+from umc_infra.errors import DeploymentLocked, DeploymentNotFound, SshUnreachable, StateBackendError, VCenterError
 from umc_infra.events import Event, EventCallback
 from umc_infra.service.store import Store
 
@@ -82,10 +82,16 @@ class LibraryRunner:
         return result.model_dump(mode="json")
 
     def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
-        """:meth:`umc_infra.Provisioner.destroy`."""
+        """:meth:`umc_infra.Provisioner.destroy`; a deployment the backend has no record of is already gone.
+
+        (A first provision that failed before its record was written leaves the service's ownership only.)
+        """
         from umc_infra.run.provisioner import Provisioner
 
-        return Provisioner(on_event=on_event, cancel=cancel).destroy(deployment).model_dump(mode="json")
+        try:
+            return Provisioner(on_event=on_event, cancel=cancel).destroy(deployment).model_dump(mode="json")
+        except DeploymentNotFound:
+            return {"deployment": deployment, "already_destroyed": True, "record": None}
 
 
 @dataclass(frozen=True)
