@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from procrastinate import App
 from procrastinate.exceptions import AlreadyEnqueued
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.blueprint.model import Blueprint
@@ -332,6 +332,8 @@ def create_app(service: Service) -> FastAPI:
         dept: Department
         spec: Blueprint
         params: ResolvedParams
+        asked: dict[str, Any]
+        """What the run is given: the params asked, over those the service last gave it (never secret ones)."""
         usage: Usage
         existing: Ownership | None
         lease_until: datetime | None
@@ -353,10 +355,13 @@ def create_app(service: Service) -> FastAPI:
                   for n in body.params if n in spec.params and spec.params[n].secret]  # fmt: skip
         if secret and not secrets:
             raise ParamsError(secret, blueprint=spec.name, step="request")
-        kept = {k: v for k, v in (existing.params if existing else {}).items() if k in spec.params}
-        resolved = validate(spec, {**kept, **body.params}, body.deployment)  # ParamsError: 422
+        kept = {k: v for k, v in (existing.params if existing else {}).items()
+                if k in spec.params and not spec.params[k].secret}  # fmt: skip
+        asked = {**kept, **body.params}
+        resolved = validate(spec, asked, body.deployment)  # ParamsError: 422
         needed = usage(spec, resolved, site=service.site)  # a blueprint that cannot be sized: 502
-        return Checked(department, dept, spec, resolved, needed, existing, lease_end(dept, body.lease_until))
+        lease = lease_end(dept, body.lease_until)
+        return Checked(department, dept, spec, resolved, asked, needed, existing, lease)
 
     def lease_end(dept: Department, asked: date | None) -> datetime | None:
         if dept.lease is None:
@@ -405,7 +410,7 @@ def create_app(service: Service) -> FastAPI:
         try:
             job = await service.queue.configure_task(jobs.PROVISION, lock=body.deployment,
                                                      queueing_lock=body.deployment).defer_async(
-                blueprint=c.spec.name, deployment=body.deployment, params=_plain(c.params), audit=audit)  # fmt: skip
+                blueprint=c.spec.name, deployment=body.deployment, params=c.asked, audit=audit)  # fmt: skip
         except AlreadyEnqueued:
             await service.store.restore(body.deployment, claim.previous)
             await service.store.update(audit, outcome="refused: a job for it is already queued")
@@ -424,7 +429,7 @@ def create_app(service: Service) -> FastAPI:
         quota = QuotaView(department=c.department, quota=c.dept.quota.model_dump(), current=current,
                           requested=c.usage, fits=over is None, over=over.over if over else ())  # fmt: skip
         try:
-            planned = await run_in_threadpool(service.planner.plan, c.spec.name, _revealed(c.params),
+            planned = await run_in_threadpool(service.planner.plan, c.spec.name, c.asked,
                                               deployment=body.deployment)  # fmt: skip
         except UmcInfraError as exc:
             await service.store.record(entry(who, "plan", c, deployment=body.deployment, department=c.department,
@@ -552,16 +557,6 @@ def create_app(service: Service) -> FastAPI:
 def _job_view(job: int, state: jobs.JobState, request: AuditEntry) -> JobView:
     return JobView(id=job, state=state, action=request.action, deployment=request.deployment,
                    department=request.department, requested_by=request.username, outcome=request.outcome)  # fmt: skip
-
-
-def _plain(params: ResolvedParams) -> dict[str, Any]:
-    """The params as JSON data for a job (no secret ones: a request refuses them)."""
-    return json.loads(json.dumps(params.masked()))  # type: ignore[no-any-return]
-
-
-def _revealed(params: ResolvedParams) -> dict[str, Any]:
-    """The params with secret values, for a plan in this process only (never stored)."""
-    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in params.values.items()}
 
 
 def _sse(event: JobEvent) -> str:

@@ -251,3 +251,15 @@ def test_a_lease_beyond_the_departments_cap_is_422(api):
     assert answer.status_code == 422 and answer.json()["detail"]["problems"][0]["field"] == "lease_until"
     ok = api.client.post("/api/deployments", json={**body, "lease_until": None}, headers=auth("alice"))
     assert ok.status_code == 202 and ok.json()["lease_until"] is not None  # the department's default lease
+
+
+def test_an_update_keeps_the_params_it_had_and_never_passes_a_masked_secret(api):
+    assert api.request("alice", "cardio-sec", "secret-web", instances=2).status_code == 202
+    api.work()
+    again = api.request("alice", "cardio-sec", "secret-web", cpu=4)
+    assert again.status_code == 202 and again.json()["usage"] == {"vms": 2, "vcpus": 8, "memory_mb": 4096}
+    api.work()
+    first, second = (call[2] for call in api.runner.calls)
+    assert first == {"instances": 2}  # what was asked; the library fills in the defaults
+    assert (second["instances"], second["cpu"]) == (2, 4)
+    assert "app_token" not in first and "app_token" not in second  # never "***" in place of the secret
