@@ -120,8 +120,8 @@ class _In(BaseModel):
 class DeploymentRequest(_In):
     """Create or update a deployment (``POST /api/deployments``), or preview it (``POST /api/plans``)."""
 
-    blueprint: str
-    deployment: str
+    blueprint: str = Field(max_length=64)
+    deployment: str = Field(max_length=64)
     params: dict[str, Any] = {}
     ticket: str | None = Field(default=None, max_length=200)
     """A change or ticket reference, kept in the audit."""
@@ -363,6 +363,26 @@ def create_app(service: Service) -> FastAPI:
         lease = lease_end(dept, body.lease_until)
         return Checked(department, dept, spec, resolved, asked, needed, existing, lease)
 
+    async def checked(who: Access, body: DeploymentRequest, action: str, *, secrets: bool = False) -> Checked:
+        """:func:`check`; a refusal is audited too (no params: they were not checked), then raised."""
+        try:
+            return await check(who, body, secrets=secrets)
+        except (ServiceError, ParamsError) as exc:
+            await refused(who, action, exc, department=body.department, deployment=body.deployment,
+                          blueprint=body.blueprint, ticket=body.ticket)  # fmt: skip
+            raise
+
+    async def refused(who: Access, action: str, exc: UmcInfraError, *, department: str | None, deployment: str,
+                      blueprint: str | None = None, ticket: str | None = None) -> None:  # fmt: skip
+        """Audit a refused request, under the department it named (or the caller's only one; else admins only)."""
+        if department is None:
+            department = who.departments[0] if len(who.departments) == 1 else ""
+        await service.store.record(AuditEntry(
+            subject=who.caller.subject, username=who.caller.username, department=department,
+            action=action,  # type: ignore[arg-type]
+            deployment=deployment, blueprint=blueprint, ticket=ticket, outcome=f"refused: {type(exc).__name__}: {exc}",
+        ))  # fmt: skip
+
     def lease_end(dept: Department, asked: date | None) -> datetime | None:
         if dept.lease is None:
             return None if asked is None else datetime.combine(asked, time.max, UTC)
@@ -393,7 +413,7 @@ def create_app(service: Service) -> FastAPI:
     @api.post("/api/deployments", status_code=202)
     async def request_deployment(body: DeploymentRequest, who: Caller) -> JobAccepted:
         """Create or update a deployment: checked (rights, params, quota) and queued; 202 with the job."""
-        c = await check(who, body)
+        c = await checked(who, body, "provision")
         audit = await service.store.record(entry(who, "provision", c, deployment=body.deployment,
                                                  department=c.department, body=body))  # fmt: skip
         owner = Ownership(name=body.deployment, department=c.department, blueprint=c.spec.name,
@@ -422,7 +442,7 @@ def create_app(service: Service) -> FastAPI:
     @api.post("/api/plans")
     async def plan(body: DeploymentRequest, who: Caller) -> PlanView:
         """What a request would change (the library's plan), and the quota it would use; nothing is queued."""
-        c = await check(who, body, secrets=True)  # a plan runs here: secret params are never stored
+        c = await checked(who, body, "plan", secrets=True)  # a plan runs here: secret params are never stored
         others = [o for o in await service.store.deployments([c.department]) if o.name != body.deployment]
         current = Usage.total(o.usage for o in others)
         over = breach(c.department, c.dept.quota, current, c.usage)
@@ -459,7 +479,11 @@ def create_app(service: Service) -> FastAPI:
     @api.delete("/api/deployments/{name}", status_code=202)
     async def destroy_deployment(name: str, who: Caller, ticket: str | None = None) -> JobAccepted:
         """Queue a destroy; 202 with the job."""
-        owner = await visible(who, name)
+        try:
+            owner = await visible(who, name)
+        except NotFound as exc:
+            await refused(who, "destroy", exc, department=None, deployment=name, ticket=ticket)
+            raise
         audit = await service.store.record(AuditEntry(
             subject=who.caller.subject, username=who.caller.username, department=owner.department, action="destroy",
             deployment=name, blueprint=owner.blueprint, ticket=ticket, params={}))  # fmt: skip
@@ -547,7 +571,7 @@ def create_app(service: Service) -> FastAPI:
         return await service.store.audit(query)
 
     @api.exception_handler(UmcInfraError)
-    async def refused(request: Request, exc: UmcInfraError) -> JSONResponse:
+    async def answer_refusal(request: Request, exc: UmcInfraError) -> JSONResponse:
         headers = {"WWW-Authenticate": _www_authenticate(exc)} if isinstance(exc, Unauthenticated) else None
         return JSONResponse(status_code=_status(exc), content=error_document(exc), headers=headers)
 

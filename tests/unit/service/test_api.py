@@ -263,3 +263,17 @@ def test_an_update_keeps_the_params_it_had_and_never_passes_a_masked_secret(api)
     assert first == {"instances": 2}  # what was asked; the library fills in the defaults
     assert (second["instances"], second["cpu"]) == (2, 4)
     assert "app_token" not in first and "app_token" not in second  # never "***" in place of the secret
+
+
+def test_refused_requests_are_audited_too(api):
+    api.request("alice", "cardio-web")
+    api.request("bob", "rad-app", "app-stack", instances=1)  # 403
+    api.client.delete("/api/deployments/cardio-web", headers=auth("bob"))  # 404
+    api.request("bob", "rad-web", instances=99)  # 422
+    mine = api.client.get("/api/audit?user=bob", headers=auth("bob")).json()
+    assert [(e["action"], e["outcome"].split(":")[:2]) for e in mine] == [
+        ("provision", ["refused", " Forbidden"]), ("destroy", ["refused", " NotFound"]),
+        ("provision", ["refused", " ParamsError"]),
+    ]  # fmt: skip
+    assert all(e["department"] == "radiology" and e["params"] == {} for e in mine)
+    assert "bob" not in {e["username"] for e in api.client.get("/api/audit", headers=auth("alice")).json()}
