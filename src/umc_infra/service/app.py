@@ -131,6 +131,13 @@ class DeploymentRequest(_In):
     """Needed only when the caller acts for several departments (or is an admin acting for one)."""
 
 
+class LeaseRequest(_In):
+    """A new lease end for a deployment (``POST /api/deployments/{name}/lease``)."""
+
+    lease_until: date | None
+    ticket: str | None = Field(default=None, max_length=200)
+
+
 class JobAccepted(BaseModel):
     """A queued job."""
 
@@ -170,6 +177,7 @@ class DeploymentView(BaseModel):
     requested_by: str
     created: datetime
     lease_until: datetime | None
+    lease_warned: bool = False
     params: dict[str, Any]
     usage: Usage
 
@@ -360,7 +368,8 @@ def create_app(service: Service) -> FastAPI:
         asked = {**kept, **body.params}
         resolved = validate(spec, asked, body.deployment)  # ParamsError: 422
         needed = usage(spec, resolved, site=service.site)  # a blueprint that cannot be sized: 502
-        lease = lease_end(dept, body.lease_until)
+        keep = existing is not None and body.lease_until is None  # an update keeps its lease unless it asks
+        lease = existing.lease_until if existing is not None and keep else lease_end(dept, body.lease_until)
         return Checked(department, dept, spec, resolved, asked, needed, existing, lease)
 
     async def checked(who: Access, body: DeploymentRequest, action: str, *, secrets: bool = False) -> Checked:
@@ -418,6 +427,8 @@ def create_app(service: Service) -> FastAPI:
                                                  department=c.department, body=body))  # fmt: skip
         owner = Ownership(name=body.deployment, department=c.department, blueprint=c.spec.name,
                           requested_by=who.caller.username, lease_until=c.lease_until,
+                          lease_warned=c.existing is not None and c.existing.lease_until == c.lease_until
+                          and c.existing.lease_warned,
                           params=c.params.masked(), usage=c.usage)  # fmt: skip
         try:
             claim = await service.store.claim(owner, c.dept.quota)
@@ -474,6 +485,19 @@ def create_app(service: Service) -> FastAPI:
     @api.get("/api/deployments/{name}")
     async def show_deployment(name: str, who: Caller) -> DeploymentView:
         """One deployment (404 if it is not the caller's departments')."""
+        return DeploymentView.model_validate((await visible(who, name)).model_dump())
+
+    @api.post("/api/deployments/{name}/lease")
+    async def extend_lease(name: str, body: LeaseRequest, who: Caller) -> DeploymentView:
+        """Set a deployment's lease end (within its department's cap from today); clears the warning."""
+        owner = await visible(who, name)
+        end = lease_end(service.policy.departments[owner.department], body.lease_until)
+        await service.store.set_lease(name, end, warned=False)
+        await service.store.record(AuditEntry(
+            subject=who.caller.subject, username=who.caller.username, department=owner.department, action="extend",
+            deployment=name, blueprint=owner.blueprint, ticket=body.ticket,
+            outcome=f"lease until {end:%Y-%m-%d}" if end else "no end date",
+        ))  # fmt: skip
         return DeploymentView.model_validate((await visible(who, name)).model_dump())
 
     @api.delete("/api/deployments/{name}", status_code=202)

@@ -8,6 +8,8 @@
   run stops its tool gracefully (Terraform saves its state) and the job ends ``cancelled``;
 - every library event is stored as a job event (``job_started``, the library's kinds, ``job_finished``), and
   the outcome goes into the request's audit entry;
+- ``umc.leases`` (every ten minutes): owners warned (in the audit) before a lease ends, a destroy queued when
+  it has (:mod:`.leases`);
 - ``umc.stalled`` (every minute): jobs whose worker died (no heartbeat) are marked with an event and queued
   again; the library's lease and dead-run recovery reconcile the deployment on the next run.
 """
@@ -21,16 +23,20 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from procrastinate import App, JobContext, RetryStrategy
 from procrastinate.connector import BaseConnector
+from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Status
 from pydantic import BaseModel
 
 from umc_infra.errors import DeploymentLocked, DeploymentNotFound, SshUnreachable, StateBackendError, VCenterError
 from umc_infra.events import Event, EventCallback
-from umc_infra.service.store import Store
+from umc_infra.service.leases import LeaseDue, due, horizon
+from umc_infra.service.policy import Policy
+from umc_infra.service.store import AuditEntry, Store, now
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ class Runtime:
 
     store: Store
     runner: Runner
+    policy: Policy | None = None
+    """For the lease task (a worker loads it; without it, leases are not enforced by this process)."""
 
 
 class JobFinished(BaseModel):
@@ -142,7 +150,36 @@ def build_app(connector: BaseConnector, runtime: Runtime) -> App:
                                           "answering; the job is queued again and the next run recovers"})  # fmt: skip
             await context.app.job_manager.retry_job(job)
 
+    @app.periodic(cron="*/10 * * * *", periodic_id="leases")
+    @app.task(name="umc.leases", queue=QUEUE, queueing_lock="umc.leases", pass_context=True)
+    async def leases(context: JobContext, timestamp: int) -> None:
+        if runtime.policy is not None:
+            await enforce_leases(context.app, runtime.store, runtime.policy, at=now())
+
     return app
+
+
+async def enforce_leases(app: App, store: Store, policy: Policy, *, at: datetime) -> list[LeaseDue]:
+    """Warn the owners of leases ending soon (in the audit), queue a destroy of those that ended; what was due."""
+    found = due(await store.leases_before(horizon(policy, at)), policy, at)
+    for item in found:
+        entry = AuditEntry(subject="umc-service", username="lease", department=item.department,
+                           action="lease_warning" if item.kind == "warn" else "destroy", deployment=item.deployment,
+                           outcome=f"lease ends {item.lease_until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+        if item.kind == "warn":
+            await store.record(entry)
+            await store.set_lease(item.deployment, item.lease_until, warned=True)
+            continue
+        audit = await store.record(entry.model_copy(update={"outcome": "lease ended: destroy requested"}))
+        try:
+            job = await app.configure_task(DESTROY, lock=item.deployment, queueing_lock=item.deployment).defer_async(
+                deployment=item.deployment, audit=audit
+            )
+        except AlreadyEnqueued:
+            await store.update(audit, outcome="lease ended: a job for it is already queued; next round")
+            continue
+        await store.update(audit, outcome="queued", job=job)
+    return found
 
 
 async def _run(context: JobContext, store: Store, audit: int,

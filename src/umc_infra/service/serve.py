@@ -68,7 +68,8 @@ def serve(*, host: str, port: int, allow_remote: bool = False) -> None:
 
 async def _work(settings: ServiceSettings, *, concurrency: int) -> None:
     store = PgStore(settings.database_url)
-    app = build_app(_connector(settings), Runtime(store=store, runner=LibraryRunner()))
+    policy = Policy.load(settings.policy_file)
+    app = build_app(_connector(settings), Runtime(store=store, runner=LibraryRunner(), policy=policy))
     try:
         async with app.open_async():
             await store.ensure_schema()

@@ -25,7 +25,7 @@ from umc_infra.errors import RequestConflict
 from umc_infra.service.policy import Quota
 from umc_infra.service.quota import QuotaBreach, Usage, breach
 
-Action = Literal["provision", "destroy", "plan", "cancel"]
+Action = Literal["provision", "destroy", "plan", "cancel", "extend", "lease_warning"]
 
 
 def now() -> datetime:
@@ -44,6 +44,8 @@ class Ownership(BaseModel):
     requested_by: str
     created: datetime = Field(default_factory=now)
     lease_until: datetime | None = None
+    lease_warned: bool = False
+    """Its owners were warned that the lease ends soon (cleared when the lease is extended)."""
     params: dict[str, Any] = {}
     """The params last asked for (secret ones masked)."""
     usage: Usage = Usage()
@@ -149,6 +151,14 @@ class Store(Protocol):
         """The deployment is destroyed: it no longer counts."""
         ...
 
+    async def set_lease(self, name: str, lease_until: datetime | None, *, warned: bool) -> None:
+        """Set a deployment's lease end, and whether its owners were warned of it."""
+        ...
+
+    async def leases_before(self, when: datetime) -> list[Ownership]:
+        """The deployments whose lease ends at or before ``when``."""
+        ...
+
     async def add_event(self, job: int, kind: str, data: dict[str, Any]) -> JobEvent:
         """Append an event to a job's stream."""
         ...
@@ -225,6 +235,16 @@ class MemoryStore:
         """See :meth:`Store.forget`."""
         self.owners.pop(name, None)
 
+    async def set_lease(self, name: str, lease_until: datetime | None, *, warned: bool) -> None:
+        """See :meth:`Store.set_lease`."""
+        if name in self.owners:
+            self.owners[name] = self.owners[name].model_copy(update={"lease_until": lease_until,
+                                                                     "lease_warned": warned})  # fmt: skip
+
+    async def leases_before(self, when: datetime) -> list[Ownership]:
+        """See :meth:`Store.leases_before`."""
+        return [o for _, o in sorted(self.owners.items()) if o.lease_until is not None and o.lease_until <= when]
+
     async def add_event(self, job: int, kind: str, data: dict[str, Any]) -> JobEvent:
         """See :meth:`Store.add_event`."""
         events = self.job_events.setdefault(job, [])
@@ -270,6 +290,7 @@ CREATE TABLE IF NOT EXISTS umc_service_deployments (
     requested_by text NOT NULL,
     created timestamptz NOT NULL,
     lease_until timestamptz,
+    lease_warned boolean NOT NULL DEFAULT false,
     params jsonb NOT NULL,
     usage jsonb NOT NULL
 );
@@ -303,20 +324,25 @@ CREATE INDEX IF NOT EXISTS umc_service_audit_deployment ON umc_service_audit (de
 _SCHEMA_LOCK = 0x756D63  # one process at a time creates the schema ("umc")
 # Queries are whole literals (values always bound): no SQL is ever assembled from data.
 _OWNER_BY_NAME = (
-    "SELECT name, department, blueprint, requested_by, created, lease_until, params, usage "
+    "SELECT name, department, blueprint, requested_by, created, lease_until, lease_warned, params, usage "
     "FROM umc_service_deployments WHERE name = %s"
 )
 _OWNERS = (
-    "SELECT name, department, blueprint, requested_by, created, lease_until, params, usage "
+    "SELECT name, department, blueprint, requested_by, created, lease_until, lease_warned, params, usage "
     "FROM umc_service_deployments WHERE (%s::text[] IS NULL OR department = ANY(%s::text[])) ORDER BY name"
 )
 _INSERT_OWNER = (
-    "INSERT INTO umc_service_deployments (name, department, blueprint, requested_by, created, lease_until, params, "
-    "usage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO umc_service_deployments (name, department, blueprint, requested_by, created, lease_until, "
+    "lease_warned, params, usage) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPSERT_OWNER = (
     _INSERT_OWNER + " ON CONFLICT (name) DO UPDATE SET blueprint = EXCLUDED.blueprint, "
-    "lease_until = EXCLUDED.lease_until, params = EXCLUDED.params, usage = EXCLUDED.usage"
+    "lease_until = EXCLUDED.lease_until, lease_warned = EXCLUDED.lease_warned, params = EXCLUDED.params, "
+    "usage = EXCLUDED.usage"
+)
+_LEASES_BEFORE = (
+    "SELECT name, department, blueprint, requested_by, created, lease_until, lease_warned, params, usage "
+    "FROM umc_service_deployments WHERE lease_until <= %s ORDER BY lease_until, name"
 )
 _AUDIT_SELECT = (
     "SELECT id, at, subject, username, department, action, deployment, blueprint, ticket, params, plan, outcome, "
@@ -415,6 +441,15 @@ class PgStore:
         """See :meth:`Store.forget`."""
         await self._run("DELETE FROM umc_service_deployments WHERE name = %s", (name,))
 
+    async def set_lease(self, name: str, lease_until: datetime | None, *, warned: bool) -> None:
+        """See :meth:`Store.set_lease`."""
+        await self._run("UPDATE umc_service_deployments SET lease_until = %s, lease_warned = %s WHERE name = %s",
+                        (lease_until, warned, name))  # fmt: skip
+
+    async def leases_before(self, when: datetime) -> list[Ownership]:
+        """See :meth:`Store.leases_before`."""
+        return [o for o in map(_owner, await self._fetch(_LEASES_BEFORE, (when,))) if o is not None]
+
     async def add_event(self, job: int, kind: str, data: dict[str, Any]) -> JobEvent:
         """See :meth:`Store.add_event` (numbered under the job's row lock: one writer at a time per job)."""
         await self._open()
@@ -484,15 +519,15 @@ class PgStore:
 
 def _owner_row(owner: Ownership) -> tuple[Any, ...]:
     return (owner.name, owner.department, owner.blueprint, owner.requested_by, owner.created, owner.lease_until,
-            json.dumps(owner.params), owner.usage.model_dump_json())  # fmt: skip
+            owner.lease_warned, json.dumps(owner.params), owner.usage.model_dump_json())  # fmt: skip
 
 
 def _owner(row: tuple[Any, ...] | None) -> Ownership | None:
     if row is None:
         return None
-    name, department, blueprint, requested_by, created, lease_until, params, usage = row
+    name, department, blueprint, requested_by, created, lease_until, lease_warned, params, usage = row
     return Ownership(name=name, department=department, blueprint=blueprint, requested_by=requested_by,
-                     created=created, lease_until=lease_until, params=params,
+                     created=created, lease_until=lease_until, lease_warned=lease_warned, params=params,
                      usage=Usage.model_validate(usage))  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -90,6 +91,11 @@ def test_ownership_events_and_audit_round_trip(database_url):
             assert (await store.request_of(7)).outcome == "queued"  # type: ignore[union-attr]
             assert [e.id for e in await store.audit(AuditQuery(user="alice", departments=("cardiology",)))] == [entry]
             assert await store.audit(AuditQuery(departments=("radiology",))) == []
+            soon = datetime.now(UTC) + timedelta(days=1)
+            await store.set_lease("a-web", soon, warned=True)
+            (leased,) = await store.leases_before(soon)
+            assert (leased.name, leased.lease_warned) == ("a-web", True)
+            assert await store.leases_before(soon - timedelta(seconds=1)) == []
             await store.forget("a-web")
             assert await store.ownership("a-web") is None
         finally:

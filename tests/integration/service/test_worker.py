@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from procrastinate import PsycopgConnector
 
 from umc_infra.service.jobs import PROVISION, Runtime, build_app
 from umc_infra.service.store import AuditEntry, PgStore
 
-from ...unit.service.conftest import FakeRunner
+from ...unit.service.conftest import POLICY, FakeRunner
 
 
 async def _defer(database_url):
@@ -47,6 +48,7 @@ async def _outcome(database_url, job):
 
 def test_a_worker_process_runs_a_job_and_records_its_failure(database_url, tmp_path):
     job = asyncio.run(_defer(database_url))
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UMC_", "VAULT_"))}
     env |= {"UMC_SERVICE_DATABASE_URL": database_url.get_secret_value(),
             "UMC_SERVICE_OIDC_ISSUER": "http://127.0.0.1:9/oidc", "UMC_SERVICE_OIDC_AUDIENCE": "umc-service",
