@@ -18,6 +18,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from procrastinate import App
@@ -233,6 +234,17 @@ def _www_authenticate(exc: Unauthenticated) -> str:
     """The ``WWW-Authenticate`` header of a 401 (RFC 6750)."""
     reason = exc.reason.replace('"', "'")
     return f'Bearer realm="umc-infra", error="invalid_token", error_description="{reason}"'
+
+
+def _expected(error: Mapping[str, Any]) -> str:
+    context = error.get("ctx") or {}
+    if "expected" in context:
+        return str(context["expected"])
+    if "max_length" in context:
+        return f"at most {context['max_length']} characters"
+    return {"missing": "a value", "extra_forbidden": "only the documented fields"}.get(
+        str(error["type"]), "see /openapi.json"
+    )
 
 
 def _problem(field: str, message: str, allowed: str) -> ParamsError:
@@ -593,6 +605,14 @@ def create_app(service: Service) -> FastAPI:
         query = AuditQuery(departments=scope, department=department, user=user, deployment=deployment, since=since,
                            until=until, limit=limit)  # fmt: skip
         return await service.store.audit(query)
+
+    @api.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The request body or query itself is malformed: answered as the library's problems are, field by field.
+        problems = [ParamProblem(field=".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+                                 message=str(e["msg"]), allowed=_expected(e)) for e in exc.errors()]  # fmt: skip
+        error = ParamsError(problems, blueprint=None, step="request")
+        return JSONResponse(status_code=422, content=error_document(error))
 
     @api.exception_handler(UmcInfraError)
     async def answer_refusal(request: Request, exc: UmcInfraError) -> JSONResponse:

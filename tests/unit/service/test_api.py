@@ -277,3 +277,14 @@ def test_refused_requests_are_audited_too(api):
     ]  # fmt: skip
     assert all(e["department"] == "radiology" and e["params"] == {} for e in mine)
     assert "bob" not in {e["username"] for e in api.client.get("/api/audit", headers=auth("alice")).json()}
+
+
+def test_a_malformed_request_is_422_naming_each_field(api):
+    body = {"deployment": "x" * 65, "params": [], "colour": "red"}
+    answer = api.client.post("/api/deployments", json=body, headers=auth("alice"))
+    assert answer.status_code == 422
+    problems = {p["field"]: p for p in answer.json()["detail"]["problems"]}
+    assert set(problems) == {"blueprint", "deployment", "params", "colour"}
+    assert problems["deployment"]["allowed"] == "at most 64 characters"
+    assert problems["blueprint"]["allowed"] == "a value"
+    assert api.client.post("/api/deployments", json=body).status_code == 401  # the token is checked first
