@@ -44,6 +44,8 @@ QUEUE = "umc"
 PROVISION = "umc.provision"
 DESTROY = "umc.destroy"
 MAX_ATTEMPTS = 3
+STALLED_AFTER_S = 60.0
+"""A worker silent this long (procrastinate's heartbeat is every 10 s) is taken for dead."""
 TRANSIENT: tuple[type[Exception], ...] = (DeploymentLocked, StateBackendError, VCenterError, SshUnreachable)
 """Failures a later attempt may not meet: another run holds the deployment (a CLI run, a lease not yet
 expired), the state backend or vCenter did not answer, a VM had not answered SSH yet. Everything else (bad
@@ -143,12 +145,7 @@ def build_app(connector: BaseConnector, runtime: Runtime) -> App:
     @app.periodic(cron="* * * * *", periodic_id="stalled")
     @app.task(name="umc.stalled", queue=QUEUE, queueing_lock="umc.stalled", pass_context=True)
     async def stalled(context: JobContext, timestamp: int) -> None:
-        for job in await context.app.job_manager.get_stalled_jobs(queue=QUEUE):
-            if job.id is None or job.task_name not in (PROVISION, DESTROY):
-                continue
-            await runtime.store.add_event(job.id, "worker_lost", {"note": "the worker running this job stopped "
-                                          "answering; the job is queued again and the next run recovers"})  # fmt: skip
-            await context.app.job_manager.retry_job(job)
+        await requeue_stalled(context.app, runtime.store)
 
     @app.periodic(cron="*/10 * * * *", periodic_id="leases")
     @app.task(name="umc.leases", queue=QUEUE, queueing_lock="umc.leases", pass_context=True)
@@ -157,6 +154,26 @@ def build_app(connector: BaseConnector, runtime: Runtime) -> App:
             await enforce_leases(context.app, runtime.store, runtime.policy, at=now())
 
     return app
+
+
+async def requeue_stalled(app: App, store: Store, *, seconds_since_heartbeat: float = STALLED_AFTER_S) -> list[int]:
+    """Queue again the jobs whose worker stopped sending heartbeats (killed, or its machine lost); their ids.
+
+    The job's events and its request's audit entry say so. The next run takes the deployment's lease once the
+    dead run's has expired, and the library's recovery reconciles what that run left.
+    """
+    requeued = []
+    for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=seconds_since_heartbeat):
+        if job.id is None or job.task_name not in (PROVISION, DESTROY):
+            continue
+        await store.add_event(job.id, "worker_lost", {"note": "the worker running this job stopped answering; "
+                                                      "the job is queued again and its next run recovers"})  # fmt: skip
+        request = await store.request_of(job.id)
+        if request is not None and request.id is not None:
+            await store.update(request.id, outcome="worker lost: queued again")
+        await app.job_manager.retry_job(job)
+        requeued.append(job.id)
+    return requeued
 
 
 async def enforce_leases(app: App, store: Store, policy: Policy, *, at: datetime) -> list[LeaseDue]:

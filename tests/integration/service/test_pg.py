@@ -10,7 +10,7 @@ from procrastinate import PsycopgConnector
 from procrastinate.exceptions import AlreadyEnqueued
 
 from umc_infra.errors import RequestConflict
-from umc_infra.service.jobs import PROVISION, QUEUE, Runtime, build_app
+from umc_infra.service.jobs import PROVISION, QUEUE, Runtime, build_app, requeue_stalled
 from umc_infra.service.policy import Quota
 from umc_infra.service.quota import Usage
 from umc_infra.service.store import AuditEntry, AuditQuery, Ownership, PgStore
@@ -171,3 +171,32 @@ def test_cancelling_a_running_job_sets_the_librarys_cancel_event(database_url):
     assert status == "aborted"
     assert kinds == ["job_started", "step_started", "job_finished"]
     assert request is not None and request.outcome == "cancelled"
+
+
+def test_a_job_whose_worker_died_is_marked_and_queued_again(database_url):
+    runner = FakeRunner()
+
+    async def scenario(heartbeat_age_s):
+        async with queued(database_url, runner) as (store, app, audit):
+            job = await app.configure_task(PROVISION, lock="a-web").defer_async(
+                blueprint="web-server", deployment="a-web", params={}, audit=audit
+            )
+            await store.update(audit, outcome="running", job=job)
+            dead = await app.job_manager.register_worker()
+            assert (await app.job_manager.fetch_job([QUEUE], dead)).id == job  # taken, then its worker is gone
+            with psycopg.connect(database_url.get_secret_value(), autocommit=True) as conn:
+                conn.execute("UPDATE procrastinate_workers SET last_heartbeat = now() - make_interval(secs => %s) "
+                             "WHERE id = %s", (heartbeat_age_s, dead))  # fmt: skip
+            requeued = await requeue_stalled(app, store, seconds_since_heartbeat=30)
+            state = (await app.job_manager.get_job_status_async(job)).value
+            if requeued:
+                await app.run_worker_async(queues=[QUEUE], wait=False, install_signal_handlers=False)
+            return requeued == [job], state, await outcome(store, app, job)
+
+    marked, state, (status, kinds, request) = asyncio.run(scenario(600))
+    assert marked and state == "todo"
+    assert status == "succeeded" and kinds[0] == "worker_lost" and kinds[-1] == "job_finished"
+    assert request is not None and request.outcome == "succeeded"
+    # control: a worker that still sends heartbeats keeps its job
+    marked, state, (status, kinds, _) = asyncio.run(scenario(0))
+    assert not marked and state == status == "doing" and kinds == []
