@@ -84,8 +84,6 @@ class Service:
     planner: Planner
     site: Mapping[str, Any] = field(default_factory=dict)
     """The site settings, for a size input that reads one (``site.<name>``)."""
-    open_queue: bool = True
-    """Open (and close) the queue's connector with the app."""
 
 
 class BlueprintCache:
@@ -256,9 +254,6 @@ def create_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not service.open_queue:
-            yield
-            return
         async with service.queue.open_async():
             await service.store.ensure_schema()
             try:
