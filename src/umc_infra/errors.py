@@ -35,6 +35,12 @@ without subclasses): a caller catches a precise error, or a branch, or the root:
     ├── VCenterError                umc_infra's own vCenter call failed (login, reachability)
     ├── RollbackFailed              on_failure='destroy' could not remove a failed new deployment
     ├── InternalError               an unexpected failure a command caught: its type and a redacted line
+    ├── ServiceError                the self-service API refused a request (each answers its own HTTP status)
+    │   ├── Unauthenticated         no bearer token, or one that does not verify: 401 (never quotes the token)
+    │   ├── Forbidden               another department, or a blueprint the department may not use: 403
+    │   ├── NotFound                no such deployment or job among the caller's departments': 404
+    │   ├── RequestConflict         the name is another department's, or a job for it is already queued: 409
+    │   └── QuotaExceeded           the request would take its department over its quota (the numbers): 409
     └── SandboxError                the local sandbox cannot start or answer
         ├── MissingDependency       a Debian package or binary is missing (names the install command)
         ├── RootRequired            the sandbox's SSH guests need root
@@ -443,6 +449,66 @@ class InternalError(UmcInfraError, exit_code=ExitCode.ERROR):
         super().__init__(message, step=step)
         self.command = command
         self.cause = cause
+
+
+class ServiceError(UmcInfraError, exit_code=ExitCode.ERROR):
+    """The self-service API refused a request; ``status`` is the HTTP status it answers with.
+
+    The API answers these; no ``umc-infra`` command ends with one, so they keep exit code 1.
+    """
+
+    status: ClassVar[int] = 400
+
+
+class Unauthenticated(ServiceError, exit_code=ExitCode.ERROR):
+    """No bearer token, or one that does not verify (signature, issuer, audience, expiry); never quotes the token.
+
+    Attributes:
+        reason: Why, for the ``WWW-Authenticate`` header.
+    """
+
+    status = 401
+
+    def __init__(self, reason: str, *, step: str = "auth") -> None:
+        super().__init__(f"unauthenticated: {reason}", step=step)
+        self.reason = reason
+
+
+class Forbidden(ServiceError, exit_code=ExitCode.ERROR):
+    """The caller does not act for the department, or the department may not use the blueprint (names those it may)."""
+
+    status = 403
+
+
+class NotFound(ServiceError, exit_code=ExitCode.ERROR):
+    """No such deployment or job among those the caller's departments may see (another department's looks the same)."""
+
+    status = 404
+
+
+class RequestConflict(ServiceError, exit_code=ExitCode.ERROR):
+    """The deployment name belongs to another department, is of another blueprint, or already has a queued job."""
+
+    status = 409
+
+
+class QuotaExceeded(ServiceError, exit_code=ExitCode.ERROR):
+    """The request would take its department over its quota; nothing was queued.
+
+    Attributes:
+        department: The department.
+        numbers: ``quota``, ``current`` (its other deployments), ``requested``: each ``{vms, vcpus, memory_mb}``.
+        over: The counts above the quota (``vms``, ``vcpus``, ``memory_mb``).
+    """
+
+    status = 409
+
+    def __init__(self, message: str, *, department: str, numbers: dict[str, dict[str, int]], over: tuple[str, ...],
+                 step: str = "quota") -> None:  # fmt: skip
+        super().__init__(message, step=step)
+        self.department = department
+        self.numbers = numbers
+        self.over = over
 
 
 class SandboxError(UmcInfraError, exit_code=ExitCode.ERROR):

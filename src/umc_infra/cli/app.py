@@ -2,7 +2,8 @@
 
 Each command group lives in its own module: :mod:`~umc_infra.cli.blueprints`, :mod:`~umc_infra.cli.deploy`
 (plan, provision, destroy, drift), :mod:`~umc_infra.cli.records` (status, deployments, unlock,
-forget-host-key), :mod:`~umc_infra.cli.doctor` and :mod:`~umc_infra.cli.sandbox`; what they share is
+forget-host-key), :mod:`~umc_infra.cli.doctor`, :mod:`~umc_infra.cli.service` (serve, worker) and
+:mod:`~umc_infra.cli.sandbox`; what they share is
 :mod:`~umc_infra.cli.common`.
 Errors print one line on stderr: what, where and how to fix; with JSON output (``-o json``, ``--json``)
 also one JSON error document on stdout, usage errors included (:func:`main`). The exit code is the
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from umc_infra import __version__
-from umc_infra.cli import blueprints, deploy, doctor, records, sandbox
+from umc_infra.cli import blueprints, deploy, doctor, records, sandbox, service
 from umc_infra.cli.common import Output, err, fail, internal_error, out, print_json, requested_output, state
 from umc_infra.errors import ExitCode
 
@@ -36,6 +37,8 @@ for command in (deploy.plan, deploy.provision, deploy.destroy, deploy.drift, rec
     app.command()(command)
 app.command("forget-host-key")(records.forget_host_key)
 app.command()(doctor.doctor)
+app.command()(service.serve)
+app.command()(service.worker)
 
 
 _SETTING = "Settings (flags win over UMC_* variables)"
