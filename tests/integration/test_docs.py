@@ -75,6 +75,19 @@ def test_site_guide_runs(sandbox, tmp_path):
     assert "vsanDatastore01" in (tmp_path / "broken.txt").read_text()
 
 
+def test_service_walkthrough_runs(sandbox, info, tmp_path):
+    """docs/service.md's walkthrough: serve and a worker, a request as alice, its events, radiology's view, a
+    refused quota breach, destroy."""
+    result = run_page_script("docs/service.md", tmp_path)
+    lines = result.stdout.splitlines()
+    assert "404" in lines and "409" in lines  # radiology's look at cardiology's deployment; its quota breach
+    assert "event: job_finished" in result.stdout and "event: step_started" in result.stdout
+    assert '"username":"alice"' in result.stdout and '"ticket":"INC0012345"' in result.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["quota"]["fits"] is True
+    form = json.loads((tmp_path / "form.json").read_text())
+    assert form["schema"]["properties"]["params"]["properties"]["instances"]["type"] == "integer"
+
+
 def test_blueprint_guide_runs(sandbox, tmp_path):
     """docs/blueprints.md's example: a team's blueprint extending web-server, validated, shown, planned."""
     run_page_script("docs/blueprints.md", tmp_path)

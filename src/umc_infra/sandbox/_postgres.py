@@ -225,7 +225,7 @@ def seed(paths: SandboxPaths, port: int, creds: Credentials, inventory: SandboxI
         ).decode()
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is not None
         conn.execute(
-            sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+            sql.SQL("{} ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                 sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(user), sql.Literal(verifier)
             )
         )

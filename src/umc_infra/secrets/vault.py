@@ -62,7 +62,10 @@ class VaultSource:
             raise SecretError(f"no Vault credentials to read {ref}: {self._auth.setup()}", reference=str(ref))
         session = requests.Session()
         session.hooks["response"].append(self._note_status)
-        client = hvac.Client(url=s.vault_addr, timeout=s.vault_timeout_s, namespace=s.vault_namespace, session=session)
+        # token="": hvac would otherwise take VAULT_TOKEN or ~/.vault-token of whoever runs this and send it along
+        # with the login; the configured method alone says who this run is (a token method sets its own).
+        client = hvac.Client(url=s.vault_addr, token="", timeout=s.vault_timeout_s, namespace=s.vault_namespace,
+                             session=session)  # fmt: skip
         try:
             method.login(client, s)
             ttl = int(client.auth.token.lookup_self()["data"].get("ttl") or 0)

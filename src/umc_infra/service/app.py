@@ -41,7 +41,7 @@ from umc_infra.errors import (
     UmcInfraError,
     Unauthenticated,
 )
-from umc_infra.params import DEPLOYMENT, ResolvedParams, json_schema, validate
+from umc_infra.params import Choices, ResolvedParams, check_request, form_schema, validate
 from umc_infra.service import jobs
 from umc_infra.service.auth import TokenVerifier
 from umc_infra.service.policy import Access, Department, Policy
@@ -53,10 +53,14 @@ EVENT_POLL_S = 0.5
 
 
 class Planner(Protocol):
-    """Plans a request (the library's ``plan``, in a thread); returns the plan as JSON data."""
+    """The library's read-only side for the API (called in a thread): plans and the site's live choices."""
 
     def plan(self, blueprint: str, params: Mapping[str, Any], *, deployment: str) -> dict[str, Any]:
-        """What a provision would change."""
+        """What a provision would change (the plan as JSON data)."""
+        ...
+
+    def choices(self, blueprint: str) -> Choices:
+        """The site's names for each kind of ``choices`` the blueprint's params declare."""
         ...
 
 
@@ -70,6 +74,12 @@ class LibraryPlanner:
         result = Provisioner().plan(blueprint, params, deployment=deployment)
         return {**result.model_dump(mode="json"), "counts": {m: c.model_dump(mode="json")
                                                              for m, c in result.counts.items()}}  # fmt: skip
+
+    def choices(self, blueprint: str) -> Choices:
+        """See :class:`Planner` (:meth:`umc_infra.Provisioner.choices`: read from vCenter, kept a short while)."""
+        from umc_infra.run.provisioner import Provisioner
+
+        return {str(kind): names for kind, names in Provisioner().choices(blueprint).items()}
 
 
 @dataclass
@@ -312,18 +322,18 @@ def create_app(service: Service) -> FastAPI:
             yours = ", ".join(sorted(usable(who)))
             raise NotFound(f"no blueprint {name!r} for your departments; yours: {yours}", step="request")
         spec = await blueprints.load(name)
-        params = json_schema(spec)
-        return {
-            "name": spec.name, "version": spec.version, "description": spec.description,
-            "schema": {
-                "type": "object", "title": spec.name, "required": ["deployment"],
-                "properties": {
-                    "deployment": {"type": "string", "title": "Deployment name", "pattern": DEPLOYMENT,
-                                   "propertyOrder": 0},
-                    "params": {**params, "title": "Parameters", "propertyOrder": 1},
-                },
-            },
-        }  # fmt: skip
+        return {"name": spec.name, "version": spec.version, "description": spec.description,
+                "schema": form_schema(spec, choices=await site_choices(spec))}  # fmt: skip
+
+    async def site_choices(spec: Blueprint) -> Choices | None:
+        """The live names the blueprint's params choose from (None: it declares none).
+
+        Raises:
+            VCenterError, SecretError, SettingsError: The site cannot be read (a 502/500 naming why).
+        """
+        if not any(p.choices for p in spec.params.values()):
+            return None
+        return await run_in_threadpool(service.planner.choices, spec.name)
 
     # -- checks shared by request and plan ------------------------------------------------------------
 
@@ -373,7 +383,10 @@ def create_app(service: Service) -> FastAPI:
         kept = {k: v for k, v in (existing.params if existing else {}).items()
                 if k in spec.params and not spec.params[k].secret}  # fmt: skip
         asked = {**kept, **body.params}
-        resolved = validate(spec, asked, body.deployment)  # ParamsError: 422
+        asking = check_request(requested_by=who.caller.username, ticket=body.ticket)  # the library records both
+        if asking:
+            raise ParamsError(asking, blueprint=spec.name, step="request")
+        resolved = validate(spec, asked, body.deployment, choices=await site_choices(spec))  # ParamsError: 422
         needed = usage(spec, resolved, site=service.site)  # a blueprint that cannot be sized: 502
         keep = existing is not None and body.lease_until is None  # an update keeps its lease unless it asks
         lease = existing.lease_until if existing is not None and keep else lease_end(dept, body.lease_until)
@@ -448,7 +461,8 @@ def create_app(service: Service) -> FastAPI:
         try:
             job = await service.queue.configure_task(jobs.PROVISION, lock=body.deployment,
                                                      queueing_lock=body.deployment).defer_async(
-                blueprint=c.spec.name, deployment=body.deployment, params=c.asked, audit=audit)  # fmt: skip
+                blueprint=c.spec.name, deployment=body.deployment, params=c.asked, audit=audit,
+                requested_by=who.caller.username, ticket=body.ticket)  # fmt: skip
         except AlreadyEnqueued:
             await service.store.restore(body.deployment, claim.previous)
             await service.store.update(audit, outcome="refused: a job for it is already queued")
@@ -512,15 +526,18 @@ def create_app(service: Service) -> FastAPI:
         """Queue a destroy; 202 with the job."""
         try:
             owner = await visible(who, name)
-        except NotFound as exc:
-            await refused(who, "destroy", exc, department=None, deployment=name, ticket=ticket)
+            asking = check_request(requested_by=who.caller.username, ticket=ticket)  # the library records both
+            if asking:
+                raise ParamsError(asking, blueprint=owner.blueprint, step="request")
+        except (NotFound, ParamsError) as exc:
+            await refused(who, "destroy", exc, department=None, deployment=name, ticket=None)
             raise
         audit = await service.store.record(AuditEntry(
             subject=who.caller.subject, username=who.caller.username, department=owner.department, action="destroy",
             deployment=name, blueprint=owner.blueprint, ticket=ticket, params={}))  # fmt: skip
         try:
             job = await service.queue.configure_task(jobs.DESTROY, lock=name, queueing_lock=name).defer_async(
-                deployment=name, audit=audit
+                deployment=name, audit=audit, requested_by=who.caller.username, ticket=ticket
             )
         except AlreadyEnqueued:
             await service.store.update(audit, outcome="refused: a job for it is already queued")

@@ -30,7 +30,7 @@ from procrastinate import App, JobContext, RetryStrategy
 from procrastinate.connector import BaseConnector
 from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from umc_infra.errors import DeploymentLocked, DeploymentNotFound, SshUnreachable, StateBackendError, VCenterError
 from umc_infra.events import Event, EventCallback
@@ -69,35 +69,53 @@ class Runner(Protocol):
     """What a job runs: the library (tests pass a fake). Returns the result as JSON data."""
 
     def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str, on_event: EventCallback,
-                  cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+                  cancel: threading.Event, asked: Asked) -> dict[str, Any]:  # fmt: skip
         """Create or update a deployment."""
         ...
 
-    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event,
+                asked: Asked) -> dict[str, Any]:  # fmt: skip
         """Remove a deployment."""
         ...
+
+
+class Asked(BaseModel):
+    """Who asked for a job and under which ticket: the library keeps both in the deployment's record."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requested_by: str | None = None
+    ticket: str | None = None
 
 
 class LibraryRunner:
     """The library in this process, with its settings from the environment (``UMC_*``) read per run."""
 
     def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str, on_event: EventCallback,
-                  cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+                  cancel: threading.Event, asked: Asked) -> dict[str, Any]:  # fmt: skip
         """:meth:`umc_infra.Provisioner.provision`."""
+        from umc_infra.run.options import RunOptions
         from umc_infra.run.provisioner import Provisioner
 
-        result = Provisioner(on_event=on_event, cancel=cancel).provision(blueprint, params, deployment=deployment)
+        result = Provisioner(on_event=on_event, cancel=cancel).provision(
+            blueprint, params, deployment=deployment, options=RunOptions(**asked.model_dump())
+        )
         return result.model_dump(mode="json")
 
-    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event,
+                asked: Asked) -> dict[str, Any]:  # fmt: skip
         """:meth:`umc_infra.Provisioner.destroy`; a deployment the backend has no record of is already gone.
 
         (A first provision that failed before its record was written leaves the service's ownership only.)
         """
+        from umc_infra.run.options import RunOptions
         from umc_infra.run.provisioner import Provisioner
 
         try:
-            return Provisioner(on_event=on_event, cancel=cancel).destroy(deployment).model_dump(mode="json")
+            found = Provisioner(on_event=on_event, cancel=cancel).destroy(
+                deployment, options=RunOptions(**asked.model_dump())
+            )
+            return found.model_dump(mode="json")
         except DeploymentNotFound:
             return {"deployment": deployment, "already_destroyed": True, "record": None}
 
@@ -127,17 +145,22 @@ def build_app(connector: BaseConnector, runtime: Runtime) -> App:
 
     @app.task(name=PROVISION, queue=QUEUE, pass_context=True, retry=RETRY)
     async def provision(context: JobContext, *, blueprint: str, deployment: str, params: dict[str, Any],
-                        audit: int) -> None:  # fmt: skip
+                        audit: int, requested_by: str | None = None, ticket: str | None = None) -> None:  # fmt: skip
+        asked = Asked(requested_by=requested_by, ticket=ticket)
+
         def run(on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
             return runtime.runner.provision(blueprint, params, deployment=deployment, on_event=on_event,
-                                              cancel=cancel)  # fmt: skip
+                                              cancel=cancel, asked=asked)  # fmt: skip
 
         await _run(context, runtime.store, audit, run)
 
     @app.task(name=DESTROY, queue=QUEUE, pass_context=True, retry=RETRY)
-    async def destroy(context: JobContext, *, deployment: str, audit: int) -> None:
+    async def destroy(context: JobContext, *, deployment: str, audit: int, requested_by: str | None = None,
+                      ticket: str | None = None) -> None:  # fmt: skip
+        asked = Asked(requested_by=requested_by, ticket=ticket)
+
         def run(on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
-            return runtime.runner.destroy(deployment, on_event=on_event, cancel=cancel)
+            return runtime.runner.destroy(deployment, on_event=on_event, cancel=cancel, asked=asked)
 
         await _run(context, runtime.store, audit, run)
         await runtime.store.forget(deployment)

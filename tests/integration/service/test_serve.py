@@ -13,14 +13,14 @@ import requests
 import yaml
 
 from ...unit.service.conftest import POLICY, make_token
-from .conftest import _free_port
+from ..conftest import free_port
 
 
 @pytest.fixture
 def served(database_url, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "UMC_SERVICE_DATABASE_URL": database_url.get_secret_value(),
            "UMC_SERVICE_OIDC_ISSUER": "http://127.0.0.1:9/v1/identity/oidc",  # nothing listens: keys unreachable
            "UMC_SERVICE_OIDC_AUDIENCE": "umc-service", "UMC_SERVICE_POLICY_FILE": str(policy),

@@ -108,6 +108,18 @@ def test_token_auth_uses_the_token_as_it_is(vault):
     assert {r.token for r in vault.requests} == {TOKEN}
 
 
+@pytest.mark.parametrize("method", ["approle", "jwt"])
+def test_the_token_file_of_whoever_runs_it_is_never_sent(vault, monkeypatch, tmp_path, method):
+    """hvac reads ``~/.vault-token`` when given no token: a developer's or a CI image's own Vault token would
+    travel with the run's login. The configured method alone says who the run is."""
+    (tmp_path / ".vault-token").write_text("hvs.ambient-file-token-canary")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vault.answers[f"/v1/auth/{method}/login"] = login_answer(APPROLE_TOKEN)
+    assert VaultSource(settings(vault, method)).read(REF).get_secret_value() == "s3cret"
+    assert all(r.token != "hvs.ambient-file-token-canary" for r in vault.requests)
+    assert vault.requests[0].token is None
+
+
 @pytest.mark.parametrize("mount", ["approle", "machines"])
 def test_approle_auth_logs_in_with_role_id_and_secret_id(vault, mount):
     path = f"/v1/auth/{mount}/login"

@@ -22,9 +22,10 @@ from procrastinate.testing import InMemoryConnector
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.errors import Cancelled
 from umc_infra.events import EventCallback, StepFinished, StepStarted
+from umc_infra.params import Choices
 from umc_infra.service.app import Service, create_app
 from umc_infra.service.auth import JwtVerifier
-from umc_infra.service.jobs import QUEUE, Runtime, build_app
+from umc_infra.service.jobs import QUEUE, Asked, Runtime, build_app
 from umc_infra.service.policy import Policy
 from umc_infra.service.store import MemoryStore
 from umc_infra.settings import Settings
@@ -91,6 +92,7 @@ class FakeRunner:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.asked: list[Asked] = []
         self.fail: dict[str, BaseException] = {}
         self.block = threading.Event()
         self.started = threading.Event()
@@ -112,10 +114,13 @@ class FakeRunner:
         return {"deployment": deployment, "action": action}
 
     def provision(self, blueprint: str, params: Mapping[str, Any], *, deployment: str, on_event: EventCallback,
-                  cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+                  cancel: threading.Event, asked: Asked) -> dict[str, Any]:  # fmt: skip
+        self.asked.append(asked)
         return self._run("provision", deployment, params, on_event, cancel)
 
-    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event) -> dict[str, Any]:
+    def destroy(self, deployment: str, *, on_event: EventCallback, cancel: threading.Event,
+                asked: Asked) -> dict[str, Any]:  # fmt: skip
+        self.asked.append(asked)
         return self._run("destroy", deployment, {}, on_event, cancel)
 
 
@@ -128,6 +133,10 @@ class FakePlanner:
         counts = {"web": {"add": 1, "change": 0, "remove": 0}}
         return {"deployment": deployment, "blueprint": blueprint, "fingerprint": "f1", "exists": False,
                 "counts": counts, "param_changes": {}, "deferred": []}  # fmt: skip
+
+    def choices(self, blueprint: str) -> Choices:
+        """The site's names, as a small vCenter would have them."""
+        return {"networks": ("VM Network", "DMZ"), "folders": ("", "cardiology"), "datastore_clusters": ()}
 
 
 class Api:

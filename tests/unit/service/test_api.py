@@ -10,6 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from umc_infra.errors import DeploymentLocked, TerraformError
+from umc_infra.service.jobs import Asked
 
 from .conftest import auth, make_token
 
@@ -60,7 +61,7 @@ def test_blueprints_are_those_of_the_callers_departments(api):
     admin = [b["name"] for b in api.client.get("/api/blueprints", headers=auth("admin")).json()]
     assert "app-stack" in admin and "windows-server" not in admin  # in no department's list
     form = api.client.get("/api/blueprints/web-server", headers=auth("bob")).json()
-    assert form["schema"]["required"] == ["deployment"]
+    assert form["schema"]["required"] == ["deployment", "params"]
     assert form["schema"]["properties"]["params"]["properties"]["instances"]["maximum"] == 20
     assert api.client.get("/api/blueprints/app-stack", headers=auth("bob")).status_code == 404
 
@@ -288,3 +289,34 @@ def test_a_malformed_request_is_422_naming_each_field(api):
     assert problems["deployment"]["allowed"] == "at most 64 characters"
     assert problems["blueprint"]["allowed"] == "a value"
     assert api.client.post("/api/deployments", json=body).status_code == 401  # the token is checked first
+
+
+def test_who_asked_and_the_ticket_reach_the_library_run(api):
+    body = {"blueprint": "web-server", "deployment": "cardio-web", "params": {}, "ticket": "INC0012345"}
+    assert api.client.post("/api/deployments", json=body, headers=auth("alice")).status_code == 202
+    api.work()
+    assert api.runner.asked == [Asked(requested_by="alice", ticket="INC0012345")]
+    assert api.client.delete("/api/deployments/cardio-web?ticket=CHG-7", headers=auth("alice")).status_code == 202
+    api.work()
+    assert api.runner.asked[-1] == Asked(requested_by="alice", ticket="CHG-7")
+
+
+@pytest.mark.parametrize("ticket", ['INC1"; rm', "${jndi}", "two\nlines", "../../etc"])
+def test_a_hostile_ticket_is_refused_naming_the_field_and_nothing_is_queued(api, ticket):
+    body = {"blueprint": "web-server", "deployment": "cardio-web", "params": {}, "ticket": ticket}
+    answer = api.client.post("/api/deployments", json=body, headers=auth("alice"))
+    assert answer.status_code == 422
+    assert [p["field"] for p in answer.json()["detail"]["problems"]] == ["ticket"]
+    assert jobs_queued(api) == []
+
+
+def test_the_form_and_the_request_use_the_sites_live_choices(api):
+    form = api.client.get("/api/blueprints/linux-server", headers=auth("alice")).json()["schema"]
+    networks = form["properties"]["params"]["properties"]["extra_networks"]["items"]
+    assert networks["enum"] == ["VM Network", "DMZ"]
+    assert form["properties"]["deployment"]["propertyOrder"] < form["properties"]["params"]["propertyOrder"]
+    wrong = api.request("alice", "cardio-vm", blueprint="linux-server", extra_networks=["Nowhere"])
+    assert wrong.status_code == 422
+    (problem,) = wrong.json()["detail"]["problems"]
+    assert problem["field"] == "params.extra_networks" and "DMZ" in problem["allowed"]
+    assert api.request("alice", "cardio-vm", blueprint="linux-server", extra_networks=["DMZ"]).status_code == 202

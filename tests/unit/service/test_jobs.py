@@ -17,7 +17,7 @@ from umc_infra.errors import (
     TerraformError,
     VCenterError,
 )
-from umc_infra.service.jobs import MAX_ATTEMPTS, RETRY, LibraryRunner, job_state
+from umc_infra.service.jobs import MAX_ATTEMPTS, RETRY, Asked, LibraryRunner, job_state
 
 
 def job(attempts=0):
@@ -54,5 +54,5 @@ def test_every_status_has_a_state():
 def test_destroying_a_deployment_without_a_record_is_already_done(tmp_path, monkeypatch):
     monkeypatch.setenv("UMC_BACKEND", "local")
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path))
-    result = LibraryRunner().destroy("never-made", on_event=lambda e: None, cancel=threading.Event())
+    result = LibraryRunner().destroy("never-made", on_event=lambda e: None, cancel=threading.Event(), asked=Asked())
     assert result["already_destroyed"] is True

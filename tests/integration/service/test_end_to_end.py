@@ -1,0 +1,194 @@
+"""The self-service service end to end on the sandbox: `umc-infra serve` and `umc-infra worker` as the
+processes a site runs, the sandbox's PostgreSQL (queue, events, audit), OpenBao's ID tokens for its test users
+(alice in cardiology, bob in radiology, admin), and the library provisioning web-server on the simulator.
+
+The cases share one service and one deployment and run in order: request, watch, look from the other
+department, a refused quota breach, destroy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from umc_infra import status
+
+from ..conftest import free_port, vm_names
+from .conftest import fresh_database
+
+DEPLOYMENT = "svc-web"
+UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
+
+
+class Service:
+    """The running service: its URL and the sandbox users' tokens."""
+
+    def __init__(self, url: str, tokens: dict[str, str], log: Path) -> None:
+        self.url, self.tokens, self.log = url, tokens, log
+        self.job: int | None = None
+
+    def call(self, method: str, path: str, user: str | None = "alice", **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kwargs)
+
+    def wait(self, job: int, user: str = "alice", timeout_s: float = 600) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.call("GET", f"/api/jobs/{job}", user).json()
+            if found["state"] in ("succeeded", "failed", "cancelled"):
+                return found
+            assert time.monotonic() < deadline, f"job {job} still {found['state']}: {self.log.read_text()[-3000:]}"
+            time.sleep(1)
+
+    def events(self, job: int, user: str = "alice") -> list[tuple[int, str, dict[str, Any]]]:
+        """The job's server-sent events as (id, kind, data), read as they come until the stream ends."""
+        found = []
+        with self.call("GET", f"/api/jobs/{job}/events", user, stream=True) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            block: dict[str, str] = {}
+            for line in stream.iter_lines(decode_unicode=True):
+                if line:
+                    key, _, value = line.partition(": ")
+                    block[key] = value
+                elif block:
+                    found.append((int(block["id"]), block["event"], json.loads(block["data"])))
+                    block = {}
+        return found
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Service]:
+    for name in vm_names(info, "svc-"):  # left by an earlier run that died
+        from ..conftest import destroy_vm
+
+        destroy_vm(info, name)
+    log = tmp_path_factory.mktemp("service") / "service.log"
+    with fresh_database(postgres_server) as database:
+        env = {**os.environ, **info.environment(), "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}
+        port = free_port()
+        server = _start([UMC_INFRA, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log)
+        worker = _start([UMC_INFRA, "worker"], env, log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"{url}/openapi.json", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                    time.sleep(0.3)
+            tokens = {user: sandbox.token(user).get_secret_value() for user in ("alice", "bob", "admin")}
+            yield Service(url, tokens, log)
+        finally:
+            _stop(worker)
+            _stop(server)
+
+
+def test_a_request_provisions_web_server_the_stream_shows_every_step_and_the_audit_says_who(service, info):
+    answer = service.call(
+        "POST",
+        "/api/deployments",
+        json={"blueprint": "web-server", "deployment": DEPLOYMENT, "params": {"instances": 1}, "ticket": "INC0012345"},
+    )
+    assert answer.status_code == 202, answer.text
+    accepted = answer.json()
+    assert (accepted["department"], accepted["action"]) == ("cardiology", "provision")
+    service.job = job = accepted["job"]
+
+    events = service.events(job)  # read while the job runs: the stream ends with it
+    ids = [i for i, _, _ in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    kinds = [kind for _, kind, _ in events]
+    assert kinds[0] == "job_started" and kinds[-1] == "job_finished"
+    started = [data["data"]["step"] for _, kind, data in events if kind == "step_started"]
+    assert any(s.startswith("terraform.") for s in started) and any(s.startswith("ansible.") for s in started)
+    finished = events[-1][2]["data"]
+    assert finished["state"] == "succeeded", finished
+    (host,) = finished["result"]["hosts"]
+    assert host["name"] == f"{DEPLOYMENT}-1"
+    assert host["name"] in requests.get(f"http://{host['ip']}/", timeout=10).text  # nginx serves its page
+
+    assert service.call("GET", f"/api/jobs/{job}").json()["state"] == "succeeded"
+    replayed = service.events(job)  # after the end: the whole stream again, from the start
+    assert [i for i, _, _ in replayed] == ids
+    after = service.call("GET", f"/api/jobs/{job}/events", headers={"Last-Event-ID": str(ids[-2])})
+    assert after.text.startswith(f"id: {ids[-1]}\n")
+
+    record = status(DEPLOYMENT, settings=info.settings())  # the library's own record says who, too
+    assert (record.last_run.requested_by, record.last_run.ticket) == ("alice", "INC0012345")
+    audit = service.call("GET", "/api/audit", "admin", params={"deployment": DEPLOYMENT}).json()
+    (asked,) = [a for a in audit if a["action"] == "provision"]
+    assert (asked["username"], asked["department"], asked["ticket"]) == ("alice", "cardiology", "INC0012345")
+    assert asked["params"]["instances"] == 1 and asked["outcome"] == "succeeded"
+
+
+def test_the_other_department_cannot_see_it_and_an_admin_sees_everything(service):
+    assert DEPLOYMENT in [d["name"] for d in service.call("GET", "/api/deployments").json()]
+    assert DEPLOYMENT not in [d["name"] for d in service.call("GET", "/api/deployments", "bob").json()]
+    assert service.call("GET", f"/api/deployments/{DEPLOYMENT}", "bob").status_code == 404
+    assert service.call("GET", f"/api/jobs/{service.job}", "bob").status_code == 404
+    assert service.call("GET", f"/api/jobs/{service.job}/events", "bob").status_code == 404
+    assert service.call("DELETE", f"/api/deployments/{DEPLOYMENT}", "bob").status_code == 404
+    assert service.call("GET", "/api/audit", "bob", params={"deployment": DEPLOYMENT}).json() == []
+    admin = service.call("GET", f"/api/deployments/{DEPLOYMENT}", "admin").json()
+    assert (admin["department"], admin["requested_by"]) == ("cardiology", "alice")
+    assert service.call("GET", "/api/deployments", None).status_code == 401
+    forged = service.tokens["alice"][:-4] + ("AAAA" if not service.tokens["alice"].endswith("AAAA") else "BBBB")
+    assert requests.get(f"{service.url}/api/deployments", timeout=10,
+                        headers={"Authorization": f"Bearer {forged}"}).status_code == 401  # fmt: skip
+
+
+def test_a_quota_breach_and_bad_params_are_refused_before_anything_is_created(service, info):
+    # radiology may have 2 VMs: 3 is refused with the numbers, and no job, record or VM comes of it
+    answer = service.call(
+        "POST",
+        "/api/deployments",
+        "bob",
+        json={"blueprint": "web-server", "deployment": "svc-big", "params": {"instances": 3}},
+    )
+    assert answer.status_code == 409, answer.text
+    assert "vms" in answer.text and "3" in answer.text and "2" in answer.text
+    bad = service.call(
+        "POST",
+        "/api/deployments",
+        "bob",
+        json={"blueprint": "web-server", "deployment": "svc-bad", "params": {"instances": 0, "site_title": "a\nb"}},
+    )
+    assert bad.status_code == 422
+    assert sorted(p["field"] for p in bad.json()["detail"]["problems"]) == ["params.instances", "params.site_title"]
+    assert service.call("GET", "/api/deployments", "bob").json() == []
+    assert vm_names(info, "svc-big-") == [] and vm_names(info, "svc-bad-") == []
+
+
+def test_destroy_through_the_api(service, info):
+    answer = service.call("DELETE", f"/api/deployments/{DEPLOYMENT}", params={"ticket": "CHG-42"})
+    assert answer.status_code == 202, answer.text
+    assert service.wait(answer.json()["job"])["state"] == "succeeded"
+    assert vm_names(info, f"{DEPLOYMENT}-") == []
+    assert DEPLOYMENT not in [d["name"] for d in service.call("GET", "/api/deployments").json()]
+    record = status(DEPLOYMENT, settings=info.settings())
+    assert (record.state, record.last_run.requested_by, record.last_run.ticket) == ("destroyed", "alice", "CHG-42")
