@@ -7,14 +7,25 @@ tests never see each other's jobs, and the sandbox's own ``umc`` database is lef
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 from pydantic import SecretStr
 
 from umc_infra.sandbox import SandboxInfo
+
+from ..conftest import free_port
+
+UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
 
 
 @pytest.fixture(scope="session")
@@ -40,4 +51,37 @@ def fresh_database(server: str) -> Iterator[SecretStr]:
 def database_url(postgres_server: str) -> Iterator[SecretStr]:
     """A database of the test's own on the sandbox's server."""
     with fresh_database(postgres_server) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``umc-infra <argv>`` as its own process (output to ``log``), stopped as Ctrl-C would stop it afterwards."""
+    process = subprocess.Popen([UMC_INFRA, *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def served(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``umc-infra serve`` on 127.0.0.1 and a free port; its URL once it answers."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with running(["serve", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]], env, log) as process:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{url}/openapi.json", timeout=2)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"umc-infra serve did not start: {log.read_text()[-3000:]}")
+                time.sleep(0.3)
         yield url

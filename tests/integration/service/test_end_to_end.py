@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +20,10 @@ import requests
 
 from umc_infra import status
 
-from ..conftest import free_port, vm_names
-from .conftest import fresh_database
+from ..conftest import destroy_vm, vm_names
+from .conftest import fresh_database, running, served
 
 DEPLOYMENT = "svc-web"
-UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
 
 
 class Service:
@@ -66,46 +62,16 @@ class Service:
         return found
 
 
-def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Service]:
     for name in vm_names(info, "svc-"):  # left by an earlier run that died
-        from ..conftest import destroy_vm
-
         destroy_vm(info, name)
     log = tmp_path_factory.mktemp("service") / "service.log"
     with fresh_database(postgres_server) as database:
         env = {**os.environ, **info.environment(), "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}
-        port = free_port()
-        server = _start([UMC_INFRA, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log)
-        worker = _start([UMC_INFRA, "worker"], env, log)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{url}/openapi.json", timeout=2)
-                    break
-                except requests.ConnectionError:
-                    assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                    time.sleep(0.3)
+        with served(env, log) as url, running(["worker"], env, log):
             tokens = {user: sandbox.token(user).get_secret_value() for user in ("alice", "bob", "admin")}
             yield Service(url, tokens, log)
-        finally:
-            _stop(worker)
-            _stop(server)
 
 
 def test_a_request_provisions_web_server_the_stream_shows_every_step_and_the_audit_says_who(service, info):

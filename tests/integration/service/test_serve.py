@@ -1,11 +1,6 @@
 """``umc-infra serve`` as a process on loopback: it opens the database, makes the schema and answers."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,47 +8,26 @@ import requests
 import yaml
 
 from ...unit.service.conftest import POLICY, make_token
-from ..conftest import free_port
+from .conftest import served
 
 
 @pytest.fixture
-def served(database_url, tmp_path):
+def service(database_url, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    port = free_port()
     env = {**os.environ, "UMC_SERVICE_DATABASE_URL": database_url.get_secret_value(),
            "UMC_SERVICE_OIDC_ISSUER": "http://127.0.0.1:9/v1/identity/oidc",  # nothing listens: keys unreachable
            "UMC_SERVICE_OIDC_AUDIENCE": "umc-service", "UMC_SERVICE_POLICY_FILE": str(policy),
            "UMC_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
-    umc_infra = Path(sys.executable).parent / "umc-infra"
-    process = subprocess.Popen([str(umc_infra), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/openapi.json", timeout=2)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"umc-infra serve did not start: {process.communicate(timeout=5)[0][-3000:]}")
-                time.sleep(0.3)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with served(env, tmp_path / "serve.log") as url:
+        yield url
 
 
-def test_serve_answers_on_loopback_and_refuses_without_a_valid_token(served, database_url):
-    assert requests.get(f"{served}/openapi.json", timeout=5).json()["info"]["title"] == "umc-infra self-service"
-    bare = requests.get(f"{served}/api/deployments", timeout=5)
+def test_serve_answers_on_loopback_and_refuses_without_a_valid_token(service, database_url):
+    assert requests.get(f"{service}/openapi.json", timeout=5).json()["info"]["title"] == "umc-infra self-service"
+    bare = requests.get(f"{service}/api/deployments", timeout=5)
     assert bare.status_code == 401 and bare.headers["WWW-Authenticate"].startswith("Bearer")
-    unverifiable = requests.get(f"{served}/api/deployments", timeout=10,
+    unverifiable = requests.get(f"{service}/api/deployments", timeout=10,
                                 headers={"Authorization": f"Bearer {make_token('alice')}"})  # fmt: skip
     assert unverifiable.status_code == 401
     assert "keys cannot be read" in unverifiable.json()["detail"]["message"]
