@@ -19,7 +19,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Protocol
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -179,7 +179,7 @@ def portal_router(settings: PortalOptions | None = None, *, issuer: TokenIssuer 
     def portal_file(name: str) -> Response:
         media_type = ASSETS.get(name)
         if media_type is None:
-            raise HTTPException(status_code=404, detail="no such file")
+            return JSONResponse(status_code=404, content={"detail": "Not Found"})
         return Response(asset(name), media_type=media_type, headers=_HEADERS)
 
     if not settings.sandbox_login:
