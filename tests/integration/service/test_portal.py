@@ -312,3 +312,27 @@ def test_a_bad_value_shows_the_field_and_what_is_allowed(portal: str, browser: W
     assert "deployment" in by_testid(browser, "problem-deployment").text
     with contextlib.suppress(Exception):
         shot("deployment-name-error")
+
+
+def test_a_pasted_token_signs_in_and_a_refused_one_says_so(portal: str, browser: WebDriver, shot: Shot) -> None:
+    """A real site's way: a bearer token from its own sign-in, pasted (here: the sandbox's token for admin)."""
+    issued = requests.post(f"{portal}/api/sandbox/token", json={"user": "admin"}, timeout=STEP_S)
+    issued.raise_for_status()
+    browser.get(f"{portal}/")
+    by_testid(browser, "token-input").send_keys(issued.json()["token"])
+    by_testid(browser, "token-use").click()
+    WebDriverWait(browser, STEP_S).until(
+        lambda d: d.find_element(By.ID, "whoami").get_attribute("data-user") == "admin"
+    )
+    assert "every department" in by_testid(browser, "whoami").text
+    assert browser.find_element(By.ID, "token-input").get_attribute("value") == ""  # hidden, and emptied
+    no_token_kept(browser)
+    shot("pasted-token-admin")
+
+    by_testid(browser, "sign-out").click()
+    by_testid(browser, "token-input").send_keys(issued.json()["token"][:-4] + "AAAA")
+    by_testid(browser, "token-use").click()
+    error = by_testid(browser, "error")
+    assert error.get_attribute("data-status") == "401", error.text
+    assert by_testid(browser, "sign-in").is_displayed()
+    shot("refused-token")

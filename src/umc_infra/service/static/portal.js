@@ -345,8 +345,9 @@ async function preview() {
   show("plan", false);
   status("Planning ...");
   try {
-    const planned = await api("POST", "/api/plans", request());
-    renderPlan(planned);
+    const asked = request();
+    const planned = await api("POST", "/api/plans", asked);
+    renderPlan(planned, asked.params);
     status("");
   } catch (error) {
     status("");
@@ -354,7 +355,7 @@ async function preview() {
   }
 }
 
-function renderPlan({ plan, quota }) {
+function renderPlan({ plan, quota }, asked) {
   const counts = plan.counts || {};
   const total = { add: 0, change: 0, remove: 0 };
   const rows = Object.entries(counts).map(([module, c]) => {
@@ -366,7 +367,7 @@ function renderPlan({ plan, quota }) {
   body.append(...rows);
   const deferred = (plan.deferred || []).length ? `; known after the earlier modules: ${plan.deferred.join(", ")}` : "";
   $("plan-summary").textContent =
-    `${plan.exists ? "Update" : "Create"} ${plan.deployment} (${plan.blueprint} ${plan.version}): ` +
+    `${plan.exists ? "Update" : "Create"} ${plan.deployment} (${[plan.blueprint, plan.version].filter(Boolean).join(" ")}): ` +
     `${total.add} to add, ${total.change} to change, ${total.remove} to destroy${deferred}.`;
   $("plan-summary").dataset.add = String(total.add);
   $("plan-summary").dataset.change = String(total.change);
@@ -391,7 +392,8 @@ function renderPlan({ plan, quota }) {
   const params = $("plan-params").tBodies[0];
   params.textContent = "";
   const changes = plan.param_changes || {};
-  for (const [name, value] of Object.entries(plan.params || {})) {
+  // The params the provision would use (the plan's); the ones asked for if a plan does not say.
+  for (const [name, value] of Object.entries(plan.params || asked || {})) {
     const was = name in changes ? shown(changes[name].before) : "";
     params.append(el("tr", { "data-testid": `plan-param-${name}` }, cell(name), cell(shown(value)), cell(was)));
   }
