@@ -336,3 +336,21 @@ def test_a_pasted_token_signs_in_and_a_refused_one_says_so(portal: str, browser:
     assert error.get_attribute("data-status") == "401", error.text
     assert by_testid(browser, "sign-in").is_displayed()
     shot("refused-token")
+
+
+def test_a_request_over_the_quota_shows_the_numbers(portal: str, browser: WebDriver, shot: Shot) -> None:
+    """radiology may run 2 VMs: bob asking for 3 is refused before anything is made, with the quota's numbers."""
+    sign_in(browser, portal, "bob")
+    pick(browser, "web-server")
+    fill(browser, "root[deployment]", f"portal-{secrets.token_hex(3)}")
+    fill(browser, "root[params][instances]", "3")
+    by_testid(browser, "submit").click()
+    breach = by_testid(browser, "quota-breach")
+    assert by_testid(browser, "error").get_attribute("data-status") == "409"
+    assert "radiology" in breach.text and "vms" in breach.text, breach.text
+    quota, requested = (
+        [td.text for td in breach.find_elements(By.CSS_SELECTOR, f"tbody tr:nth-child({n}) td")] for n in (1, 3)
+    )
+    assert quota[0] == "2" and requested[0] == "3", (quota, requested)
+    assert not browser.find_element(By.ID, "job").is_displayed()
+    shot("quota-refused")

@@ -298,7 +298,8 @@ async function pickBlueprint(name) {
   try {
     const form = await api("GET", `/api/blueprints/${encodeURIComponent(name)}`);
     state.blueprint = name;
-    $("blueprint-description").textContent = form.description || "";
+    // json-editor shows the schema's own title and description; the blueprint's only where it has none.
+    $("blueprint-description").textContent = form.schema.description ? "" : form.description || "";
     buildEditor(form.schema);
     status("");
   } catch (error) {
@@ -307,8 +308,25 @@ async function pickBlueprint(name) {
   }
 }
 
+// A param bounded by another ("x-umc-at-most": {"memory_reservation_mb": "memory_mb"}): plain JSON Schema cannot
+// compare two properties, so the page checks it (the service checks it again and names the same field).
+function atMost(schema, value, path) {
+  const bounds = schema && schema["x-umc-at-most"];
+  if (!bounds || !value || typeof value !== "object") return [];
+  return Object.entries(bounds)
+    .filter(([small, big]) => typeof value[small] === "number" && typeof value[big] === "number")
+    .filter(([small, big]) => value[small] > value[big])
+    .map(([small, big]) => ({
+      path: `${path}.${small}`,
+      property: "x-umc-at-most",
+      message: `must be at most ${big} (${value[big]})`,
+    }));
+}
+
 function buildEditor(schema) {
   if (!window.JSONEditor) throw new Error("the form library did not load");
+  const validators = window.JSONEditor.defaults.custom_validators;
+  if (!validators.includes(atMost)) validators.push(atMost);
   const editor = new window.JSONEditor($("form"), {
     schema,
     theme: "html",
