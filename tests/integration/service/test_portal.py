@@ -212,6 +212,17 @@ def pick(driver: WebDriver, blueprint: str) -> None:
     WebDriverWait(driver, STEP_S).until(lambda d: d.find_element(By.ID, "form").get_attribute("data-ready") == "true")
 
 
+def new_request(driver: WebDriver, base: str, user: str, **params: str) -> str:
+    """Sign in as ``user``, pick web-server, name a new deployment and set ``params``; returns the name."""
+    sign_in(driver, base, user)
+    pick(driver, "web-server")
+    deployment = f"portal-{secrets.token_hex(3)}"
+    fill(driver, "root[deployment]", deployment)
+    for name, value in params.items():
+        fill(driver, f"root[params][{name}]", value)
+    return deployment
+
+
 def deployment_rows(driver: WebDriver) -> list[str]:
     return [
         row.get_attribute("data-name") or "" for row in driver.find_elements(By.CSS_SELECTOR, "#deployments tbody tr")
@@ -290,10 +301,7 @@ def test_alice_requests_web_server_and_bob_does_not_see_it(
 
 
 def test_a_bad_value_shows_the_field_and_what_is_allowed(portal: str, browser: WebDriver, shot: Shot) -> None:
-    sign_in(browser, portal, "alice")
-    pick(browser, "web-server")
-    fill(browser, "root[deployment]", f"portal-{secrets.token_hex(3)}")
-    fill(browser, "root[params][cpu]", "99")
+    new_request(browser, portal, "alice", cpu="99")
     shot("bad-value")
 
     by_testid(browser, "preview").click()
@@ -340,10 +348,7 @@ def test_a_pasted_token_signs_in_and_a_refused_one_says_so(portal: str, browser:
 
 def test_a_request_over_the_quota_shows_the_numbers(portal: str, browser: WebDriver, shot: Shot) -> None:
     """radiology may run 2 VMs: bob asking for 3 is refused before anything is made, with the quota's numbers."""
-    sign_in(browser, portal, "bob")
-    pick(browser, "web-server")
-    fill(browser, "root[deployment]", f"portal-{secrets.token_hex(3)}")
-    fill(browser, "root[params][instances]", "3")
+    new_request(browser, portal, "bob", instances="3")
     by_testid(browser, "submit").click()
     breach = by_testid(browser, "quota-breach")
     assert by_testid(browser, "error").get_attribute("data-status") == "409"
