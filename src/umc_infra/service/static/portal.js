@@ -432,6 +432,7 @@ async function submit() {
     return;
   }
   status(`Queued job ${accepted.job} for ${accepted.deployment}`);
+  loadDeployments().catch((error) => showError(error, "Deployments")); // the request is listed at once
   await follow(accepted.job);
 }
 
@@ -464,6 +465,7 @@ function addEvent(event) {
   const d = event.data || {};
   const cls = event.kind === "job_finished" ? `finished ${d.state}` : d.status || (d.ok === false ? "failed" : "");
   list.append(el("li", { class: cls, "data-kind": event.kind, "data-id": event.id, text: describe(event) }));
+  if (event.kind === "job_started") $("job-state").textContent = "running";
   while (list.children.length > MAX_EVENTS) list.firstElementChild.remove();
   list.scrollTop = list.scrollHeight;
 }
