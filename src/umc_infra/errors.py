@@ -49,7 +49,8 @@ without subclasses): a caller catches a precise error, or a branch, or the root:
         ├── ComponentFailed         a component did not come up or answer its health check
         ├── SandboxNotFound         no sandbox runs from this state directory
         ├── SandboxDamaged          the sandbox's state directory is damaged
-        └── GuestNotRunning         no SSH guest runs for an address
+        ├── GuestNotRunning         no SSH guest runs for an address
+        └── UnknownSandboxUser      a token was asked for a user the sandbox's issuer does not have
 
 Each message says what failed, where, and what to do next. None carries a secret value: messages are
 built from names and redacted output only.
@@ -554,3 +555,7 @@ class SandboxDamaged(SandboxError, exit_code=ExitCode.ERROR):
 
 class GuestNotRunning(SandboxError, exit_code=ExitCode.ERROR):
     """No SSH guest runs for that address."""
+
+
+class UnknownSandboxUser(SandboxError, exit_code=ExitCode.ERROR):
+    """A token was asked for a user the sandbox's OIDC issuer does not have (the message lists its users)."""

@@ -89,6 +89,7 @@ def test_top_level_exports_are_pinned():
         "Tools",
         "UmcInfraError",
         "Unauthenticated",
+        "UnknownSandboxUser",
         "UnresolvedReference",
         "UnsafeArgv",
         "VCenterError",

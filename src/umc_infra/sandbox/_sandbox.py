@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from umc_infra.errors import ComponentFailed, SandboxDamaged, SandboxError, SandboxNotFound
+from umc_infra.errors import ComponentFailed, SandboxDamaged, SandboxError, SandboxNotFound, UnknownSandboxUser
 from umc_infra.sandbox import _daemons, _guests, _host, _postgres, _s3, _vault, _vcsim
 from umc_infra.sandbox._config import (
     INVENTORY,
@@ -375,14 +375,14 @@ class Sandbox:
         ``exp``, ``sub`` (the user's Vault entity), ``preferred_username`` and ``groups``.
 
         Raises:
-            SandboxError: ``user`` is not a sandbox user (the message lists them).
+            UnknownSandboxUser: ``user`` is not a sandbox user (the message lists them).
             SandboxNotFound: The sandbox was never brought up here.
             ComponentFailed: Vault does not answer.
 
         """
         users = INVENTORY.oidc_users
         if user not in users:
-            raise SandboxError(
+            raise UnknownSandboxUser(
                 f"{user!r} is not a sandbox user; the users are: "
                 + ", ".join(f"{name} ({group})" for name, group in users.items()),
                 step="sandbox.token",

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from umc_infra.errors import UmcInfraError
 
@@ -51,21 +50,6 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-# -- RECONCILE with i14-svc: this setting belongs in ServiceSettings (settings.py) as
-#    `sandbox_login: bool = False` (env UMC_SERVICE_SANDBOX_LOGIN); then pass the ServiceSettings and delete
-#    PortalSettings. portal_router() takes anything with a `sandbox_login` attribute, so both work. ------------
-class PortalSettings(BaseSettings):
-    """The portal's one setting (``UMC_SERVICE_SANDBOX_LOGIN``), until it joins the service's settings."""
-
-    model_config = SettingsConfigDict(env_prefix="UMC_SERVICE_", frozen=True, extra="ignore")
-
-    sandbox_login: bool = False
-    """Offer the sandbox's test users on the page (``/api/sandbox/*``): never on a real site."""
-
-
-# -- end RECONCILE ---------------------------------------------------------------------------------------------
 
 
 class PortalOptions(Protocol):
@@ -100,18 +84,13 @@ class SandboxIssuer:
         """See :class:`TokenIssuer`."""
         from umc_infra.sandbox import SandboxInventory
 
-        # RECONCILE with i14-sb: `SandboxInventory().oidc_users` is typed there; `Any` keeps this branch checkable.
-        inventory: Any = SandboxInventory()
-        users: Mapping[str, str] = inventory.oidc_users
-        return users
+        return SandboxInventory().oidc_users
 
     def token(self, user: str) -> SecretStr:
         """See :class:`TokenIssuer`."""
         from umc_infra.sandbox import Sandbox
 
-        sandbox: Any = Sandbox()  # RECONCILE with i14-sb: Sandbox.token is typed there
-        token: SecretStr = sandbox.token(user)
-        return token
+        return Sandbox().token(user)
 
 
 class TokenRequest(BaseModel):
@@ -160,15 +139,13 @@ def _refusal(status: int, message: str, error_type: str, **extra: Any) -> JSONRe
     return JSONResponse(status_code=status, content={"detail": detail}, headers={"Cache-Control": "no-store"})
 
 
-def portal_router(settings: PortalOptions | None = None, *, issuer: TokenIssuer | None = None) -> APIRouter:
+def portal_router(settings: PortalOptions, *, issuer: TokenIssuer | None = None) -> APIRouter:
     """The portal's routes: the page at ``/``, its files at ``/portal/<name>``, and the sandbox login if enabled.
 
     Args:
-        settings: The service's settings (anything with ``sandbox_login``); default: :class:`PortalSettings`
-            from the environment.
+        settings: The service's settings (:class:`~umc_infra.service.settings.ServiceSettings`: ``sandbox_login``).
         issuer: Where sandbox tokens come from (default: the sandbox's Vault, :class:`SandboxIssuer`).
     """
-    settings = settings if settings is not None else PortalSettings()
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)

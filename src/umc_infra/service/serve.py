@@ -11,6 +11,7 @@ from umc_infra.service.app import LibraryPlanner, Service, create_app
 from umc_infra.service.auth import JwtVerifier
 from umc_infra.service.jobs import QUEUE, LibraryRunner, Runtime, build_app
 from umc_infra.service.policy import Policy
+from umc_infra.service.portal import portal_router
 from umc_infra.service.settings import ServiceSettings, load_service_settings
 from umc_infra.service.store import PgStore
 from umc_infra.settings import SITE_FIELDS, load_settings
@@ -62,7 +63,9 @@ def serve(*, host: str, port: int, allow_remote: bool = False) -> None:
     import uvicorn
 
     check_host(host, allow_remote=allow_remote)
-    app = create_app(build_service())
+    settings = load_service_settings()
+    app = create_app(build_service(settings))
+    app.include_router(portal_router(settings))
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
 
 

@@ -31,6 +31,8 @@ class ServiceSettings(BaseSettings):
     """The ``aud`` every token must carry."""
     policy_file: Path
     """The YAML policy: admin groups, departments, their blueprints, quotas and leases."""
+    sandbox_login: bool = False
+    """Offer the sandbox's test users on the portal page (``/api/sandbox/*``): never on a real site."""
 
     @field_validator("oidc_issuer")
     @classmethod

@@ -15,9 +15,6 @@ import base64
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +32,7 @@ from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from ..conftest import free_port  # noqa: E402
+from .conftest import fresh_database, running, served  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -53,28 +50,6 @@ JOB_S = 600
 
 
 # -- the service ------------------------------------------------------------------------------------------------
-
-
-def _wait_until_up(base: str, processes: list[subprocess.Popen[str]], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            requests.get(f"{base}/openapi.json", timeout=2)
-            return
-        except requests.ConnectionError:
-            if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
-                pytest.fail(f"the service did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.3)
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _destroy(base: str, token: str, deployment: str) -> None:
@@ -96,11 +71,8 @@ def _destroy(base: str, token: str, deployment: str) -> None:
 def portal(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a service whose page has the sandbox login; a deployment the test names is destroyed after.
 
-    WIRE AFTER MERGE (i14-svc + i14-sb): this starts i14-svc's ``umc-infra serve`` and ``umc-infra worker`` with
-    i14-sb's ``SandboxInfo.environment()`` (the library's UMC_* and the four UMC_SERVICE_* settings) and
-    ``UMC_SERVICE_SANDBOX_LOGIN=1``; it needs serve.py to include the portal router (see docs/service.md,
-    "The portal page"). Not run before that merge; the steps were developed against a stand-in of the API through
-    ``UMC_PORTAL_TEST_URL``.
+    ``umc-infra serve`` and ``umc-infra worker`` with the sandbox's settings (``SandboxInfo.environment()``), a
+    database of their own on the sandbox's PostgreSQL, and ``UMC_SERVICE_SANDBOX_LOGIN=1``.
     """
     given = os.environ.get("UMC_PORTAL_TEST_URL")
     if given:
@@ -108,27 +80,15 @@ def portal(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         return
     sandbox = request.getfixturevalue("sandbox")
     info = request.getfixturevalue("info")
-    logs = tmp_path_factory.mktemp("portal-service")
-    env = {**os.environ, **info.environment(), "UMC_SERVICE_SANDBOX_LOGIN": "1"}
-    umc_infra = str(Path(sys.executable).parent / "umc-infra")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = logs / "service.log"
-    with log.open("w") as out:
-        processes = [
-            subprocess.Popen([umc_infra, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
-                             stderr=subprocess.STDOUT, text=True),
-            subprocess.Popen([umc_infra, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True),
-        ]  # fmt: skip
-        try:
-            _wait_until_up(base, processes, log)
+    log = tmp_path_factory.mktemp("portal-service") / "service.log"
+    with fresh_database(request.getfixturevalue("postgres_server")) as database:
+        env = {**os.environ, **info.environment(), "UMC_SERVICE_SANDBOX_LOGIN": "1",
+               "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}  # fmt: skip
+        with served(env, log) as base, running(["worker"], env, log):
             yield base
             for deployment in request.node.stash.get(MADE, []):
                 _destroy(base, sandbox.token("alice").get_secret_value(), deployment)
-        finally:
-            for process in reversed(processes):
-                _stop(process)
-            print(f"service log: {log}")
+        print(f"service log: {log}")
 
 
 MADE = pytest.StashKey[list[str]]()
@@ -142,7 +102,7 @@ MADE = pytest.StashKey[list[str]]()
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     """Headless Chromium from Debian, through Debian's chromedriver (selenium downloads nothing)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver")
+        pytest.fail("Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
     os.environ.setdefault("SE_OFFLINE", "true")  # belt and braces: selenium-manager never fetches anything
     options = Options()
     options.binary_location = str(CHROMIUM)

@@ -6,15 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
-from pydantic import SecretStr
-
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from umc_infra.errors import UmcInfraError
-from umc_infra.service.portal import ASSETS, CONTENT_SECURITY_POLICY, PortalSettings, portal_router
+from umc_infra.service.portal import ASSETS, CONTENT_SECURITY_POLICY, portal_router
+from umc_infra.service.settings import load_service_settings
 
 LOOPBACK = ("127.0.0.1", 50000)
 
@@ -100,8 +98,11 @@ def test_a_sandbox_that_does_not_answer_is_a_503_with_its_message():
     assert answer.status_code == 503 and "does not answer" in answer.json()["detail"]["message"]
 
 
-def test_the_setting_is_read_from_the_environment(monkeypatch):
+def test_the_setting_is_read_from_the_environment(monkeypatch, tmp_path):
+    for name, value in {"DATABASE_URL": "postgresql://u:p@127.0.0.1:5/d", "OIDC_ISSUER": "http://127.0.0.1:9/oidc",
+                        "OIDC_AUDIENCE": "umc", "POLICY_FILE": str(tmp_path / "policy.yaml")}.items():  # fmt: skip
+        monkeypatch.setenv(f"UMC_SERVICE_{name}", value)
     monkeypatch.delenv("UMC_SERVICE_SANDBOX_LOGIN", raising=False)
-    assert PortalSettings().sandbox_login is False
+    assert load_service_settings().sandbox_login is False
     monkeypatch.setenv("UMC_SERVICE_SANDBOX_LOGIN", "1")
-    assert PortalSettings().sandbox_login is True
+    assert load_service_settings().sandbox_login is True
