@@ -108,6 +108,22 @@ def vm_names(info: SandboxInfo, prefix: str) -> list[str]:
             view.Destroy()
 
 
+@contextlib.contextmanager
+def only_this_modules_vms(info: SandboxInfo, *prefixes: str) -> Iterator[None]:
+    """No VM named ``<prefix>*`` before the module (left by an earlier run that died) nor after it: its addresses
+    are free again for whatever runs next from the same range (the benchmark's range spans several files')."""
+
+    def remove() -> None:
+        for name in [n for prefix in prefixes for n in vm_names(info, prefix)]:
+            destroy_vm(info, name)
+
+    remove()
+    try:
+        yield
+    finally:
+        remove()
+
+
 def find_vm(si, path: str):
     return si.RetrieveContent().searchIndex.FindByInventoryPath(path)
 

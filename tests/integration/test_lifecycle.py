@@ -37,7 +37,7 @@ from umc_infra.sandbox import Sandbox, SandboxSettings, _vcsim
 from umc_infra.state.ipam import held
 from umc_infra.state.store import open_store
 
-from .conftest import destroy_vm, own_ports, vm_names
+from .conftest import only_this_modules_vms, own_ports, vm_names
 
 PREFIX = "life-"
 
@@ -50,12 +50,13 @@ def find(info, name: str):
 
 @pytest.fixture(scope="module")
 def site(sandbox, info, tmp_path_factory):
-    for name in vm_names(info, PREFIX):
-        destroy_vm(info, name)
     # The local backend: records, claims and locks of this run only (the lock test also uses S3). Its
     # address claims are its own, so it allocates from a range outside the sandbox's pool, which the
     # deployments in the S3 backend use at the same time.
-    return info.settings(state_dir=tmp_path_factory.mktemp("life"), backend="local", ip_pool="127.0.1.160-127.0.1.179")
+    with only_this_modules_vms(info, PREFIX):
+        yield info.settings(
+            state_dir=tmp_path_factory.mktemp("life"), backend="local", ip_pool="127.0.1.160-127.0.1.179"
+        )
 
 
 def test_scale_up_update_in_place_scale_down_and_reviewed_plans(site, info):

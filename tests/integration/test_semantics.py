@@ -9,7 +9,7 @@ import itertools
 import pytest
 import yaml
 
-from tests.integration.conftest import destroy_vm, vm_names
+from tests.integration.conftest import only_this_modules_vms, vm_names
 from umc_infra import (
     ParamsError,
     PlaybookError,
@@ -25,10 +25,11 @@ PREFIX = "sem-"
 
 @pytest.fixture(scope="module")
 def site(sandbox, info, tmp_path_factory):
-    for name in vm_names(info, PREFIX) + vm_names(info, "linux-server-"):
-        destroy_vm(info, name)
     # A local backend of this module's own; its addresses lie outside every other suite's range.
-    return info.settings(state_dir=tmp_path_factory.mktemp("sem"), backend="local", ip_pool="127.0.1.180-127.0.1.199")
+    with only_this_modules_vms(info, PREFIX, "linux-server-"):
+        yield info.settings(
+            state_dir=tmp_path_factory.mktemp("sem"), backend="local", ip_pool="127.0.1.180-127.0.1.199"
+        )
 
 
 def test_the_two_argument_call_names_the_deployment_after_the_blueprint_and_converges(site, info):

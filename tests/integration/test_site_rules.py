@@ -10,7 +10,7 @@ from umc_infra.sandbox import _vcsim
 from umc_infra.state.ipam import claims
 from umc_infra.state.store import LocalStore
 
-from .conftest import destroy_vm, find_vm, vm_names
+from .conftest import find_vm, only_this_modules_vms, vm_names
 
 PREFIX = "rule-"
 POOL = "127.0.1.210-127.0.1.219"
@@ -26,9 +26,8 @@ NOTES = (
 @pytest.fixture(scope="module")
 def site(sandbox, info, tmp_path_factory):
     """The sandbox site with a local backend of this test run and a pool of its own."""
-    for name in vm_names(info, PREFIX):  # left by an earlier run that was killed
-        destroy_vm(info, name)
-    return info.settings(state_dir=tmp_path_factory.mktemp("rules"), backend="local", ip_pool=POOL)
+    with only_this_modules_vms(info, PREFIX):
+        yield info.settings(state_dir=tmp_path_factory.mktemp("rules"), backend="local", ip_pool=POOL)
 
 
 def annotation(info, name: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import ShowingTools, destroy_vm, read_secret, vm_names
+from tests.integration.conftest import ShowingTools, only_this_modules_vms, read_secret, vm_names
 from tests.leaks import ArgvWatch, leaks, sandbox_secrets, scanned_places
 from umc_infra import ParamsError, Provisioner, RunOptions, UmcInfraError, destroy, plan
 from umc_infra.ansible import runner as ansible_runner
@@ -34,9 +34,8 @@ PREFIX = "win-"
 
 @pytest.fixture(scope="module")
 def site(info, tmp_path_factory):
-    for name in vm_names(info, PREFIX):  # left by an earlier run on a sandbox that kept running
-        destroy_vm(info, name)
-    return info.settings(state_dir=tmp_path_factory.mktemp("state"), ip_pool=POOL)
+    with only_this_modules_vms(info, PREFIX):
+        yield info.settings(state_dir=tmp_path_factory.mktemp("state"), ip_pool=POOL)
 
 
 @pytest.fixture(scope="module")
