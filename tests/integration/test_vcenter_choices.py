@@ -71,10 +71,10 @@ def independent(info: SandboxInfo, settings: Any) -> dict[str, set[str]]:
             "hosts": {h.name for c in computes for h in c.host},
         }
     with rest_session(settings, info.vsphere_user, info.vsphere_password, step="test") as call:
-        categories = {
-            c: call("GET", f"/cis/tagging/category/id:{c}")["name"] for c in call("GET", "/cis/tagging/category")
-        }
-        tags = [call("GET", f"/cis/tagging/tag/id:{t}") for t in call("GET", "/cis/tagging/tag")]
+        # An empty list answers no value at all (a fresh simulator has no tags yet)
+        listed = call("GET", "/cis/tagging/category") or []
+        categories = {c: call("GET", f"/cis/tagging/category/id:{c}")["name"] for c in listed}
+        tags = [call("GET", f"/cis/tagging/tag/id:{t}") for t in call("GET", "/cis/tagging/tag") or []]
         found["tags"] = {f"{categories[t['category_id']]}/{t['name']}" for t in tags}
     return found
 

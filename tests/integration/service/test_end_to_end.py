@@ -33,9 +33,10 @@ class Service:
         self.url, self.tokens, self.log = url, tokens, log
         self.job: int | None = None
 
-    def call(self, method: str, path: str, user: str | None = "alice", **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
-        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kwargs)
+    def call(self, method: str, path: str, user: str | None = "alice", *, headers: dict[str, str] | None = None,
+             **kwargs: Any) -> requests.Response:  # fmt: skip
+        sent = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return requests.request(method, f"{self.url}{path}", headers=sent | (headers or {}), timeout=60, **kwargs)
 
     def wait(self, job: int, user: str = "alice", timeout_s: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -95,7 +96,7 @@ def test_a_request_provisions_web_server_the_stream_shows_every_step_and_the_aud
     finished = events[-1][2]["data"]
     assert finished["state"] == "succeeded", finished
     (host,) = finished["result"]["hosts"]
-    assert host["name"] == f"{DEPLOYMENT}-1"
+    assert host["name"] == f"{DEPLOYMENT}-web-1"
     assert host["name"] in requests.get(f"http://{host['ip']}/", timeout=10).text  # nginx serves its page
 
     assert service.call("GET", f"/api/jobs/{job}").json()["state"] == "succeeded"
@@ -119,7 +120,8 @@ def test_the_other_department_cannot_see_it_and_an_admin_sees_everything(service
     assert service.call("GET", f"/api/jobs/{service.job}", "bob").status_code == 404
     assert service.call("GET", f"/api/jobs/{service.job}/events", "bob").status_code == 404
     assert service.call("DELETE", f"/api/deployments/{DEPLOYMENT}", "bob").status_code == 404
-    assert service.call("GET", "/api/audit", "bob", params={"deployment": DEPLOYMENT}).json() == []
+    seen = service.call("GET", "/api/audit", "bob", params={"deployment": DEPLOYMENT}).json()
+    assert [(a["username"], a["department"]) for a in seen] == [("bob", "radiology")]  # his own refused destroy
     admin = service.call("GET", f"/api/deployments/{DEPLOYMENT}", "admin").json()
     assert (admin["department"], admin["requested_by"]) == ("cardiology", "alice")
     assert service.call("GET", "/api/deployments", None).status_code == 401
