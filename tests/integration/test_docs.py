@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,7 @@ def test_blueprint_guide_runs(sandbox, tmp_path):
 
 
 @pytest.mark.serial  # its addresses overlap other files' ranges, and a benchmark measures best alone
+@pytest.mark.xdist_group("sandbox-wide")
 def test_the_benchmark_runs(sandbox, tmp_path):
     """docs/evidence.md's short benchmark run: every measure present, every figure a real duration."""
     (code,) = [c for where, c in blocks("bash") if where.startswith("docs/evidence.md")]
@@ -124,10 +126,13 @@ def test_the_benchmark_runs(sandbox, tmp_path):
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
     """docs/sandbox.md's shell block, top to bottom, on a second sandbox of its own (no guests)."""
     (code,) = [c for where, c in blocks("bash") if where.startswith("docs/sandbox.md")]
+    # A short state directory: PostgreSQL's socket path in it must stay within 107 characters (pytest-xdist's
+    # tmp_path is long; `sandbox up` says so when it is not).
+    state = Path(tempfile.mkdtemp(prefix="umc-sb-")) / "walkthrough"
     env = dict(os.environ)
     env.update(
         PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
-        UMC_SANDBOX_STATE_DIR=str(tmp_path / "walkthrough"),
+        UMC_SANDBOX_STATE_DIR=str(state),
         UMC_SANDBOX_CACHE_DIR=str(sandbox.settings.cache_dir),
         UMC_SANDBOX_GUESTS="false",
         **{f"UMC_SANDBOX_{name.upper()}": str(port) for name, port in own_ports().items()},
@@ -136,7 +141,8 @@ def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "sandbox down and purged" in result.stderr
-    assert not (tmp_path / "walkthrough").exists()
+    assert not state.exists()
+    state.parent.rmdir()
 
 
 def test_gitlab_ci_example_logs_in_with_the_pipeline_jwt(sandbox, info, tmp_path):

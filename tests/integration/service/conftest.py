@@ -7,6 +7,7 @@ tests never see each other's jobs, and the sandbox's own ``umc`` database is lef
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -85,3 +87,40 @@ def served(env: dict[str, str], log: Path) -> Iterator[str]:
                     pytest.fail(f"umc-infra serve did not start: {log.read_text()[-3000:]}")
                 time.sleep(0.3)
         yield url
+
+
+class Client:
+    """A running service as its callers see it: its URL, the sandbox users' tokens, and its log."""
+
+    def __init__(self, url: str, tokens: dict[str, str], log: Path) -> None:
+        self.url, self.tokens, self.log = url, tokens, log
+        self.job: int | None = None
+
+    def call(self, method: str, path: str, user: str | None = "alice", *, headers: dict[str, str] | None = None,
+             **kwargs: Any) -> requests.Response:  # fmt: skip
+        sent = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return requests.request(method, f"{self.url}{path}", headers=sent | (headers or {}), timeout=60, **kwargs)
+
+    def wait(self, job: int, user: str = "alice", timeout_s: float = 600) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.call("GET", f"/api/jobs/{job}", user).json()
+            if found["state"] in ("succeeded", "failed", "cancelled"):
+                return found
+            assert time.monotonic() < deadline, f"job {job} still {found['state']}: {self.log.read_text()[-3000:]}"
+            time.sleep(1)
+
+    def events(self, job: int, user: str = "alice") -> list[tuple[int, str, dict[str, Any]]]:
+        """The job's server-sent events as (id, kind, data), read as they come until the stream ends."""
+        found = []
+        with self.call("GET", f"/api/jobs/{job}/events", user, stream=True) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            block: dict[str, str] = {}
+            for line in stream.iter_lines(decode_unicode=True):
+                if line:
+                    key, _, value = line.partition(": ")
+                    block[key] = value
+                elif block:
+                    found.append((int(block["id"]), block["event"], json.loads(block["data"])))
+                    block = {}
+        return found

@@ -8,12 +8,8 @@ department, a refused quota breach, destroy.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -21,50 +17,13 @@ import requests
 from umc_infra import status
 
 from ..conftest import destroy_vm, vm_names
-from .conftest import fresh_database, running, served
+from .conftest import Client, fresh_database, running, served
 
 DEPLOYMENT = "svc-web"
 
 
-class Service:
-    """The running service: its URL and the sandbox users' tokens."""
-
-    def __init__(self, url: str, tokens: dict[str, str], log: Path) -> None:
-        self.url, self.tokens, self.log = url, tokens, log
-        self.job: int | None = None
-
-    def call(self, method: str, path: str, user: str | None = "alice", *, headers: dict[str, str] | None = None,
-             **kwargs: Any) -> requests.Response:  # fmt: skip
-        sent = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
-        return requests.request(method, f"{self.url}{path}", headers=sent | (headers or {}), timeout=60, **kwargs)
-
-    def wait(self, job: int, user: str = "alice", timeout_s: float = 600) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self.call("GET", f"/api/jobs/{job}", user).json()
-            if found["state"] in ("succeeded", "failed", "cancelled"):
-                return found
-            assert time.monotonic() < deadline, f"job {job} still {found['state']}: {self.log.read_text()[-3000:]}"
-            time.sleep(1)
-
-    def events(self, job: int, user: str = "alice") -> list[tuple[int, str, dict[str, Any]]]:
-        """The job's server-sent events as (id, kind, data), read as they come until the stream ends."""
-        found = []
-        with self.call("GET", f"/api/jobs/{job}/events", user, stream=True) as stream:
-            assert stream.headers["content-type"].startswith("text/event-stream")
-            block: dict[str, str] = {}
-            for line in stream.iter_lines(decode_unicode=True):
-                if line:
-                    key, _, value = line.partition(": ")
-                    block[key] = value
-                elif block:
-                    found.append((int(block["id"]), block["event"], json.loads(block["data"])))
-                    block = {}
-        return found
-
-
 @pytest.fixture(scope="module")
-def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Service]:
+def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Client]:
     for name in vm_names(info, "svc-"):  # left by an earlier run that died
         destroy_vm(info, name)
     log = tmp_path_factory.mktemp("service") / "service.log"
@@ -72,7 +31,7 @@ def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Servic
         env = {**os.environ, **info.environment(), "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}
         with served(env, log) as url, running(["worker"], env, log):
             tokens = {user: sandbox.token(user).get_secret_value() for user in ("alice", "bob", "admin")}
-            yield Service(url, tokens, log)
+            yield Client(url, tokens, log)
 
 
 def test_a_request_provisions_web_server_the_stream_shows_every_step_and_the_audit_says_who(service, info):
