@@ -106,7 +106,6 @@ def test_blueprint_guide_runs(sandbox, tmp_path):
 
 
 @pytest.mark.serial  # its addresses overlap other files' ranges, and a benchmark measures best alone
-@pytest.mark.xdist_group("sandbox-wide")
 def test_the_benchmark_runs(sandbox, tmp_path):
     """docs/evidence.md's short benchmark run: every measure present, every figure a real duration."""
     (code,) = [c for where, c in blocks("bash") if where.startswith("docs/evidence.md")]

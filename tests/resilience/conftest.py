@@ -45,8 +45,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/resilience" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.serial)  # its faults are the whole sandbox's: no other case beside them,
-            item.add_marker(pytest.mark.xdist_group("sandbox-wide"))  # one worker runs them all, one by one
+            item.add_marker(pytest.mark.serial)  # its faults are the whole sandbox's: nothing runs beside them
 
 
 def pytest_runtest_logreport(report):
