@@ -458,6 +458,7 @@ def create_app(service: Service) -> FastAPI:
         if claim.breach is not None:
             await service.store.update(audit, outcome=f"refused: {claim.breach}")
             raise _quota_exceeded(claim.breach)
+        await service.store.update(audit, outcome="queued")  # before the defer: a worker may start it at once
         try:
             job = await service.queue.configure_task(jobs.PROVISION, lock=body.deployment,
                                                      queueing_lock=body.deployment).defer_async(
@@ -467,7 +468,7 @@ def create_app(service: Service) -> FastAPI:
             await service.store.restore(body.deployment, claim.previous)
             await service.store.update(audit, outcome="refused: a job for it is already queued")
             raise _queued(body.deployment) from None
-        await service.store.update(audit, outcome="queued", job=job)
+        await service.store.update(audit, job=job)
         return JobAccepted(job=job, action="provision", deployment=body.deployment, department=c.department,
                            usage=c.usage, lease_until=c.lease_until)  # fmt: skip
 
@@ -534,7 +535,7 @@ def create_app(service: Service) -> FastAPI:
             raise
         audit = await service.store.record(AuditEntry(
             subject=who.caller.subject, username=who.caller.username, department=owner.department, action="destroy",
-            deployment=name, blueprint=owner.blueprint, ticket=ticket, params={}))  # fmt: skip
+            deployment=name, blueprint=owner.blueprint, ticket=ticket, params={}, outcome="queued"))  # fmt: skip
         try:
             job = await service.queue.configure_task(jobs.DESTROY, lock=name, queueing_lock=name).defer_async(
                 deployment=name, audit=audit, requested_by=who.caller.username, ticket=ticket
@@ -542,7 +543,7 @@ def create_app(service: Service) -> FastAPI:
         except AlreadyEnqueued:
             await service.store.update(audit, outcome="refused: a job for it is already queued")
             raise _queued(name) from None
-        await service.store.update(audit, outcome="queued", job=job)
+        await service.store.update(audit, job=job)
         return JobAccepted(job=job, action="destroy", deployment=name, department=owner.department)
 
     # -- jobs -----------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@
   run stops its tool gracefully (Terraform saves its state) and the job ends ``cancelled``;
 - every library event is stored as a job event (``job_started``, the library's kinds, ``job_finished``), and
   the outcome goes into the request's audit entry;
-- ``umc.leases`` (every ten minutes): owners warned (in the audit) before a lease ends, a destroy queued when
-  it has (:mod:`.leases`);
+- ``umc.leases`` (every ten minutes): owners warned before a lease ends (an entry in their department's audit
+  and a ``umc.lease_warning`` job of its own whose ``lease_warning`` event their portal reads, like any job's),
+  a destroy queued when it has ended (:mod:`.leases`);
 - ``umc.stalled`` (every minute): jobs whose worker died (no heartbeat) are marked with an event and queued
   again; the library's lease and dead-run recovery reconcile the deployment on the next run.
 """
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 QUEUE = "umc"
 PROVISION = "umc.provision"
 DESTROY = "umc.destroy"
+LEASE_WARNING = "umc.lease_warning"
 MAX_ATTEMPTS = 3
 STALLED_AFTER_S = 60.0
 """A worker silent this long (procrastinate's heartbeat is every 10 s) is taken for dead."""
@@ -165,6 +167,17 @@ def build_app(connector: BaseConnector, runtime: Runtime) -> App:
         await _run(context, runtime.store, audit, run)
         await runtime.store.forget(deployment)
 
+    @app.task(name=LEASE_WARNING, queue=QUEUE, pass_context=True)
+    async def lease_warning(context: JobContext, *, deployment: str, lease_until: str, audit: int) -> None:
+        job = context.job.id
+        assert job is not None
+        add = functools.partial(runtime.store.add_event, job)
+        warning = {"deployment": deployment, "lease_until": lease_until,
+                   "note": "the lease of this deployment ends soon: extend it, or it is destroyed then"}  # fmt: skip
+        await add("lease_warning", warning)
+        await _finish(add, runtime.store, audit, JobFinished(state="succeeded", result=warning),
+                      f"warned: lease ends {lease_until}")  # fmt: skip
+
     @app.periodic(cron="* * * * *", periodic_id="stalled")
     @app.task(name="umc.stalled", queue=QUEUE, queueing_lock="umc.stalled", pass_context=True)
     async def stalled(context: JobContext, timestamp: int) -> None:
@@ -200,17 +213,24 @@ async def requeue_stalled(app: App, store: Store, *, seconds_since_heartbeat: fl
 
 
 async def enforce_leases(app: App, store: Store, policy: Policy, *, at: datetime) -> list[LeaseDue]:
-    """Warn the owners of leases ending soon (in the audit), queue a destroy of those that ended; what was due."""
+    """Warn the owners of leases ending soon (the audit and a warning job), queue a destroy of those that ended.
+
+    What was due; a lease is warned of once (an extension clears it).
+    """
     found = due(await store.leases_before(horizon(policy, at)), policy, at)
     for item in found:
         entry = AuditEntry(subject="umc-service", username="lease", department=item.department,
                            action="lease_warning" if item.kind == "warn" else "destroy", deployment=item.deployment,
                            outcome=f"lease ends {item.lease_until:%Y-%m-%d %H:%M} UTC")  # fmt: skip
         if item.kind == "warn":
-            await store.record(entry)
+            audit = await store.record(entry)
             await store.set_lease(item.deployment, item.lease_until, warned=True)
+            job = await app.configure_task(LEASE_WARNING).defer_async(
+                deployment=item.deployment, lease_until=item.lease_until.isoformat(), audit=audit
+            )
+            await store.update(audit, job=job)
             continue
-        audit = await store.record(entry.model_copy(update={"outcome": "lease ended: destroy requested"}))
+        audit = await store.record(entry.model_copy(update={"outcome": "lease ended: destroy queued"}))
         try:
             job = await app.configure_task(DESTROY, lock=item.deployment, queueing_lock=item.deployment).defer_async(
                 deployment=item.deployment, audit=audit
@@ -218,7 +238,7 @@ async def enforce_leases(app: App, store: Store, policy: Policy, *, at: datetime
         except AlreadyEnqueued:
             await store.update(audit, outcome="lease ended: a job for it is already queued; next round")
             continue
-        await store.update(audit, outcome="queued", job=job)
+        await store.update(audit, job=job)
     return found
 
 

@@ -171,8 +171,8 @@ class Store(Protocol):
         """Add an audit entry; its id."""
         ...
 
-    async def update(self, entry_id: int, *, outcome: str, job: int | None = None) -> None:
-        """Set an entry's outcome (and its job)."""
+    async def update(self, entry_id: int, *, outcome: str | None = None, job: int | None = None) -> None:
+        """Set an entry's outcome and/or its job (None keeps what it has: a worker may have moved it on)."""
         ...
 
     async def request_of(self, job: int) -> AuditEntry | None:
@@ -262,10 +262,12 @@ class MemoryStore:
         self.entries.append(entry.model_copy(update={"id": entry_id}))
         return entry_id
 
-    async def update(self, entry_id: int, *, outcome: str, job: int | None = None) -> None:
+    async def update(self, entry_id: int, *, outcome: str | None = None, job: int | None = None) -> None:
         """See :meth:`Store.update`."""
         entry = self.entries[entry_id - 1]
-        changes: dict[str, Any] = {"outcome": outcome}
+        changes: dict[str, Any] = {}
+        if outcome is not None:
+            changes["outcome"] = outcome
         if job is not None:
             changes["job"] = job
         self.entries[entry_id - 1] = entry.model_copy(update=changes)
@@ -481,9 +483,10 @@ class PgStore:
         )  # fmt: skip
         return int(rows[0][0])
 
-    async def update(self, entry_id: int, *, outcome: str, job: int | None = None) -> None:
+    async def update(self, entry_id: int, *, outcome: str | None = None, job: int | None = None) -> None:
         """See :meth:`Store.update`."""
-        await self._run("UPDATE umc_service_audit SET outcome = %s, job_id = COALESCE(%s, job_id) WHERE id = %s",
+        await self._run("UPDATE umc_service_audit SET outcome = COALESCE(%s, outcome), job_id = COALESCE(%s, job_id) "
+                        "WHERE id = %s",
                         (outcome, job, entry_id))  # fmt: skip
 
     async def request_of(self, job: int) -> AuditEntry | None:

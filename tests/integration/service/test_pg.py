@@ -87,8 +87,9 @@ def test_ownership_events_and_audit_round_trip(database_url):
             asked = AuditEntry(subject="s1", username="alice", department="cardiology", action="provision",
                                deployment="a-web", params={"x": "***"})  # fmt: skip
             entry = await store.record(asked)
-            await store.update(entry, outcome="queued", job=7)
-            assert (await store.request_of(7)).outcome == "queued"  # type: ignore[union-attr]
+            await store.update(entry, outcome="running", job=7)
+            await store.update(entry, job=7)  # the API's job id after a worker started it: the outcome stays
+            assert (await store.request_of(7)).outcome == "running"  # type: ignore[union-attr]
             assert [e.id for e in await store.audit(AuditQuery(user="alice", departments=("cardiology",)))] == [entry]
             assert await store.audit(AuditQuery(departments=("radiology",))) == []
             soon = datetime.now(UTC) + timedelta(days=1)

@@ -1,6 +1,7 @@
 """Leases: owners warned once before the end, a destroy queued at the end, an extension within the cap."""
 
 import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 
 from procrastinate.testing import InMemoryConnector
@@ -52,6 +53,28 @@ def test_the_periodic_round_warns_once_and_queues_the_destroy():
         ("destroy", "ended", "lease"), ("lease_warning", "soon", "lease"),
     ]  # fmt: skip
     assert store.owners["soon"].lease_warned
+    (warning,) = [j for j in connector.jobs.values() if j["task_name"] == "umc.lease_warning"]
+    assert warning["args"]["deployment"] == "soon" and entries[1].job == warning["id"]
+
+
+def test_the_owners_read_the_warning_as_a_job_of_their_department(api):
+    """The warning is a job with a ``lease_warning`` event: alice's portal reads it like any job; bob cannot."""
+    assert api.request("alice", "cardio-web").status_code == 202
+    api.work()
+    soon = datetime.now(UTC) + timedelta(days=1)
+    api.store.owners["cardio-web"] = api.store.owners["cardio-web"].model_copy(update={"lease_until": soon})
+    enforce = functools.partial(enforce_leases, api.service.queue, api.store, api.service.policy, at=datetime.now(UTC))
+    due_now = api.client.portal.call(enforce)  # type: ignore[union-attr]
+    assert [(d.deployment, d.kind) for d in due_now] == [("cardio-web", "warn")]
+    api.work()
+    (entry,) = [e for e in asyncio.run(api.store.audit(AuditQuery())) if e.action == "lease_warning"]
+    assert entry.outcome.startswith("warned: lease ends") and entry.job is not None
+    job = api.client.get(f"/api/jobs/{entry.job}", headers=auth("alice"))
+    assert job.status_code == 200 and job.json()["state"] == "succeeded"
+    events = api.client.get(f"/api/jobs/{entry.job}/events", headers=auth("alice")).text
+    assert "event: lease_warning" in events and "cardio-web" in events and soon.isoformat() in events
+    assert api.client.get(f"/api/jobs/{entry.job}", headers=auth("bob")).status_code == 404
+    assert api.client.get(f"/api/jobs/{entry.job}/events", headers=auth("bob")).status_code == 404
 
 
 def test_an_extension_within_the_cap_clears_the_warning(api):
