@@ -89,8 +89,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """umc-infra against the raw Terraform and Ansible CLIs on the sandbox; writes benchmarks/results/latest.json."""
-    session.install(*CONSTRAINTS, "-e", ".[sandbox]")
+    """umc-infra against the raw Terraform and Ansible CLIs on the sandbox, and the service's API under load;
+    writes benchmarks/results/latest.json."""
+    session.install(*CONSTRAINTS, "-e", ".[sandbox,service]", "httpx2")
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 

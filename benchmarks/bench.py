@@ -5,7 +5,9 @@ In one run, alternating A (the library) and B (the same work as a raw CLI pipeli
 - provision web-server with 2 VMs (new), a no-change re-provision, and a no-change plan;
 - scaling: 1, 5 and 20 VMs in one deployment; 1, 4 and 8 deployments at once (threads);
 - ``terraform init`` of a deployment with the shared provider mirror and plugin cache vs a cold cache;
-- the peak resident memory of a process that provisions.
+- the peak resident memory of a process that provisions;
+- the self-service API under load (:mod:`load`): 50 concurrent clients listing, planning and requesting on
+  ``umc-infra serve``; the latency of its read endpoints (``service_load``).
 
 It prints a table and writes JSON (``benchmarks/results/latest.json`` by default). Figures are medians;
 a ratio is A / B (1.00 means no overhead).
@@ -44,6 +46,9 @@ from umc_infra.private import private_root
 from umc_infra.process import Redactor
 from umc_infra.sandbox import Sandbox, SandboxInfo
 from umc_infra.terraform.runner import Terraform
+
+sys.path.insert(0, str(Path(__file__).parent))
+from load import service_load  # benchmarks/ is not a package
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "127.0.1.160-127.0.1.229"  # the library's deployments (outside the sandbox's own pool)
@@ -345,6 +350,9 @@ def report(results: dict[str, Any]) -> Table:
     memory = results["memory"]
     table.add_row("peak RSS of the provisioning process", f"{memory['library_mb']:.0f} MB",
                   f"largest child {memory['largest_child_mb']:.0f} MB", "")  # fmt: skip
+    load = results["service_load"]
+    table.add_row(f"API reads, {load['clients']} clients at once (p95)", f"{load['read_ms']['p95']:.0f} ms",
+                  f"median {load['read_ms']['p50']:.0f} ms", f"{load['server_errors']} 5xx")  # fmt: skip
     return table
 
 
@@ -362,11 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="A/B rounds (alternating order)")
     parser.add_argument("--vms", default="1,5,20", help="VM counts for the one-deployment scaling run")
     parser.add_argument("--deployments", default="1,4,8", help="deployment counts for the parallel run")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the service's API")
+    parser.add_argument("--load-rounds", type=int, default=5, help="times each client reads through the API")
+    parser.add_argument("--only", choices=["load"], help="run only this measure, updating its figures in --out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args(argv)
 
     sandbox = Sandbox(on_progress=lambda message: console.print(f"• {message}", highlight=False))
     info = sandbox.up()
+    if args.only == "load":
+        with workspace() as work:
+            figures = service_load(sandbox, info, work / "service.log", clients=args.clients, rounds=args.load_rounds)
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+        kept["service_load"] = {**figures, "date": datetime.now(UTC).isoformat(timespec="seconds")}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(kept, indent=2, default=str) + "\n")
+        console.print(f"service load: read p95 {figures['read_ms'].get('p95')} ms; written to {args.out}")
+        return 0 if not figures["failures"] else 1
     taken = addresses_in_use(info)
     if taken:  # a VM of another run on one of our addresses would hand us its configured guest: not a new VM
         console.print(f"the benchmark's addresses ({POOL}, {', '.join(RAW_IPS)}) are held by VMs of another run: "
@@ -399,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print("peak memory")
         results["memory"] = peak_memory(info, work)
         results["bench_process_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        console.print(f"the service's API: {args.clients} clients at once")
+        results["service_load"] = service_load(sandbox, info, work / "service.log", clients=args.clients,
+                                               rounds=args.load_rounds)  # fmt: skip
     Console().print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")

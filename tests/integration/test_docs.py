@@ -119,6 +119,9 @@ def test_the_benchmark_runs(sandbox, tmp_path):
         assert ab["median_umc_infra_s"] > 0 and ab["median_raw_s"] > 0 and ab["ratio"] > 0
     assert set(figures["scaling_deployments"]["seconds"]) == {"1", "2"}
     assert figures["memory"]["library_mb"] > 10
+    load = figures["service_load"]
+    assert (load["clients"], load["server_errors"], load["failures"]) == (10, 0, [])
+    assert load["read_ms"]["n"] == 10 * 5 and load["read_ms"]["p95"] > 0 and load["accepted"] > 0
     assert "ratio" in result.stdout  # the table
 
 

@@ -13,6 +13,7 @@ From the shell: ``umc-infra sandbox up | status | env | token USER | down [--pur
 
 from umc_infra.sandbox._config import SandboxInfo, SandboxInventory, SandboxSettings
 from umc_infra.sandbox._guests import Guest, GuestVM
+from umc_infra.sandbox._postgres import scratch_database
 from umc_infra.sandbox._sandbox import ComponentStatus, Sandbox, SandboxStatus
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "SandboxInventory",
     "SandboxSettings",
     "SandboxStatus",
+    "scratch_database",
 ]

@@ -6,12 +6,16 @@ The self-service service keeps its job queue and its tables here. The server lis
 
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
 
 from umc_infra.errors import ComponentFailed, MissingDependency
 from umc_infra.process import run
@@ -243,3 +247,24 @@ def health(info: SandboxInfo) -> str:
         raise ComponentFailed("PostgreSQL answered no row", step=STEP)
     user, database, version = row
     return f"PostgreSQL {version}; login as {user} to {database} ok"
+
+
+@contextlib.contextmanager
+def scratch_database(info: SandboxInfo) -> Iterator[SecretStr]:
+    """A new, empty database on the sandbox's server, made as the service's role; its URL.
+
+    Dropped afterwards with whatever still holds it, so a test or a benchmark of the service never meets
+    another's jobs and leaves the sandbox's own ``umc`` database (the one ``sandbox env`` names) alone.
+    """
+    import psycopg
+    from psycopg import sql
+
+    server = info.database_url.get_secret_value().rsplit("/", 1)[0]
+    name = f"scratch_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield SecretStr(f"{server}/{name}")
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -99,6 +99,9 @@ class Service:
 class BlueprintCache:
     """Blueprints loaded (in a thread: a load reads YAML and module files) and kept for ``ttl_s`` seconds.
 
+    One load of a name at a time: callers that ask while it loads wait for that load (fifty portal pages
+    opened at once load each blueprint once, not fifty times).
+
     Args:
         catalog: Where blueprints come from.
         ttl_s: How long a loaded blueprint is kept; a changed blueprint file is seen after at most this long.
@@ -108,15 +111,23 @@ class BlueprintCache:
         self.catalog = catalog
         self.ttl_s = ttl_s
         self._loaded: dict[str, tuple[float, Blueprint]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    def _kept(self, name: str) -> Blueprint | None:
+        kept = self._loaded.get(name)
+        return kept[1] if kept is not None and time_monotonic() - kept[0] < self.ttl_s else None
 
     async def load(self, name: str) -> Blueprint:
         """The blueprint (see :meth:`Catalog.load` for what it raises; failures are not kept)."""
-        kept = self._loaded.get(name)
-        if kept is not None and time_monotonic() - kept[0] < self.ttl_s:
-            return kept[1]
-        spec = await run_in_threadpool(self.catalog.load, name)
-        self._loaded[name] = (time_monotonic(), spec)
-        return spec
+        spec = self._kept(name)
+        if spec is not None:
+            return spec
+        async with self._loading.setdefault(name, asyncio.Lock()):
+            spec = self._kept(name)  # loaded while this caller waited
+            if spec is None:
+                spec = await run_in_threadpool(self.catalog.load, name)
+                self._loaded[name] = (time_monotonic(), spec)
+            return spec
 
 
 # -- request and response models ----------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,41 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 from pydantic import SecretStr
 
-from umc_infra.sandbox import SandboxInfo
+from umc_infra.sandbox import SandboxInfo, scratch_database
 
 from ..conftest import free_port
 
 UMC_INFRA = str(Path(sys.executable).parent / "umc-infra")
 
 
-@pytest.fixture(scope="session")
-def postgres_server(info: SandboxInfo) -> str:
-    """``postgresql://umc:<pw>@127.0.0.1:<port>``: the sandbox's server as its service role (no database part)."""
-    return info.database_url.get_secret_value().rsplit("/", 1)[0]
-
-
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[SecretStr]:
-    """A new, empty database on ``server``, dropped (with whatever still holds it) afterwards."""
-    name = f"t_{secrets.token_hex(6)}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")  # a generated name, not input
-    try:
-        yield SecretStr(f"{server}/{name}")
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 @pytest.fixture
-def database_url(postgres_server: str) -> Iterator[SecretStr]:
+def database_url(info: SandboxInfo) -> Iterator[SecretStr]:
     """A database of the test's own on the sandbox's server."""
-    with fresh_database(postgres_server) as url:
+    with scratch_database(info) as url:
         yield url
 
 

@@ -15,19 +15,20 @@ import pytest
 import requests
 
 from umc_infra import status
+from umc_infra.sandbox import scratch_database
 
 from ..conftest import destroy_vm, vm_names
-from .conftest import Client, fresh_database, running, served
+from .conftest import Client, running, served
 
 DEPLOYMENT = "svc-web"
 
 
 @pytest.fixture(scope="module")
-def service(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[Client]:
+def service(sandbox, info, tmp_path_factory) -> Iterator[Client]:
     for name in vm_names(info, "svc-"):  # left by an earlier run that died
         destroy_vm(info, name)
     log = tmp_path_factory.mktemp("service") / "service.log"
-    with fresh_database(postgres_server) as database:
+    with scratch_database(info) as database:
         env = {**os.environ, **info.environment(), "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}
         with served(env, log) as url, running(["worker"], env, log):
             tokens = {user: sandbox.token(user).get_secret_value() for user in ("alice", "bob", "admin")}

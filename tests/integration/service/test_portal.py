@@ -32,7 +32,9 @@ from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from .conftest import fresh_database, running, served  # noqa: E402
+from umc_infra.sandbox import scratch_database  # noqa: E402
+
+from .conftest import running, served  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -81,7 +83,7 @@ def portal(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     sandbox = request.getfixturevalue("sandbox")
     info = request.getfixturevalue("info")
     log = tmp_path_factory.mktemp("portal-service") / "service.log"
-    with fresh_database(request.getfixturevalue("postgres_server")) as database:
+    with scratch_database(request.getfixturevalue("info")) as database:
         env = {**os.environ, **info.environment(), "UMC_SERVICE_SANDBOX_LOGIN": "1",
                "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}  # fmt: skip
         with served(env, log) as base, running(["worker"], env, log):

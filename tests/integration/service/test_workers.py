@@ -17,18 +17,19 @@ from pathlib import Path
 import pytest
 
 from umc_infra import status
+from umc_infra.sandbox import scratch_database
 
 from ..conftest import only_this_modules_vms, vm_names
-from .conftest import Client, fresh_database, running, served
+from .conftest import Client, running, served
 
 PREFIX = "svcq-"
 
 
 @pytest.fixture(scope="module")
-def queue(sandbox, info, postgres_server, tmp_path_factory) -> Iterator[tuple[Client, dict[str, str], Path]]:
+def queue(sandbox, info, tmp_path_factory) -> Iterator[tuple[Client, dict[str, str], Path]]:
     """The API (no worker): its client, the environment a worker gets, and the log they share."""
     log = tmp_path_factory.mktemp("workers") / "service.log"
-    with only_this_modules_vms(info, PREFIX), fresh_database(postgres_server) as database:
+    with only_this_modules_vms(info, PREFIX), scratch_database(info) as database:
         env = {**os.environ, **info.environment(), "UMC_SERVICE_DATABASE_URL": database.get_secret_value()}
         with served(env, log) as url:
             tokens = {user: sandbox.token(user).get_secret_value() for user in ("alice", "bob", "admin")}

@@ -320,3 +320,31 @@ def test_the_form_and_the_request_use_the_sites_live_choices(api):
     (problem,) = wrong.json()["detail"]["problems"]
     assert problem["field"] == "params.extra_networks" and "DMZ" in problem["allowed"]
     assert api.request("alice", "cardio-vm", blueprint="linux-server", extra_networks=["DMZ"]).status_code == 202
+
+
+def test_pages_opened_at_once_load_each_blueprint_once(api):
+    """Fifty blueprint lists at once (a portal's first morning): one load per blueprint, not one per caller."""
+    import asyncio
+    import threading
+    import time
+
+    from umc_infra.service.app import BlueprintCache
+
+    loads: list[str] = []
+    lock = threading.Lock()
+
+    class SlowCatalog:
+        def load(self, name):
+            with lock:
+                loads.append(name)
+            time.sleep(0.05)  # reading YAML and module files
+            return api.service.catalog.load(name)
+
+    cache = BlueprintCache(SlowCatalog())  # type: ignore[arg-type]
+
+    async def at_once():
+        return await asyncio.gather(*(cache.load(name) for name in ["web-server", "linux-server"] * 25))
+
+    specs = asyncio.run(at_once())
+    assert sorted(loads) == ["linux-server", "web-server"]
+    assert {s.name for s in specs} == {"web-server", "linux-server"}
