@@ -115,6 +115,7 @@ def test_sandbox_exports_are_pinned():
         "SandboxInventory",
         "SandboxSettings",
         "SandboxStatus",
+        "scratch_database",
     ]
 
 
