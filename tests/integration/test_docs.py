@@ -114,15 +114,25 @@ def test_the_benchmark_runs(sandbox, tmp_path):
                             env=env, cwd=ROOT, stdin=subprocess.DEVNULL)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "bench-smoke.json").read_text())
+    assert figures["backend"] == "s3"
     for measure in ("provision", "converge", "plan"):
-        ab = figures["versus_raw"][measure]
-        assert ab["median_umc_infra_s"] > 0 and ab["median_raw_s"] > 0 and ab["ratio"] > 0
-    assert set(figures["scaling_deployments"]["seconds"]) == {"1", "2"}
-    assert figures["memory"]["library_mb"] > 10
+        f = figures["versus_raw"][measure]
+        assert set(f["median_s"]) == {"library", "naive", "tuned", "cli"} and min(f["median_s"].values()) > 0
+        for baseline in ("naive", "tuned", "cli_over_library"):
+            low, high = f[baseline]["ci95"]
+            assert f[baseline]["ratio_median"] > 0 and low <= f[baseline]["ratio_median"] <= high
+        assert f["steps_median_s"]["naive"]["terraform.init"] > 0 and f["steps_median_s"]["library"]
+        assert all(f["cpu_median_s"][side] > 0 for side in f["cpu_median_s"])
+    assert "ansible.all" in figures["versus_raw"]["provision"]["steps_median_s"]["tuned"]
+    assert "terraform.init" not in figures["versus_raw"]["converge"]["steps_median_s"]["tuned"]  # kept
+    assert set(figures["scaling_vms"]) == {"1"} and set(figures["scaling_deployments"]) == {"1"}
+    assert figures["scaling_vms"]["1"]["median_s"]["naive"] > 0
+    assert 10 < figures["memory"]["library_process_peak_mb"] < figures["memory"]["library"]["tree_rss_peak_mb"]
+    assert "terraform" in figures["memory"]["naive"]["per_program_peak_mb"]
     load = figures["service_load"]
     assert (load["clients"], load["server_errors"], load["failures"]) == (10, 0, [])
     assert load["read_ms"]["n"] == 10 * 5 and load["read_ms"]["p95"] > 0 and load["accepted"] > 0
-    assert "ratio" in result.stdout  # the table
+    assert "library/naive" in result.stdout  # the table
 
 
 def test_sandbox_shell_walkthrough_runs(sandbox, tmp_path):
