@@ -316,6 +316,8 @@ def scaling(sides: Sides, what: str, sizes: Sequence[int], repeats: int,
                 for d in names:
                     sides.destroy(side, "linux-server", d)
                 console.print(f"  {what} {n}, {side}: {seconds[n][side][-1]:.1f} s", highlight=False)
+    if not sizes:
+        return {}
     one = sizes[0]
     return {str(n): {
         "seconds": {s: [round(v, 2) for v in seconds[n][s]] for s in order},
