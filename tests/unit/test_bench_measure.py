@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_modules import benchmark_module
 
-
-def _measure_module():
-    spec = importlib.util.spec_from_file_location("umc_bench_measure", ROOT / "benchmarks" / "measure.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-measure = _measure_module()
+measure = benchmark_module("measure")
 
 CHILD = """
 import os, subprocess, sys, time

@@ -9,29 +9,16 @@ requests arrive at once. (``nox -s bench`` runs the same load and reports the re
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
+from tests.benchmark_modules import benchmark_module
 from umc_infra.sandbox import scratch_database
 
 from .conftest import served
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("umc_bench_load", ROOT / "benchmarks" / "load.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_fifty_clients_at_once_get_no_server_error_and_the_quotas_hold(sandbox, info, tmp_path):
-    load = load_module()
+    load = benchmark_module("load")
     tokens = {user: sandbox.token(user).get_secret_value() for user in load.USERS}
     clients, rounds, planners = 50, 2, 4
     with scratch_database(info) as database:
