@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from umc_infra.events import ignore
-from umc_infra.private import private_root
+from umc_infra.private import run_directory
 from umc_infra.process import Redactor
 from umc_infra.sandbox import Sandbox, SandboxInfo
 from umc_infra.terraform.backend import backend
@@ -57,9 +57,10 @@ from measure import Measured, measure, median, paired, step_medians
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 LIBRARY_POOL = "127.0.1.160-127.0.1.199"
-"""The addresses of the library's and the CLI's deployments (outside the sandbox's own pool)."""
-RAW_ADDRESSES = [f"127.0.1.{n}" for n in range(200, 240)]
-"""The raw sides' addresses (they take them in turn; a deployment's are free again after its teardown)."""
+"""The addresses of the library's and the CLI's deployments (outside the sandbox's own pool); ``--pool``."""
+RAW_ADDRESSES = "127.0.1.200-127.0.1.239"
+"""The raw sides' addresses (they take them in turn; a deployment's are free again after its teardown);
+``--raw-addresses``."""
 SIDES = ("library", "naive", "tuned", "cli")
 MEASURES = ("provision", "converge", "plan")
 console = Console(stderr=True)
@@ -71,15 +72,16 @@ console = Console(stderr=True)
 class Sides:
     """Runs a measure of a side as a process of its own, and the destroy (untimed) after it."""
 
-    def __init__(self, info: SandboxInfo, work: Path) -> None:
+    def __init__(self, info: SandboxInfo, work: Path, private: Path, pool: str, raw_addresses: Sequence[str]) -> None:
         self.info = info
         self.work = work
-        self.env = {**os.environ, **info.environment(), "UMC_IP_POOL": LIBRARY_POOL,
+        self.env = {**os.environ, **info.environment(), "UMC_IP_POOL": pool,
                     "UMC_STATE_DIR": str(work / "state"),
                     "VAULT_SECRET_ID": info.vault_secret_id.get_secret_value()}  # fmt: skip
         self.env.pop("VAULT_TOKEN", None)  # every side logs in with the AppRole, as a CI job does
-        self.settings = info.settings(state_dir=work / "state", ip_pool=LIBRARY_POOL)
-        self.private = Path(tempfile.mkdtemp(prefix="umc-bench-", dir=private_root()))
+        self.settings = info.settings(state_dir=work / "state", ip_pool=pool)
+        self.private = private
+        """A private run directory of this process (0700, in memory): the raw sides' key and SSH masters."""
         self.control = self.private / "cp"  # the tuned side's SSH masters, kept for the whole benchmark
         self.control.mkdir()
         terraform = Terraform(self.settings, on_event=ignore, redactor=Redactor(), deployment="bench-raw",
@@ -89,7 +91,7 @@ class Sides:
         version = json.loads(subprocess.run([self.terraform, "version", "-json"], capture_output=True, text=True,
                                             check=True).stdout)["terraform_version"]  # fmt: skip
         self.tf_version = tuple(int(p) for p in version.split(".")[:3])
-        self.free_raw = list(RAW_ADDRESSES)
+        self.free_raw = list(raw_addresses)
         self.ips: dict[str, list[str]] = {}
         """The addresses of each deployment made (to wait for its guests to be gone after the destroy)."""
         self.made: dict[str, tuple[str, str]] = {}
@@ -104,7 +106,6 @@ class Sides:
                 console.print(f"could not destroy {deployment} ({side}): {exc}", highlight=False)
         subprocess.run(["pkill", "-f", f"ControlPath={self.control}"], check=False)
         subprocess.run(["pkill", "-f", str(self.control)], check=False)
-        shutil.rmtree(self.private, ignore_errors=True)
 
     def run(self, side: str, action: str, blueprint: str, deployment: str, instances: int, *,
             memory: bool = True) -> Measured:  # fmt: skip
@@ -231,12 +232,16 @@ def _answers(ip: str, port: int) -> bool:
     return False
 
 
-def addresses_in_use(info: SandboxInfo) -> dict[str, str]:
-    """Guest addresses of VMs in the benchmark's ranges (address -> VM name)."""
-    first, last = (ipaddress.IPv4Address(a) for a in LIBRARY_POOL.split("-"))
-    raw = set(RAW_ADDRESSES)
-    return {ip: name for name, ip in vm_addresses(info).items()
-            if first <= ipaddress.IPv4Address(ip) <= last or ip in raw}  # fmt: skip
+def addresses(text: str) -> list[str]:
+    """``first-last`` as the addresses in it."""
+    first, last = (ipaddress.IPv4Address(a.strip()) for a in text.split("-"))
+    return [str(ipaddress.IPv4Address(n)) for n in range(int(first), int(last) + 1)]
+
+
+def addresses_in_use(info: SandboxInfo, ranges: Sequence[str]) -> dict[str, str]:
+    """Guest addresses of VMs in the benchmark's own ranges (address -> VM name)."""
+    own = {ip for r in ranges for ip in addresses(r)}
+    return {ip: name for name, ip in vm_addresses(info).items() if ip in own}
 
 
 # -- the measurements -----------------------------------------------------------------------------------------
@@ -380,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-repeats", type=int, default=3, help="paired repeats of each scaling size")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the service's API")
     parser.add_argument("--load-rounds", type=int, default=5, help="times each client reads through the API")
+    parser.add_argument("--pool", default=LIBRARY_POOL,
+                        help="the library's and the CLI's addresses, first-last; 'sandbox' for the sandbox's own pool, "
+                             "shared with other runs (the claims on S3 keep them apart)")  # fmt: skip
+    parser.add_argument(
+        "--raw-addresses",
+        default=RAW_ADDRESSES,
+        help="the raw sides' addresses, first-last (no other run may use them: raw claims nothing)",
+    )
     parser.add_argument("--only", choices=["load"], help="run only this measure, updating its figures in --out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args(argv)
@@ -397,10 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, kept)
         console.print(f"service load: read p95 {figures['read_ms'].get('p95')} ms; written to {args.out}")
         return 0 if not figures["failures"] else 1
-    taken = addresses_in_use(info)
+    pool = info.ip_pool if args.pool == "sandbox" else args.pool
+    own = [args.raw_addresses] + ([] if args.pool == "sandbox" else [pool])
+    taken = addresses_in_use(info, own)
     if taken:  # a VM of another run on one of our addresses would hand us its configured guest: not a new VM
-        console.print(f"the benchmark's addresses ({LIBRARY_POOL}, {RAW_ADDRESSES[0]}-{RAW_ADDRESSES[-1]}) are held "
-                      f"by VMs of another run: {', '.join(f'{n} ({ip})' for ip, n in sorted(taken.items()))}; "
+        console.print(f"the benchmark's addresses ({', '.join(own)}) are held by VMs of another run: "
+                      f"{', '.join(f'{n} ({ip})' for ip, n in sorted(taken.items()))}; "
                       "run it on a fresh sandbox: umc-infra sandbox down && umc-infra sandbox up")  # fmt: skip
         return 2
     results: dict[str, Any] = {
@@ -411,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         "backend": "s3",
         "instances": args.instances,
     }  # fmt: skip
-    with workspace() as work:
-        sides = Sides(info, work)
+    with workspace() as work, run_directory("bench") as private:
+        sides = Sides(info, work, private, pool, addresses(args.raw_addresses))
         try:
             for w in range(args.warmup):
                 console.print(f"warming up: a provision and a plan of each side, not counted ({w + 1}/{args.warmup})")

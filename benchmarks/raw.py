@@ -99,7 +99,7 @@ def main() -> None:
     with step("vault"):
         found = secrets(conf)
     control = Path(conf["control_dir"]) if tuned else Path(tempfile.mkdtemp(prefix="cp-", dir=conf["private_dir"]))
-    key = workdir / "id"
+    key = Path(tempfile.mkdtemp(prefix="key-", dir=conf["private_dir"])) / "id"  # in memory, never in the workdir
     key.write_text(found["ssh_private_key"].rstrip("\n") + "\n")
     key.chmod(0o600)
     env = {
@@ -178,7 +178,7 @@ def main() -> None:
             inventory()
             ansible()
     finally:
-        key.unlink(missing_ok=True)
+        shutil.rmtree(key.parent, ignore_errors=True)
         if not tuned:
             shutil.rmtree(control, ignore_errors=True)
         print(json.dumps({"steps": STEPS}))
