@@ -131,6 +131,20 @@ def base_env(*, home: Path) -> dict[str, str]:
     }
 
 
+def mitogen_strategy() -> dict[str, str] | None:
+    """The settings that run plays with Mitogen's ``mitogen_linear`` strategy; None without Mitogen installed.
+
+    Mitogen is found without importing it (that would import Ansible into this process).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or spec.origin is None:
+        return None
+    plugins = Path(spec.origin).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_linear"}
+
+
 def prepare_isolated(config: Any, env: Mapping[str, str]) -> None:
     """``config.prepare()`` (an ansible-runner ``RunnerConfig``), then ``config.env``: ``env`` and nothing inherited.
 
@@ -260,14 +274,17 @@ class Ansible:
         """Everything ``ansible-playbook`` gets in its environment, besides ansible-runner's own variables.
 
         With ``pinned`` host keys in ``known_hosts``, SSH accepts those alone; without, each host's key is
-        trusted on first use, for this playbook only.
+        trusted on first use, for this playbook only. With pinned keys and ``ansible_mitogen`` set, the playbook
+        runs with Mitogen's strategy (see :func:`mitogen_strategy`; Mitogen checks host keys strictly, so it is
+        not used to trust keys on first use).
         """
         ssh_args = (
             f"-o UserKnownHostsFile={private / 'known_hosts'} -o GlobalKnownHostsFile=/dev/null "
             f"-o StrictHostKeyChecking={'yes' if pinned else 'accept-new'} "
             "-o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=20 -o ServerAliveInterval=15"
         )
-        return base_env(home=private / "home") | {
+        env = base_env(home=private / "home") | {
+            "TMPDIR": str(private / "tmp"),  # what ansible-playbook or Mitogen's multiplexer (a socket) make
             "ANSIBLE_PRIVATE_KEY_FILE": str(private / "ssh_key"),
             "ANSIBLE_SSH_ARGS": ssh_args,
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self._control or private / "cp"),
@@ -279,6 +296,8 @@ class Ansible:
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_DEPRECATION_WARNINGS": "False",
         }
+        strategy = mitogen_strategy() if pinned and self._settings.ansible_mitogen else None
+        return env | (strategy or {})
 
     def run(
         self,
@@ -338,6 +357,7 @@ class Ansible:
             if known_hosts is not None:
                 write_private(private / "known_hosts", known_hosts)
             (private / "home").mkdir(mode=0o700)
+            (private / "tmp").mkdir(mode=0o700)
             launcher = wrapper_script(private, ansible_playbook(), name="ansible-playbook")
 
             def on_runner_event(event: dict[str, Any]) -> bool:

@@ -168,7 +168,8 @@ def test_a_playbook_gets_a_minimal_environment_armed_to_stop_with_us(tmp_path, c
     home = Path(env["HOME"])
     assert home.parent.parent == run_dir and home.name == "home"  # inside the playbook's private dir
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True" and env["ANSIBLE_FORKS"] == str(Settings().ansible_forks)
-    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS",
+    assert Path(env["TMPDIR"]) == home.parent / "tmp"  # Mitogen's socket and any temp file: the run's, too
+    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "AWX_ISOLATED_DATA_DIR", "RUNNER_OMIT_EVENTS",
                "RUNNER_ONLY_FAILED_EVENTS"}  # fmt: skip
     assert {k for k in env if k not in allowed and not k.startswith("ANSIBLE_")} == set()
     # ansible-runner's command artifact records that environment and nothing more.
@@ -231,3 +232,19 @@ def test_pinned_host_keys_are_the_only_ones_ssh_accepts(tmp_path, fake_playbook)
 )
 def test_only_the_play_recap_is_written(event, kept):
     assert keep_event(event) is kept
+
+
+@pytest.mark.parametrize(("pinned", "enabled", "strategy"), [(True, True, "mitogen_linear"), (False, True, None),
+                                                            (True, False, None)])  # fmt: skip
+def test_playbooks_run_with_mitogen_when_host_keys_are_pinned_unless_turned_off(tmp_path, fake_playbook, monkeypatch,
+                                                                                pinned, enabled, strategy):  # fmt: skip
+    """Mitogen's strategy with pinned host keys (it checks them strictly: no trust on first use), unless
+    ``UMC_ANSIBLE_MITOGEN=false``; the strategy plugins are those of the installed Mitogen."""
+    monkeypatch.setenv("UMC_ANSIBLE_MITOGEN", str(enabled).lower())
+    _run(tmp_path, known_hosts="127.0.1.241 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK" if pinned else None)
+    env = json.loads(fake_playbook.read_text())["env"]
+    assert env.get("ANSIBLE_STRATEGY") == strategy
+    if strategy:
+        assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"]) / f"{strategy}.py").is_file()
+    else:
+        assert "ANSIBLE_STRATEGY_PLUGINS" not in env
