@@ -37,7 +37,12 @@ def arm(parent: int, sig: int = signal.SIGINT) -> None:
 
 
 def exec_armed(target: str, argv: list[str], *, parent: int) -> None:
-    """Arm the parent-death signal, then become ``target`` (the signal survives ``execv``)."""
+    """Arm the parent-death signal, then become ``target`` (the signal survives ``execv``).
+
+    SIGINT gets its default action first: a caller started without job control (``cmd &`` in a script) ignores
+    it, an ignored signal stays ignored across ``execv``, and a Python tool would then ignore its death signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     arm(parent)
     os.execv(target, [target, *argv])  # noqa: S606 - replaces this launcher with the tool, no shell
 

@@ -8,6 +8,7 @@ callback plugin does, one of them a task result holding a secret.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import signal
@@ -36,7 +37,7 @@ CANARIES = {
 TASK_SECRET = "canary-task-result-31b7"
 
 _FAKE = r"""#!{python}
-import base64, ctypes, json, os, sys, uuid
+import base64, ctypes, json, os, signal as signals, sys, uuid
 
 def event(data, text):
     encoded = base64.b64encode(json.dumps(data).encode()).decode()
@@ -56,6 +57,7 @@ report = {{
     "env": dict(os.environ),
     "argv": sys.argv,
     "pdeathsig": signal.value,
+    "sigint_ignored": signals.getsignal(signals.SIGINT) is signals.SIG_IGN,
     "command": open(os.path.join(artifacts, "command")).read() if artifacts else "",
     "known_hosts": known,
 }}
@@ -248,3 +250,17 @@ def test_playbooks_run_with_mitogen_when_host_keys_are_pinned_unless_turned_off(
         assert (Path(env["ANSIBLE_STRATEGY_PLUGINS"]) / f"{strategy}.py").is_file()
     else:
         assert "ANSIBLE_STRATEGY_PLUGINS" not in env
+
+
+def test_the_parent_death_signal_works_even_when_the_caller_ignores_sigint(tmp_path, fake_playbook):
+    """A process started without job control (``cmd &`` in a script) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the launcher gives ansible-playbook SIGINT's default action back, or its parent-death
+    signal would do nothing. Off the main thread (a worker of the service) nothing else handles SIGINT meanwhile."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(_run, tmp_path).result()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    report = json.loads(fake_playbook.read_text())
+    assert report["pdeathsig"] == signal.SIGINT and report["sigint_ignored"] is False
