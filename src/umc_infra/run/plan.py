@@ -7,18 +7,22 @@ is *deferred*: its changes are known only once the earlier module is applied, an
 
 from __future__ import annotations
 
+import concurrent.futures
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from umc_infra.ansible.inventory import Inventory
-from umc_infra.blueprint.references import dependency_order
+from umc_infra.blueprint.references import dependency_order, references_in
 from umc_infra.errors import UnresolvedReference
 from umc_infra.run import policy
 from umc_infra.run.results import ConfigChange, PlanResult
 from umc_infra.run.session import Session
 from umc_infra.state.records import DeploymentRecord
 from umc_infra.terraform.plan import TerraformPlan
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,13 +68,15 @@ def plan(session: Session, record: DeploymentRecord | None, *, check_configurati
     recover(session, full=False)
     exists = record is not None and record.state != "destroyed"
     session.addresses(dry_run=True)  # the addresses it would claim, unclaimed
-    with session.scratch() as scratch:
-        planned = plan_modules(session, scratch)
+    hosts = record.hosts if check_configuration and exists and record is not None and session.spec.ansible else ()
+
+    def terraform_plan() -> dict[str, ModulePlan]:
+        with session.scratch() as scratch:
+            return plan_modules(session, scratch)
+
+    planned, configuration = with_check(session, terraform_plan, Inventory(hosts=hosts) if hosts else None)
     resources = tuple(r for p in planned.values() if p.plan is not None for r in p.plan.resources)
     deferred = tuple(m for m, p in planned.items() if p.plan is None)
-    configuration: list[ConfigChange] = []
-    if check_configuration and exists and record is not None and record.hosts and session.spec.ansible:
-        configuration = configuration_changes(session, Inventory(hosts=record.hosts))
     params = session.params.masked()
     before = record.params if exists and record is not None else {}
     return PlanResult(
@@ -82,14 +88,43 @@ def plan(session: Session, record: DeploymentRecord | None, *, check_configurati
     )  # fmt: skip
 
 
+def with_check(
+    session: Session, terraform: Callable[[], T], inventory: Inventory | None
+) -> tuple[T, list[ConfigChange]]:
+    """Terraform's part of a plan or drift and, for existing hosts (``inventory``), Ansible's check mode.
+
+    The two run at once unless a playbook's vars read a module's outputs (``modules.<module>.<output>``):
+    the check then waits for the values Terraform's part gives them (everything else its vars read is known
+    before). Should Terraform's part fail, its error is raised once the check is over (the check changes nothing).
+    """
+    if inventory is None:
+        return terraform(), []
+    session.remember_inventory(inventory)  # here: below, only Terraform's part sets the run's values (its outputs)
+    reads_outputs = any(ref.kind == "modules" for play in session.spec.playbooks for value in play.vars.values()
+                        for ref in references_in(value))  # fmt: skip
+    if reads_outputs:
+        found = terraform()
+        return found, configuration_changes(session, inventory)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="umc-check") as pool:
+        checked = pool.submit(configuration_changes, session, inventory)
+        try:
+            found = terraform()
+        except BaseException:
+            concurrent.futures.wait([checked])
+            raise
+        return found, checked.result()
+
+
 def configuration_changes(session: Session, inventory: Inventory) -> list[ConfigChange]:
-    """Tasks Ansible check mode says would change on the hosts (plan and drift)."""
+    """Tasks Ansible check mode says would change on the hosts (plan and drift; the run knows ``inventory``).
+
+    Every pinned host must show its pinned SSH host keys: a check pins no VM anew (only a provision does).
+    """
     assert session.spec.ansible is not None
-    session.remember_inventory(inventory)
     ansible = session.ansible()
     key = session.value(session.spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
     with session.step("ssh"):
-        known = session.known_hosts(inventory, recreated=())
+        known = session.known_hosts(inventory, recreated=(), by_vm_id=False)
     changes: list[ConfigChange] = []
     for play in session.spec.playbooks:
         if not inventory.in_group(play.hosts):

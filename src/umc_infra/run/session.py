@@ -308,14 +308,18 @@ class Session:
             with self.step(f"hook.{at}.{hook.call}"):
                 _hooks.call(hook.call, context, self.redactor)
 
-    def known_hosts(self, inventory: Inventory, *, recreated: set[str] | tuple[str, ...]) -> str:
+    def known_hosts(self, inventory: Inventory, *, recreated: set[str] | tuple[str, ...], by_vm_id: bool = True) -> str:
         """Check each host's SSH host keys against its pin (pinning new VMs); the ``known_hosts`` for SSH.
 
         A VM's id comes from its module's ``ids`` output where the module has one: a VM rebuilt under the
-        same name is then known to be new.
+        same name is then known to be new. Without ``by_vm_id`` (plan's and drift's check mode, which may run
+        before Terraform has read the outputs) every pinned host must show its pinned keys.
         """
         hosts: list[tuple[str, str, str | None]] = []
         for host in inventory.hosts:
+            if not by_vm_id:
+                hosts.append((host.name, host.ip, None))
+                continue
             spec = next((h for h in self.spec.hosts if h.module == host.module), None)
             outputs = self.values.outputs.get(host.module, {})
             names = outputs.get(spec.names) if spec is not None else None

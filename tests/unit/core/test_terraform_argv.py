@@ -333,3 +333,23 @@ def test_hostile_provider_settings_are_refused_naming_the_setting(monkeypatch, f
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert [p.field for p in refused.value.problems] == [variable]
+
+
+def test_a_modules_files_are_parsed_once_per_content(tmp_path, monkeypatch):
+    """A run reads a module's interface several times: HCL is parsed again only when a file changed."""
+    import hcl2
+
+    from umc_infra.blueprint.content import module_interface
+
+    parsed = []
+    loads = hcl2.loads
+    monkeypatch.setattr(hcl2, "loads", lambda text: parsed.append(text) or loads(text))
+    (tmp_path / "main.tf").write_text('variable "a" {}\noutput "b" { value = 1 }\n')
+    first, again = module_interface(tmp_path), module_interface(tmp_path)
+    assert first == again and first.required == {"a"} and first.outputs == {"b"} and len(parsed) == 1
+    (tmp_path / "main.tf").write_text('variable "a" {\n  default = 2\n}\n')
+    changed = module_interface(tmp_path)
+    assert changed.required == set() and changed.outputs == set() and len(parsed) == 2
+    with pytest.raises(UmcInfraError, match=r"main\.tf: not valid HCL"):
+        (tmp_path / "main.tf").write_text('variable "a" {\n')
+        module_interface(tmp_path)

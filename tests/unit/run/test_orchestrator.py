@@ -6,6 +6,7 @@ params, the lease, the journal and the records are the real ones, on a local bac
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -228,3 +229,62 @@ def test_destroy_works_on_the_blueprint_as_deployed_after_it_narrowed_a_param(si
     gone = provisioner(site, tools).destroy("demo")
     assert gone.terraform["vm"].remove == 3 and tools.world.state == {}
     assert [c for c in tools.world.calls if c[0] == "destroy"] == [("destroy", "tag"), ("destroy", "vm")]
+
+
+class _Overlap:
+    """Fake tools whose Terraform plan waits (up to ``wait_s``, once armed) for Ansible's check to start, and
+    notes whether it did."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.tools = FakeTools(world())
+        self.check_started = threading.Event()
+        self.armed = False
+        self.wait_s = wait_s
+        self.seen_during_plan: list[bool] = []
+        fake_terraform, fake_ansible = self.tools.terraform, self.tools._ansible
+
+        def terraform(context):
+            found = fake_terraform(context)
+            plan = found.plan
+
+            def waiting_plan(*args, **kwargs):
+                if self.armed:
+                    self.seen_during_plan.append(self.check_started.wait(self.wait_s))
+                return plan(*args, **kwargs)
+
+            found.plan = waiting_plan
+            return found
+
+        def ansible():
+            manager = fake_ansible()
+            fake = manager.__enter__()
+            run = fake.run
+
+            def noting_run(playbook, **kwargs):
+                if kwargs.get("check"):
+                    self.check_started.set()
+                return run(playbook, **kwargs)
+
+            fake.run = noting_run
+            return contextlib.nullcontext(fake)
+
+        self.tools.terraform, self.tools._ansible = terraform, ansible
+
+
+@pytest.mark.parametrize("reads_outputs", [False, True])
+def test_a_plan_checks_the_hosts_while_terraform_plans_unless_the_playbooks_read_module_outputs(site, reads_outputs):
+    """Plan of an existing deployment: Ansible's check mode runs beside Terraform's plan. A playbook whose vars
+    read a module's outputs is checked after the plan, with the outputs the plan gives."""
+    if reads_outputs:
+        spec = blueprint()
+        spec["playbooks"][1]["vars"] = {"app_names": "modules.vm.names"}
+        write(site.blueprint_path[0], spec)
+    overlap = _Overlap(wait_s=0.5 if reads_outputs else 10)  # a check that waits for the plan: 2 x 0.5 s
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.tools.playbook_runs.clear()
+    overlap.armed = True
+    planned = provisioner(site, overlap.tools).plan("demo", {"instances": 1})
+    assert planned.exists and planned.resources == () and planned.configuration == ()
+    assert [(p, check) for p, _, check in overlap.tools.playbook_runs] == [("base", True), ("app", True)]
+    # two modules planned: with the overlap the check has started before either plan went on
+    assert overlap.seen_during_plan == ([False, False] if reads_outputs else [True, True])
