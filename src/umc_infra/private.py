@@ -23,7 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from umc_infra.process_identity import is_running, process_start
@@ -120,6 +120,37 @@ def working_in(directory: Path) -> bool:
     return False
 
 
+def processes_naming(directory: Path) -> list[tuple[int, int | None]]:
+    """Live processes other than this one whose command line names a path in ``directory`` (``(pid, start)``)."""
+    marker = str(directory).encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        pid = int(cmdline.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if marker in cmdline.read_bytes():
+                found.append((pid, process_start(pid)))
+        except OSError:
+            continue
+    return [(pid, start) for pid, start in found if start is not None]
+
+
+def stop_leftovers(directory: Path, *, keep: Collection[int] = (), grace_s: float = 2.0) -> list[int]:
+    """Stop what still runs of a finished tool run in ``directory``: SIGTERM, then SIGKILL; the pids it found.
+
+    A tool's own helpers can outlive it: an Ansible worker runs in a session of its own, so stopping
+    ``ansible-playbook``'s process group (ansible-runner's cancel) leaves it running; under Mitogen such a
+    worker then waits for a multiplexer that is gone, forever. They name the run's files on their command line.
+    Processes in ``keep`` are left alone.
+    """
+    found = [(pid, start) for pid, start in processes_naming(directory) if pid not in keep]
+    _signal_in_turn(found, ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)))
+    if found:
+        log.info("stopped %d process(es) left running by a tool run in %s", len(found), directory)
+    return [pid for pid, _ in found]
+
+
 def sweep(*, deployment: str | None = None, grace_s: float = 60.0) -> list[Path]:
     """Remove the private directories of runs that died; returns them.
 
@@ -133,6 +164,7 @@ def sweep(*, deployment: str | None = None, grace_s: float = 60.0) -> list[Path]
         if owner is None or is_running(*owner) or not path.is_dir():
             continue
         tools = _tools(path)
+        stop_leftovers(path, keep={pid for pid, _ in tools})  # its Ansible helpers; its Terraform: below
         if tools and _deployment(path) == deployment:
             _stop_tools(tools, grace_s)
             tools = _tools(path)
@@ -146,8 +178,13 @@ def sweep(*, deployment: str | None = None, grace_s: float = 60.0) -> list[Path]
 
 def _stop_tools(tools: list[tuple[int, int | None]], grace_s: float) -> None:
     """Wait for the tools to stop (they got SIGINT when their run died); then SIGTERM, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        living = [(pid, start) for pid, start in tools if is_running(pid, start)]
+    _signal_in_turn(tools, ((signal.SIGINT, grace_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)))
+
+
+def _signal_in_turn(processes: list[tuple[int, int | None]], steps: tuple[tuple[int, float], ...]) -> None:
+    """Each signal in turn to the processes still running, each followed by its wait for them to end."""
+    for sig, wait_s in steps:
+        living = [(pid, start) for pid, start in processes if is_running(pid, start)]
         if not living:
             return
         for pid, _ in living:
@@ -155,4 +192,4 @@ def _stop_tools(tools: list[tuple[int, int | None]], grace_s: float) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and any(is_running(pid, start) for pid, start in living):
-            time.sleep(0.1)
+            time.sleep(0.05)

@@ -35,7 +35,7 @@ from umc_infra.ansible.inventory import Inventory
 from umc_infra.deathsig import wrapper_script
 from umc_infra.errors import Cancelled, PlaybookError
 from umc_infra.events import EventCallback, OutputLine, TaskResult
-from umc_infra.private import write_private
+from umc_infra.private import stop_leftovers, write_private
 from umc_infra.process import Redactor, find_tool, notify_argv, run, signals_set
 from umc_infra.settings import Settings
 
@@ -450,4 +450,5 @@ class Ansible:
                 changed_tasks=tuple(changed_tasks),
             )  # fmt: skip
         finally:
+            stop_leftovers(private)  # an Ansible worker the cancel's stop of the process group did not reach
             shutil.rmtree(private, ignore_errors=True)

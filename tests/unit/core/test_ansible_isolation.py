@@ -23,6 +23,7 @@ from umc_infra.ansible import runner as _ansible
 from umc_infra.ansible.inventory import Host, Inventory
 from umc_infra.ansible.runner import Ansible, keep_event, prepare_isolated
 from umc_infra.process import Redactor
+from umc_infra.process_identity import process_start
 from umc_infra.settings import Settings
 
 CANARIES = {
@@ -53,7 +54,14 @@ known = ""
 for option in os.environ.get("ANSIBLE_SSH_ARGS", "").split():
     if option.startswith("UserKnownHostsFile=") and os.path.exists(option.split("=", 1)[1]):
         known = open(option.split("=", 1)[1]).read()
+worker = None
+if os.path.exists({report!r} + ".worker"):  # an Ansible worker: a session of its own, the vars file in its argv
+    import subprocess
+    vars_file = sys.argv[sys.argv.index("--extra-vars") + 1].lstrip("@")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", vars_file],
+                              start_new_session=True).pid
 report = {{
+    "worker": worker,
     "env": dict(os.environ),
     "argv": sys.argv,
     "pdeathsig": signal.value,
@@ -264,3 +272,13 @@ def test_the_parent_death_signal_works_even_when_the_caller_ignores_sigint(tmp_p
         signal.signal(signal.SIGINT, previous)
     report = json.loads(fake_playbook.read_text())
     assert report["pdeathsig"] == signal.SIGINT and report["sigint_ignored"] is False
+
+
+def test_an_ansible_worker_left_running_is_stopped_when_the_playbook_ends(tmp_path, fake_playbook):
+    """A helper of ansible-playbook in a session of its own (an Ansible worker; under Mitogen one can wait forever
+    for a multiplexer that is gone) is stopped when the playbook ends: nothing of the run keeps running."""
+    Path(f"{fake_playbook}.worker").touch()
+    _run(tmp_path)
+    worker = json.loads(fake_playbook.read_text())["worker"]
+    assert worker is not None
+    assert process_start(worker) is None  # gone (or a zombie: its parent, the fake playbook, has ended)

@@ -81,6 +81,20 @@ def test_a_dead_runs_lingering_tool_is_stopped_only_for_its_own_deployment(shm):
             os.kill(tool, signal.SIGKILL)
 
 
+def test_a_dead_runs_ansible_helper_is_stopped_whatever_the_deployment(shm):
+    """An unregistered process that names the dead run's files (an Ansible worker in a session of its own, left by a
+    killed ansible-playbook) is stopped, so the directory and its secrets go; registered tools are handled above."""
+    directory, _ = _dead_run_dir(shm, "team-x", "pass")
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{directory}/vars.yml"],
+                              start_new_session=True)  # fmt: skip
+    try:
+        time.sleep(0.3)  # the registered tool exits by itself
+        assert [str(p) for p in _private.sweep(deployment="team-y")] == [directory]
+        assert helper.wait(timeout=10) != 0 and not os.path.exists(directory)
+    finally:
+        helper.kill()
+
+
 def test_a_reused_pid_is_not_the_same_process():
     me = os.getpid()
     assert is_running(me, process_start(me))
