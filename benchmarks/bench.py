@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import ipaddress
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ from umc_infra.events import ignore
 from umc_infra.private import run_directory
 from umc_infra.process import Redactor
 from umc_infra.sandbox import Sandbox, SandboxInfo
+from umc_infra.state import ipam as _ipam
 from umc_infra.terraform.backend import backend
 from umc_infra.terraform.runner import Terraform
 
@@ -233,9 +233,8 @@ def _answers(ip: str, port: int) -> bool:
 
 
 def addresses(text: str) -> list[str]:
-    """``first-last`` as the addresses in it."""
-    first, last = (ipaddress.IPv4Address(a.strip()) for a in text.split("-"))
-    return [str(ipaddress.IPv4Address(n)) for n in range(int(first), int(last) + 1)]
+    """``first-last`` as the addresses in it (read as the library reads ``UMC_IP_POOL``)."""
+    return [str(address) for address in _ipam._pool(text)]
 
 
 def addresses_in_use(info: SandboxInfo, ranges: Sequence[str]) -> dict[str, str]:

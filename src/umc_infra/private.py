@@ -106,14 +106,18 @@ def _deployment(path: Path) -> str | None:
         return None
 
 
+def _other_processes() -> Iterator[Path]:
+    """``/proc/<pid>`` of every process on this machine but this one (one that ends meanwhile may still show)."""
+    me = str(os.getpid())
+    return (entry for entry in Path("/proc").glob("[0-9]*") if entry.name != me)
+
+
 def working_in(directory: Path) -> bool:
     """Whether a live process on this machine (other than this one) has ``directory`` as its working directory."""
     target = str(directory.resolve())
-    for cwd in Path("/proc").glob("[0-9]*/cwd"):
-        if cwd.parent.name == str(os.getpid()):
-            continue
+    for process in _other_processes():
         try:
-            if os.readlink(cwd) == target:
+            if os.readlink(process / "cwd") == target:
                 return True
         except OSError:
             continue
@@ -124,13 +128,10 @@ def processes_naming(directory: Path) -> list[tuple[int, int | None]]:
     """Live processes other than this one whose command line names a path in ``directory`` (``(pid, start)``)."""
     marker = str(directory).encode()
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        pid = int(cmdline.parent.name)
-        if pid == os.getpid():
-            continue
+    for process in _other_processes():
         try:
-            if marker in cmdline.read_bytes():
-                found.append((pid, process_start(pid)))
+            if marker in (process / "cmdline").read_bytes():
+                found.append((int(process.name), process_start(int(process.name))))
         except OSError:
             continue
     return [(pid, start) for pid, start in found if start is not None]
@@ -157,6 +158,8 @@ def sweep(*, deployment: str | None = None, grace_s: float = 60.0) -> list[Path]
     Tools of a dead run that still run (Terraform finishing the resource it was creating, then writing
     its state) are left to finish, and their directory kept, unless the run was on ``deployment``: then
     they get ``grace_s`` to stop, then SIGTERM and SIGKILL, so the caller can work on that deployment.
+    Processes that name the directory's files and are not its registered tools (Ansible's workers) are
+    stopped whatever the deployment (:func:`stop_leftovers`): nothing of theirs is worth waiting for.
     """
     removed = []
     for path in sorted(private_root().glob(f"{PREFIX}*")):

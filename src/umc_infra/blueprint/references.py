@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -256,6 +256,11 @@ def needs(blueprint: Blueprint, module: str) -> set[str]:
     values = [*spec.inputs.values()]
     if spec.addresses is not None:
         values += [spec.addresses.count, *([spec.addresses.given] if spec.addresses.given else [])]
+    return outputs_read(blueprint, values)
+
+
+def outputs_read(blueprint: Blueprint, values: Iterable[Value]) -> set[str]:
+    """The modules whose outputs the values read."""
     return {
         ref.name for value in values for ref in references_in(value)
         if KINDS[ref.kind].reads_outputs and ref.name in blueprint.modules
