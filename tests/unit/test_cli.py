@@ -108,6 +108,15 @@ def test_bad_setting_in_the_environment_names_the_variable(state_dir, monkeypatc
     assert "not a loopback address" in result.stderr
 
 
+def test_a_hostile_ansible_mitogen_setting_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("UMC_ANSIBLE_MITOGEN", "yes'${x}\n../")
+    result = runner.invoke(app, ["--backend", "local", "deployments", "-o", "json"])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "UMC_ANSIBLE_MITOGEN" in result.stderr and "boolean" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
 def test_settings_flags_win_over_the_environment(tmp_path, monkeypatch):
     from umc_infra.cli.common import provisioner
 
