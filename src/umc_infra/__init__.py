@@ -15,7 +15,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from umc_infra.ansible.inventory import Host
-from umc_infra.ansible.runner import HostStats, PlaybookResult
+from umc_infra.ansible.runner import HostStats, Play, PlaybookResult
 from umc_infra.blueprint.model import Blueprint
 from umc_infra.doctor import DoctorCheck, DoctorReport, doctor
 from umc_infra.errors import (
@@ -142,6 +142,7 @@ __all__ = [
     "ParamsError",
     "PlanChanged",
     "PlanResult",
+    "Play",
     "PlaybookError",
     "PlaybookResult",
     "PortInUse",

@@ -49,6 +49,7 @@ def test_top_level_exports_are_pinned():
         "ParamsError",
         "PlanChanged",
         "PlanResult",
+        "Play",
         "PlaybookError",
         "PlaybookResult",
         "PortInUse",

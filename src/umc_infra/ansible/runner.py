@@ -81,6 +81,41 @@ class PlaybookResult(BaseModel):
         return sum(h.changed for h in self.hosts.values())
 
 
+class Play(BaseModel):
+    """One playbook of a run: its name, the group it runs on and its extra vars."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    playbook: str
+    hosts: str = "all"
+    variables: Mapping[str, Any] = {}
+
+    def __repr__(self) -> str:  # the vars may hold secrets
+        return f"Play(playbook={self.playbook!r}, hosts={self.hosts!r})"
+
+
+_GATE = "umc: after playbook "
+"""The name of the play :meth:`Ansible.run_together` puts after each playbook (a playbook name follows)."""
+
+
+def together_yaml(playbooks: Sequence[Path]) -> str:
+    """One playbook importing ``playbooks`` in order, a gate play after each but the last.
+
+    A gate fails every host it finds as soon as any host failed or was unreachable before it, so no later
+    playbook runs: as when each playbook is a run of its own and the first failed one ends the run.
+    """
+    site: list[dict[str, Any]] = []
+    for i, playbook in enumerate(playbooks):
+        site.append({"import_playbook": str(playbook)})
+        if i < len(playbooks) - 1:
+            site.append({
+                "name": f"{_GATE}{playbook.stem}", "hosts": "all", "gather_facts": False,
+                "tasks": [{"ansible.builtin.fail": {"msg": "an earlier playbook failed"},
+                           "when": "ansible_play_hosts | length < ansible_play_hosts_all | length"}],
+            })  # fmt: skip
+    return str(yaml.safe_dump(site, sort_keys=False))
+
+
 class _UnsafeDumper(yaml.SafeDumper):
     """Dumps every string with Ansible's ``!unsafe`` tag: Ansible never templates it."""
 
@@ -332,14 +367,59 @@ class Ansible:
             Cancelled: ``cancel`` was set while the playbook ran.
 
         """
+        play = Play(playbook=playbook, hosts=hosts, variables=variables)
+        played = self.run_together([play], inventory=inventory, user=user, ssh_key=ssh_key, check=check, only=only,
+                                   known_hosts=known_hosts)  # fmt: skip
+        return played[playbook]
+
+    def run_together(
+        self,
+        plays: Sequence[Play],
+        *,
+        inventory: Inventory,
+        user: str,
+        ssh_key: SecretStr,
+        check: bool = False,
+        only: Sequence[str] | None = None,
+        known_hosts: str | None = None,
+    ) -> dict[str, PlaybookResult]:
+        """Run playbooks in order in one ``ansible-playbook`` run: one start, one connection per host for them all.
+
+        As :meth:`run` for each, but the extra vars are those of every play together, and a play's ``hosts``
+        limits nothing: each playbook's own plays must target its group, and no two plays may give one var
+        different values (a blueprint's ``ansible.one_run`` is checked for this when it loads). After the first
+        playbook that fails on any host, no later one runs (see :func:`together_yaml`).
+
+        Raises:
+            PlaybookError: A task failed or a host was unreachable (``playbook`` and ``step`` name the playbook), or
+                two plays give one var different values.
+            Cancelled: ``cancel`` was set while the playbooks ran.
+
+        """
         import time
 
         import ansible_runner
 
-        step = f"ansible.{'check.' if check else ''}{playbook}"
+        names = [play.playbook for play in plays]
+        step = f"ansible.{'check.' if check else ''}{'+'.join(names)}"
+        variables: dict[str, Any] = {}
+        for play in plays:
+            for name, value in play.variables.items():
+                if name in variables and variables[name] != value:
+                    raise PlaybookError(f"playbooks {', '.join(names)} cannot run together: they give var {name!r} "
+                                        "different values", playbook=play.playbook, failures=[], step=step)  # fmt: skip
+                variables[name] = value
         started = time.monotonic()
+        current = 0  # the playbook whose plays are running
+        in_gate = False
+        began = [started] + [0.0] * (len(plays) - 1)
+        ended = [0.0] * len(plays)
         failures: list[tuple[str, str, str]] = []
-        changed_tasks: list[tuple[str, str]] = []
+        failed_in: list[int] = []  # the playbook of each failure
+        changed_tasks: list[list[tuple[str, str]]] = [[] for _ in plays]
+        counted: list[dict[str, collections.Counter[str]]] = [
+            collections.defaultdict(collections.Counter) for _ in plays
+        ]
         tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         private = self._new_dir("umc-ansible-")
         try:
@@ -361,7 +441,17 @@ class Ansible:
             launcher = wrapper_script(private, ansible_playbook(), name="ansible-playbook")
 
             def on_runner_event(event: dict[str, Any]) -> bool:
+                nonlocal current, in_gate
                 data = event.get("event_data", {})
+                if event.get("event") == "playbook_on_play_start":
+                    if str(data.get("play", data.get("name", ""))).startswith(_GATE):
+                        in_gate, ended[current] = True, time.monotonic()
+                    elif in_gate:
+                        in_gate, current = False, current + 1
+                        began[current] = time.monotonic()
+                if in_gate:
+                    return keep_event(event)  # a gate's own failure is not the playbook's
+                playbook = names[current]
                 status = _STATUS.get(str(event.get("event")))
                 if status is not None:
                     host = str(data.get("host", "?"))
@@ -371,11 +461,16 @@ class Ansible:
                     changed = (bool(res["changed"]) if "changed" in res
                                else str(event.get("stdout", "")).lstrip().startswith("changed:"))  # fmt: skip
                     if status == "ok" and changed:
-                        changed_tasks.append((host, task))
-                    if status in ("failed", "unreachable") and not data.get("ignore_errors"):
+                        changed_tasks[current].append((host, task))
+                    ignored = bool(data.get("ignore_errors"))
+                    if status in ("failed", "unreachable") and not ignored:
                         res = data.get("res", {}) if isinstance(data.get("res"), dict) else {}
                         message = str(res.get("msg") or res.get("stderr") or status)
                         failures.append((host, task, self._redact(message)[:500]))
+                        failed_in.append(current)
+                    if status != "started" and not (status == "failed" and ignored):
+                        counted[current][host][status] += 1
+                        counted[current][host]["changed"] += status == "ok" and changed
                     duration = data.get("duration")
                     self._on_event(TaskResult(
                         deployment=self._deployment, playbook=playbook, host=host, task=task,
@@ -391,14 +486,19 @@ class Ansible:
                             self._on_event(OutputLine(deployment=self._deployment, step=step, line=clean))
                 return keep_event(event)
 
-            playbook_file = self._locate(playbook).absolute()
+            files = [self._locate(play.playbook).absolute() for play in plays]
+            if len(files) == 1:
+                playbook_file = files[0]
+            else:
+                playbook_file = private / "together.yml"
+                playbook_file.write_text(together_yaml(files))
             args = ["--extra-vars", f"@{vars_file}", *(["--check", "--diff"] if check else []), str(playbook_file)]
             config = ansible_runner.RunnerConfig(
                 private_data_dir=str(private),
-                project_dir=str(playbook_file.parent),
+                project_dir=str(files[0].parent),
                 binary=str(launcher),  # arms the parent-death signal, then becomes ansible-playbook
                 inventory=str(inventory_file),
-                limit=",".join(only) if only else hosts,
+                limit=",".join(only) if only else plays[0].hosts if len(plays) == 1 else "all",
                 cmdline=shlex.join(args),
                 quiet=True,
                 suppress_env_files=True,
@@ -418,37 +518,50 @@ class Ansible:
             )  # fmt: skip
             with signals_set(interrupted):
                 runner.run()
+            ended[current] = ended[current] or time.monotonic()
+            what = f"playbook {names[current]!r}" if len(names) == 1 else f"playbooks {', '.join(names)}"
             if interrupted.is_set():
-                raise KeyboardInterrupt(f"playbook {playbook!r} interrupted; ansible-playbook was stopped")
+                raise KeyboardInterrupt(f"{what} interrupted; ansible-playbook was stopped")
             if runner.status == "canceled":
-                raise Cancelled(f"playbook {playbook!r} was cancelled", step=step)
-            stats = runner.stats or {}
-            per_host: dict[str, HostStats] = {}
-            for host in inventory.in_group(hosts):
-                if only and host.name not in only:
-                    continue
-                per_host[host.name] = HostStats(
-                    ok=stats.get("ok", {}).get(host.name, 0),
-                    changed=stats.get("changed", {}).get(host.name, 0),
-                    failed=stats.get("failures", {}).get(host.name, 0),
-                    unreachable=stats.get("dark", {}).get(host.name, 0),
-                    skipped=stats.get("skipped", {}).get(host.name, 0),
-                )
+                raise Cancelled(f"{what} cancelled", step=step)
             if runner.status != "successful" or failures:
+                failed = names[failed_in[0] if failed_in else current]
                 shown = "; ".join(f"{h}: {t}: {m}" for h, t, m in failures[:10]) or (
                     f"status {runner.status}: " + (" | ".join(tail) or "no output")
                 )
                 raise PlaybookError(
-                    f"playbook {playbook!r} failed in deployment {self._deployment!r} on "
+                    f"playbook {failed!r} failed in deployment {self._deployment!r} on "
                     f"{len({h for h, _, _ in failures}) or 'some'} host(s): {shown}",
-                    playbook=playbook,
+                    playbook=failed,
                     failures=failures,
-                    step=step,
+                    step=f"ansible.{'check.' if check else ''}{failed}",
                 )
-            return PlaybookResult(
-                playbook=playbook, hosts=per_host, seconds=time.monotonic() - started,
-                changed_tasks=tuple(changed_tasks),
-            )  # fmt: skip
+            stats = runner.stats or {}
+            played: dict[str, PlaybookResult] = {}
+            for i, play in enumerate(plays):
+                per_host: dict[str, HostStats] = {}
+                for host in inventory.in_group(play.hosts):
+                    if only and host.name not in only:
+                        continue
+                    if len(plays) == 1:  # the play recap
+                        per_host[host.name] = HostStats(
+                            ok=stats.get("ok", {}).get(host.name, 0),
+                            changed=stats.get("changed", {}).get(host.name, 0),
+                            failed=stats.get("failures", {}).get(host.name, 0),
+                            unreachable=stats.get("dark", {}).get(host.name, 0),
+                            skipped=stats.get("skipped", {}).get(host.name, 0),
+                        )
+                    else:  # the recap counts the whole run: each playbook's share, from its task results
+                        count = counted[i][host.name]
+                        per_host[host.name] = HostStats(
+                            ok=count["ok"], changed=count["changed"], failed=count["failed"],
+                            unreachable=count["unreachable"], skipped=count["skipped"],
+                        )  # fmt: skip
+                played[play.playbook] = PlaybookResult(
+                    playbook=play.playbook, hosts=per_host, seconds=ended[i] - began[i],
+                    changed_tasks=tuple(changed_tasks[i]),
+                )  # fmt: skip
+            return played
         finally:
             stop_leftovers(private)  # an Ansible worker the cancel's stop of the process group did not reach
             shutil.rmtree(private, ignore_errors=True)

@@ -6,6 +6,7 @@ import functools
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from umc_infra.errors import BlueprintError
@@ -124,3 +125,22 @@ def _interface(files: tuple[tuple[str, str], ...]) -> ModuleInterface:
                         )
     return ModuleInterface(variables=frozenset(variables), required=frozenset(required), outputs=frozenset(outputs),
                            sensitive=frozenset(sensitive), providers=providers)  # fmt: skip
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """YAML with Ansible's tags (``!unsafe``, ``!vault``) read as plain values."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def playbook_hosts(playbook: Path) -> set[str] | None:
+    """The ``hosts`` every play of a playbook targets; None unless it is a list of plays each naming one pattern."""
+    try:
+        plays = yaml.load(playbook.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 (a SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(plays, list) or not plays:
+        return None
+    targets = {play.get("hosts") if isinstance(play, dict) else None for play in plays}
+    return targets if all(isinstance(t, str) for t in targets) else None  # type: ignore[return-value]

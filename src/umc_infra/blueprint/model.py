@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -210,6 +211,14 @@ class AnsibleSpec(_Model):
 
     user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
     ssh_private_key: RefText
+    one_run: bool = False
+    """Run the playbooks in as few ``ansible-playbook`` runs as they allow: one start, one connection per host.
+
+    Consecutive playbooks share a run as long as no two give one var different values (each sees the other's
+    vars) and each playbook's own plays target its ``hosts`` group (or it runs on ``all``): a run has one limit.
+    Facts, ``include_vars`` and ``set_fact`` of one playbook stay visible to the next in its run: opt in only
+    when the roles keep their names apart. See :meth:`Blueprint.playbook_runs`.
+    """
 
 
 HookPoint = Literal[
@@ -272,6 +281,28 @@ class Blueprint(_Model):
     def playbook_file(self, playbook: str) -> Path:
         """Where playbook ``playbook`` is: under the first of ``roots`` that has it."""
         return self._find("playbooks", f"{playbook}.yml", lambda p: p.is_file())
+
+    def playbook_runs(self, plays: Sequence[PlaybookSpec]) -> list[list[PlaybookSpec]]:
+        """``plays`` in order, grouped into ``ansible-playbook`` runs: each alone, or as ``ansible.one_run`` allows.
+
+        With ``one_run``, a playbook joins the run before it unless it gives a var of that run another value,
+        or its plays do not all target its ``hosts`` group (a run has one limit: ``all``).
+        """
+        from umc_infra.blueprint.content import playbook_hosts
+
+        if self.ansible is None or not self.ansible.one_run:
+            return [[play] for play in plays]
+        runs: list[list[PlaybookSpec]] = []
+        given: dict[str, Value] | None = None  # the vars of the run a playbook may join (None: none may)
+        for play in plays:
+            limits = play.hosts != "all" and playbook_hosts(self.playbook_file(play.playbook)) != {play.hosts}
+            if not limits and given is not None and all(given.get(k, v) == v for k, v in play.vars.items()):
+                runs[-1].append(play)
+                given |= play.vars
+            else:
+                runs.append([play])
+                given = None if limits else dict(play.vars)
+        return runs
 
     def _find(self, kind: str, name: str, exists: Any) -> Path:
         candidates = [root / kind / name for root in self.roots] or [Path(kind) / name]

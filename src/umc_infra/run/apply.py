@@ -141,23 +141,15 @@ def _provision(
             session.guests.wait(inventory)
             # VMs this run created or replaced are pinned anew; every other must show its pinned key.
             known = session.known_hosts(inventory, recreated=recreated)
-        ansible = session.ansible()
-        key = session.value(spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
         resume = policy.resume_point(
             session.previous_run, retry=options.retry, playbooks=[p.playbook for p in spec.playbooks],
             changes=changes, version=spec.version, digest=digest,
         )  # fmt: skip
-        for play in spec.playbooks:
-            only: tuple[str, ...] | None = None
-            if resume is not None:
-                if play.playbook != resume[0]:
-                    continue  # it succeeded everywhere in the failed run, and nothing changed since
-                only, resume = resume[1], None
-            with session.step(f"ansible.{play.playbook}"):
-                played[play.playbook] = ansible.run(
-                    play.playbook, inventory=inventory, hosts=play.hosts, user=spec.ansible.user, ssh_key=key,
-                    variables=session.playbook_vars(play), only=only, known_hosts=known,
-                )  # fmt: skip
+        plays, only = list(spec.playbooks), None
+        if resume is not None:  # those before it succeeded everywhere in the failed run, and nothing changed since
+            plays = plays[[p.playbook for p in plays].index(resume[0]) :]
+            only = resume[1]
+        played = session.playbooks(plays, inventory=inventory, known_hosts=known, only=only)
         session.hooks("after_ansible", "provision")
     session.hooks("after_provision", "provision")
     shown: dict[str, Any] = {

@@ -119,18 +119,9 @@ def configuration_changes(session: Session, inventory: Inventory) -> list[Config
 
     Every pinned host must show its pinned SSH host keys: a check pins no VM anew (only a provision does).
     """
-    assert session.spec.ansible is not None
-    ansible = session.ansible()
-    key = session.value(session.spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
     with session.step("ssh"):
         known = session.known_hosts(inventory, recreated=(), by_vm_id=False)
-    changes: list[ConfigChange] = []
-    for play in session.spec.playbooks:
-        if not inventory.in_group(play.hosts):
-            continue
-        with session.step(f"ansible.check.{play.playbook}"):
-            result = ansible.run(play.playbook, inventory=inventory, hosts=play.hosts, user=session.spec.ansible.user,
-                                 ssh_key=key, variables=session.playbook_vars(play), check=True,
-                                 known_hosts=known)  # fmt: skip
-        changes += [ConfigChange(playbook=play.playbook, host=h, task=t) for h, t in result.changed_tasks]
-    return changes
+    plays = [play for play in session.spec.playbooks if inventory.in_group(play.hosts)]
+    played = session.playbooks(plays, inventory=inventory, known_hosts=known, check=True)
+    return [ConfigChange(playbook=name, host=h, task=t) for name, result in played.items()
+            for h, t in result.changed_tasks]  # fmt: skip

@@ -20,9 +20,10 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from umc_infra.ansible.inventory import Inventory
+from umc_infra.ansible.runner import Play, PlaybookResult
 from umc_infra.blueprint.model import Blueprint, HookPoint, PlaybookSpec
 from umc_infra.blueprint.references import Values, resolve, resolve_all
-from umc_infra.errors import Cancelled, StateBackendError
+from umc_infra.errors import Cancelled, StateBackendError, UmcInfraError
 from umc_infra.events import Event, EventCallback, OutputLine, StepFinished, StepStarted, numbered
 from umc_infra.params import ResolvedParams
 from umc_infra.run import hooks as _hooks
@@ -111,12 +112,16 @@ class Session:
         self.emit(StepStarted(deployment=self.deployment, step=name))
         started = time.monotonic()
         ok = False
+        finer: str | None = None
         try:
             yield
             ok = True
+        except UmcInfraError as exc:
+            finer = exc.step if exc.step and exc.step.startswith(f"{name}.") else None  # one playbook of several
+            raise
         finally:
             if not ok and self.failed_step is None:  # the innermost step an error passes through
-                self.failed_step = name
+                self.failed_step = finer or name
             seconds = time.monotonic() - started
             self.timings[name] = round(seconds, 3)
             self.emit(StepFinished(deployment=self.deployment, step=name, seconds=seconds, ok=ok))
@@ -166,6 +171,45 @@ class Session:
         if self._ansible is None:
             self._ansible = self.cleanup.enter_context(self.tools.ansible(self.context(), self.spec.playbook_file))
         return self._ansible
+
+    def playbooks(
+        self,
+        plays: Sequence[PlaybookSpec],
+        *,
+        inventory: Inventory,
+        known_hosts: str,
+        check: bool = False,
+        only: Sequence[str] | None = None,
+    ) -> dict[str, PlaybookResult]:
+        """Run ``plays`` in order (``only``: the first on these hosts alone), each a step ``ansible[.check].<name>``.
+
+        With the blueprint's ``ansible.one_run``, those that may share an ``ansible-playbook`` run do (see
+        :meth:`Blueprint.playbook_runs`), a step ``ansible[.check]`` (a failure still names its playbook as the
+        failed step).
+        """
+        assert self.spec.ansible is not None
+        ansible = self.ansible()
+        key = self.value(self.spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
+        prefix = "ansible.check" if check else "ansible"
+        batches = [[play] for play in plays[:1]] if only else []
+        batches += self.spec.playbook_runs(plays[len(batches) :])
+        played: dict[str, PlaybookResult] = {}
+        for i, batch in enumerate(batches):
+            limit = only if only and i == 0 else None
+            if len(batch) == 1:
+                play = batch[0]
+                with self.step(f"{prefix}.{play.playbook}"):
+                    played[play.playbook] = ansible.run(
+                        play.playbook, inventory=inventory, hosts=play.hosts, user=self.spec.ansible.user,
+                        ssh_key=key, variables=self.playbook_vars(play), check=check, only=limit,
+                        known_hosts=known_hosts,
+                    )  # fmt: skip
+                continue
+            together = [Play(playbook=p.playbook, hosts=p.hosts, variables=self.playbook_vars(p)) for p in batch]
+            with self.step(prefix):
+                played |= ansible.run_together(together, inventory=inventory, user=self.spec.ansible.user,
+                                               ssh_key=key, check=check, known_hosts=known_hosts)  # fmt: skip
+        return played
 
     @property
     def guests(self) -> GuestsTool:

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from umc_infra import vcenter
 from umc_infra.ansible import hostkeys
 from umc_infra.ansible.inventory import Inventory
-from umc_infra.ansible.runner import Ansible, PlaybookResult
+from umc_infra.ansible.runner import Ansible, Play, PlaybookResult
 from umc_infra.errors import SshUnreachable
 from umc_infra.events import EventCallback
 from umc_infra.secrets.redact import Redactor
@@ -118,6 +118,20 @@ class AnsibleTool(Protocol):
         known_hosts: str | None = None,
     ) -> PlaybookResult:
         """Run a playbook on group ``hosts`` (``only``: these hosts of it)."""
+        ...
+
+    def run_together(
+        self,
+        plays: Sequence[Play],
+        *,
+        inventory: Inventory,
+        user: str,
+        ssh_key: SecretStr,
+        check: bool = False,
+        only: Sequence[str] | None = None,
+        known_hosts: str | None = None,
+    ) -> dict[str, PlaybookResult]:
+        """Run playbooks in order in one run, none after the first that fails (a blueprint's ``ansible.one_run``)."""
         ...
 
 

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from umc_infra import HostStats, PlaybookError, PlaybookResult
 from umc_infra.ansible.inventory import Inventory
+from umc_infra.ansible.runner import Play
 from umc_infra.terraform.plan import ChangeCounts, ResourceChange, TerraformPlan
 
 Desired = Callable[[Mapping[str, Any]], tuple[dict[str, dict[str, Any]], dict[str, Any]]]
@@ -131,9 +132,12 @@ class FakeTerraform:
 class FakeAnsible:
     """The AnsibleTool Protocol: records each run; fails the tasks of the hosts in ``failing``."""
 
-    def __init__(self, runs: list[tuple[str, tuple[str, ...], bool]], failing: set[str]) -> None:
+    def __init__(self, runs: list[tuple[str, tuple[str, ...], bool]], failing: set[str],
+                 together: list[tuple[str, ...]] | None = None) -> None:  # fmt: skip
         self.runs = runs
         self.failing = failing
+        self.together = together if together is not None else []
+        """The playbooks of each run_together call."""
 
     def run(self, playbook: str, *, inventory: Inventory, hosts: str, user: str, ssh_key: SecretStr,
             variables: Mapping[str, Any], check: bool = False, only: Sequence[str] | None = None,
@@ -146,6 +150,14 @@ class FakeAnsible:
             raise PlaybookError(f"playbook {playbook!r} failed on {failed}", playbook=playbook, failures=failures,
                                 step=f"ansible.{playbook}")  # fmt: skip
         return PlaybookResult(playbook=playbook, hosts={h: HostStats(ok=1) for h in targets}, seconds=0.0)
+
+    def run_together(self, plays: Sequence[Play], *, inventory: Inventory, user: str, ssh_key: SecretStr,
+                     check: bool = False, only: Sequence[str] | None = None,
+                     known_hosts: str | None = None) -> dict[str, PlaybookResult]:  # fmt: skip
+        self.together.append(tuple(p.playbook for p in plays))
+        return {p.playbook: self.run(p.playbook, inventory=inventory, hosts=p.hosts, user=user, ssh_key=ssh_key,
+                                     variables=p.variables, check=check, only=only, known_hosts=known_hosts)
+                for p in plays}  # fmt: skip
 
 
 class FakeGuests:
@@ -163,13 +175,14 @@ class FakeTools:
         self.world = world
         self.playbook_runs: list[tuple[str, tuple[str, ...], bool]] = []
         self.failing_hosts: set[str] = set()
+        self.together: list[tuple[str, ...]] = []
 
     def terraform(self, context: Any) -> FakeTerraform:
         return FakeTerraform(self.world, context.deployment)
 
     @contextlib.contextmanager
     def _ansible(self) -> Iterator[FakeAnsible]:
-        yield FakeAnsible(self.playbook_runs, self.failing_hosts)
+        yield FakeAnsible(self.playbook_runs, self.failing_hosts, self.together)
 
     def ansible(self, context: Any, locate: Any) -> contextlib.AbstractContextManager[FakeAnsible]:
         return self._ansible()

@@ -199,6 +199,49 @@ def test_a_retry_resumes_at_the_failed_hosts_only_for_the_same_params_and_versio
     assert tools.playbook_runs[0] == ("base", ("demo-1", "demo-2"), False)
 
 
+def one_run(site: Settings, *, app_targets: str = "app", app_vars: dict | None = None) -> None:
+    """The demo blueprint with ``ansible.one_run``; app.yml's plays target ``app_targets``."""
+    root = site.blueprint_path[0]
+    data = blueprint()
+    data["ansible"]["one_run"] = True
+    data["playbooks"][0]["vars"] = {"shared": "params.cpu"}
+    data["playbooks"][1]["vars"] = app_vars if app_vars is not None else {"shared": "params.cpu"}
+    write(root, data)
+    (root / "playbooks" / "app.yml").write_text(f"- hosts: {app_targets}\n  tasks: []\n")
+
+
+def test_one_run_playbooks_run_together_and_a_failure_resumes_at_its_playbook(site):
+    one_run(site)
+    tools = FakeTools(world())
+    p = provisioner(site, tools)
+    tools.failing_hosts.add("demo-2")
+    with pytest.raises(PlaybookError):
+        p.provision("demo", {"instances": 2})
+    assert tools.together == [("base", "app")]
+    failed = p.status("demo").last_run
+    assert (failed.failed_step, failed.failed_hosts) == ("ansible.base", ("demo-2",))  # the playbook, not "ansible"
+    tools.failing_hosts.clear()
+    tools.playbook_runs.clear()
+    done = p.provision("demo", {"instances": 2})  # the failed playbook on the failed host alone, then the rest
+    assert tools.playbook_runs == [("base", ("demo-2",), False), ("app", ("demo-1", "demo-2"), False)]
+    assert tools.together == [("base", "app")] and set(done.ansible) == {"base", "app"}
+    p.plan("demo", {"instances": 2})  # the check runs them together as well
+    assert tools.together == [("base", "app"), ("base", "app")]
+
+
+@pytest.mark.parametrize(
+    ("app_targets", "app_vars"),
+    [("all", None), ("app", {"shared": "params.instances"})],
+    ids=["its-plays-target-another-group", "a-var-given-another-value"],
+)
+def test_a_playbook_that_cannot_share_the_run_runs_alone(site, app_targets, app_vars):
+    one_run(site, app_targets=app_targets, app_vars=app_vars)
+    tools = FakeTools(world())
+    done = provisioner(site, tools).provision("demo", {"instances": 2})
+    assert tools.together == [] and [r[0] for r in tools.playbook_runs] == ["base", "app"]
+    assert done.ansible["app"].hosts.keys() == {"demo-1", "demo-2"}
+
+
 @pytest.mark.parametrize("operation", ["provision", "destroy"])
 def test_a_cancel_is_recorded_cancelled_for_every_operation(site, operation):
     tools = FakeTools(world())
