@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     """Run playbooks on Linux hosts with Mitogen's strategy: one Python process per host for the whole playbook
     instead of an SSH command and a module upload per task (about half the time per task). ``false``: Ansible's
     own ``linear`` strategy. A play that names its ``strategy`` keeps it; WinRM/PSRP hosts are unaffected."""
+    converge_early: bool = Field(default=True, validation_alias=_env("UMC_CONVERGE_EARLY"))
+    """A converge (a provision whose last run succeeded with the same params and blueprint version) runs the
+    playbooks on the recorded hosts while Terraform plans. When Terraform changes nothing, that is the run's
+    configuration; otherwise it is forgotten and the playbooks run again after Terraform's changes. ``false``:
+    the playbooks always wait for Terraform."""
 
     # -- tools ------------------------------------------------------------------------------------
     terraform_binary: str = Field(default="terraform", validation_alias=_env("UMC_TERRAFORM_BINARY"))

@@ -108,12 +108,13 @@ def test_bad_setting_in_the_environment_names_the_variable(state_dir, monkeypatc
     assert "not a loopback address" in result.stderr
 
 
-def test_a_hostile_ansible_mitogen_setting_is_refused_naming_the_variable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variable", ["UMC_ANSIBLE_MITOGEN", "UMC_CONVERGE_EARLY"])
+def test_a_hostile_boolean_setting_is_refused_naming_the_variable(tmp_path, monkeypatch, variable):
     monkeypatch.setenv("UMC_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("UMC_ANSIBLE_MITOGEN", "yes'${x}\n../")
+    monkeypatch.setenv(variable, "yes'${x}\n../")
     result = runner.invoke(app, ["--backend", "local", "deployments", "-o", "json"])
     assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
-    assert "UMC_ANSIBLE_MITOGEN" in result.stderr and "boolean" in result.stderr
+    assert variable in result.stderr and "boolean" in result.stderr
     assert not (tmp_path / "state").exists()
 
 

@@ -94,6 +94,7 @@ class Session:
         self._terraform: TerraformTool | None = None
         self._ansible: AnsibleTool | None = None
         self._tags_ensured: set[str] = set()
+        self._thread = threading.local()
 
     def __repr__(self) -> str:
         return f"Session(deployment={self.deployment!r})"
@@ -120,7 +121,10 @@ class Session:
             finer = exc.step if exc.step and exc.step.startswith(f"{name}.") else None  # one playbook of several
             raise
         finally:
-            if not ok and self.failed_step is None:  # the innermost step an error passes through
+            aside = getattr(self._thread, "failed_steps", None)  # a thread whose outcome the run may not take
+            if not ok and aside is not None:
+                aside.append(finer or name)
+            elif not ok and self.failed_step is None:  # the innermost step an error passes through
                 self.failed_step = finer or name
             seconds = time.monotonic() - started
             self.timings[name] = round(seconds, 3)
@@ -166,6 +170,16 @@ class Session:
             self._terraform = terraform
         return self._terraform
 
+    @contextlib.contextmanager
+    def failed_steps_aside(self) -> Iterator[list[str]]:
+        """In the block, on this thread, a failed step is listed, not taken as the run's failed step."""
+        aside: list[str] = []
+        self._thread.failed_steps = aside
+        try:
+            yield aside
+        finally:
+            del self._thread.failed_steps
+
     def ansible(self) -> AnsibleTool:
         """The run's Ansible: its playbooks share SSH connections until the run ends."""
         if self._ansible is None:
@@ -180,15 +194,16 @@ class Session:
         known_hosts: str,
         check: bool = False,
         only: Sequence[str] | None = None,
+        ansible: AnsibleTool | None = None,
     ) -> dict[str, PlaybookResult]:
         """Run ``plays`` in order (``only``: the first on these hosts alone), each a step ``ansible[.check].<name>``.
 
         With the blueprint's ``ansible.one_run``, those that may share an ``ansible-playbook`` run do (see
         :meth:`Blueprint.playbook_runs`), a step ``ansible[.check]`` (a failure still names its playbook as the
-        failed step).
+        failed step). ``ansible``: another than the run's own (one with a cancel of its own).
         """
         assert self.spec.ansible is not None
-        ansible = self.ansible()
+        ansible = ansible or self.ansible()
         key = self.value(self.spec.ansible.ssh_private_key, where="ansible.ssh_private_key")
         prefix = "ansible.check" if check else "ansible"
         batches = [[play] for play in plays[:1]] if only else []

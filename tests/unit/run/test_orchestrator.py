@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.run.fakes import FakeSecrets, FakeTools, World, label, vms
+from tests.unit.run.fakes import FakeGuests, FakeSecrets, FakeTools, World, label, vms
 from umc_infra import (
     Cancelled,
     DestroyNotAllowed,
@@ -23,6 +23,8 @@ from umc_infra import (
     Provisioner,
     RunOptions,
     Settings,
+    SshUnreachable,
+    TerraformError,
 )
 
 MODULE_VM = """
@@ -275,11 +277,13 @@ def test_destroy_works_on_the_blueprint_as_deployed_after_it_narrowed_a_param(si
 
 
 class _Overlap:
-    """Fake tools whose Terraform plan waits (up to ``wait_s``, once armed) for Ansible's check to start, and
-    notes whether it did."""
+    """Fake tools whose Terraform plan waits (up to ``wait_s``, once armed) for Ansible's check (or run) to start,
+    and notes whether it did."""
 
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, *, check: bool = True) -> None:
         self.tools = FakeTools(world())
+        self.check = check
+        """Wait for a check (plan, drift), or for a playbook run (a converge)."""
         self.check_started = threading.Event()
         self.armed = False
         self.wait_s = wait_s
@@ -304,7 +308,7 @@ class _Overlap:
             run = fake.run
 
             def noting_run(playbook, **kwargs):
-                if kwargs.get("check"):
+                if bool(kwargs.get("check")) == self.check:
                     self.check_started.set()
                 return run(playbook, **kwargs)
 
@@ -331,3 +335,106 @@ def test_a_plan_checks_the_hosts_while_terraform_plans_unless_the_playbooks_read
     assert [(p, check) for p, _, check in overlap.tools.playbook_runs] == [("base", True), ("app", True)]
     # two modules planned: with the overlap the check has started before either plan went on
     assert overlap.seen_during_plan == ([False, False] if reads_outputs else [True, True])
+
+
+def _converged(site, overlap, params, **settings):
+    """Provision ``demo`` with one instance, then converge it with ``params``, the plan waiting for a playbook."""
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.tools.playbook_runs.clear()
+    overlap.check_started.clear()  # set by the first provision's playbooks
+    overlap.armed = True
+    return provisioner(site.model_copy(update=settings), overlap.tools).provision("demo", params)
+
+
+@pytest.mark.parametrize(
+    ("params", "settings", "early"),
+    [({"instances": 1}, {}, True), ({"instances": 1, "cpu": 2}, {}, False),
+     ({"instances": 1}, {"converge_early": False}, False)],
+    ids=["converge", "other-params", "turned-off"],
+)  # fmt: skip
+def test_a_converge_configures_the_hosts_while_terraform_plans(site, params, settings, early):
+    """Same params as the last successful run: the playbooks run beside Terraform's plan, once, and the run
+    takes what they did (Terraform changes nothing). Other params, or the setting off: after Terraform."""
+    overlap = _Overlap(wait_s=10 if early else 0.3, check=False)
+    done = _converged(site, overlap, params, **settings)
+    assert overlap.seen_during_plan == ([True, True] if early else [False, False])
+    assert [p for p, _, _ in overlap.tools.playbook_runs] == ["base", "app"] and set(done.ansible) == {"base", "app"}
+
+
+def test_an_early_configuration_is_forgotten_when_terraform_changes_something(site):
+    overlap = _Overlap(wait_s=10, check=False)
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.check_started.clear()
+    resources, _ = overlap.tools.world.state[("demo", "tag")]
+    address = next(iter(resources))
+    resources[address] = {**resources[address], "drifted": True}  # changed out of band: the plan updates it
+    overlap.tools.playbook_runs.clear()
+    overlap.armed = True
+    done = provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    assert done.terraform["tag"].change == 1 and overlap.seen_during_plan == [True, True]
+    # what ran beside the plan is forgotten: the playbooks run again once Terraform's change is made
+    assert [p for p, _, _ in overlap.tools.playbook_runs] == ["base", "app", "base", "app"]
+
+
+def test_an_early_configuration_that_fails_fails_the_run_at_its_playbook(site):
+    overlap = _Overlap(wait_s=10, check=False)
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.check_started.clear()
+    overlap.armed = True
+    overlap.tools.failing_hosts.add("demo-1")
+    with pytest.raises(PlaybookError):
+        provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    assert overlap.seen_during_plan == [True, True]
+    run = provisioner(site, overlap.tools).status("demo").last_run
+    assert (run.outcome, run.failed_step, run.failed_hosts) == ("failed", "ansible.base", ("demo-1",))
+
+
+def test_an_early_configuration_is_stopped_and_not_blamed_when_terraform_fails(site):
+    overlap = _Overlap(wait_s=10, check=False)
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.check_started.clear()
+    overlap.armed = True
+    overlap.tools.failing_hosts.add("demo-1")  # the early playbook fails too, but Terraform's failure is the run's
+    world_plan = overlap.tools.terraform
+
+    def failing_terraform(context):
+        found = world_plan(context)
+        plan = found.plan
+
+        def plan_then_fail(*args, **kwargs):
+            plan(*args, **kwargs)
+            raise TerraformError("terraform plan exited 1", step="terraform.plan.vm", returncode=1)
+
+        found.plan = plan_then_fail
+        return found
+
+    overlap.tools.terraform = failing_terraform
+    with pytest.raises(TerraformError):
+        provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    run = provisioner(site, overlap.tools).status("demo").last_run
+    assert (run.outcome, run.failed_step, run.failed_hosts) == ("failed", "terraform.plan.vm", ())
+
+
+def test_hosts_that_do_not_answer_at_once_are_configured_after_terraform(site):
+    """The early playbooks need every host to answer at once; one that does not is waited for after Terraform,
+    with the run's own SSH timeout (a guest rebooting is not an error)."""
+    overlap = _Overlap(wait_s=0.3, check=False)
+    provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    overlap.check_started.clear()
+    overlap.tools.playbook_runs.clear()
+    overlap.armed = True
+    waits: list[float] = []
+
+    class SlowGuests(FakeGuests):
+        def __init__(self, context):
+            self.timeout = context.settings.ssh_wait_timeout_s
+
+        def wait(self, inventory):
+            waits.append(self.timeout)
+            if self.timeout < 1:
+                raise SshUnreachable("no answer yet")
+
+    overlap.tools.guests = SlowGuests
+    done = provisioner(site, overlap.tools).provision("demo", {"instances": 1})
+    assert overlap.seen_during_plan == [False, False] and waits == [0.01, site.ssh_wait_timeout_s]
+    assert [p for p, _, _ in overlap.tools.playbook_runs] == ["base", "app"] and set(done.ansible) == {"base", "app"}
