@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -106,8 +106,11 @@ class Session:
         self.on_event(event)
 
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        """A named, timed step; an error passing through it names it as the failed step."""
+    def step(self, name: str, *, parts: Collection[str] = ()) -> Iterator[None]:
+        """A named, timed step; an error passing through it names it as the failed step.
+
+        ``parts``: finer steps within it that an error may name (its ``step``) as the failed step instead.
+        """
         if self.cancel.is_set():
             raise Cancelled(f"cancelled before step {name!r} of deployment {self.deployment!r}", step=name)
         self.emit(StepStarted(deployment=self.deployment, step=name))
@@ -118,7 +121,7 @@ class Session:
             yield
             ok = True
         except UmcInfraError as exc:
-            finer = exc.step if exc.step and exc.step.startswith(f"{name}.") else None  # one playbook of several
+            finer = exc.step if exc.step in parts else None  # one playbook of several, say
             raise
         finally:
             aside = getattr(self._thread, "failed_steps", None)  # a thread whose outcome the run may not take
@@ -199,8 +202,8 @@ class Session:
         """Run ``plays`` in order (``only``: the first on these hosts alone), each a step ``ansible[.check].<name>``.
 
         With the blueprint's ``ansible.one_run``, those that may share an ``ansible-playbook`` run do (see
-        :meth:`Blueprint.playbook_runs`), a step ``ansible[.check]`` (a failure still names its playbook as the
-        failed step). ``ansible``: another than the run's own (one with a cancel of its own).
+        :meth:`Blueprint.playbook_runs`), a step ``ansible[.check].<name>+<name>...`` (a failure still names its
+        playbook as the failed step). ``ansible``: another than the run's own (one with a cancel of its own).
         """
         assert self.spec.ansible is not None
         ansible = ansible or self.ansible()
@@ -221,7 +224,8 @@ class Session:
                     )  # fmt: skip
                 continue
             together = [Play(playbook=p.playbook, hosts=p.hosts, variables=self.playbook_vars(p)) for p in batch]
-            with self.step(prefix):
+            names = [p.playbook for p in batch]
+            with self.step(f"{prefix}.{'+'.join(names)}", parts={f"{prefix}.{n}" for n in names}):
                 played |= ansible.run_together(together, inventory=inventory, user=self.spec.ansible.user,
                                                ssh_key=key, check=check, known_hosts=known_hosts)  # fmt: skip
         return played
