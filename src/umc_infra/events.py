@@ -81,13 +81,16 @@ def ignore(event: Event) -> None:
 
 
 def numbered(on_event: EventCallback) -> EventCallback:
-    """``on_event`` for one run: each event numbered in order (events may come from several threads)."""
+    """``on_event`` for one run: each event numbered in order, and handed over one at a time in that order.
+
+    Events may come from several threads (a plan's check, a converge's early playbooks): ``on_event`` is never
+    called by two at once, so a callback that writes a line per event (``-o jsonl``) writes whole lines.
+    """
     counter = itertools.count(1)
-    lock = threading.Lock()
+    lock = threading.RLock()  # a callback may emit an event of its own
 
     def forward(event: Event) -> None:
         with lock:
-            stamped = event.model_copy(update={"seq": next(counter)})
-        on_event(stamped)
+            on_event(event.model_copy(update={"seq": next(counter)}))
 
     return forward

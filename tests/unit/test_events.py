@@ -34,6 +34,32 @@ def test_events_of_a_run_are_numbered_once_in_order_across_threads():
     assert seen[-1].seq == 1  # each run numbers its own events
 
 
+def test_the_callback_gets_one_event_at_a_time_in_the_order_of_their_numbers():
+    """Two threads of a run emit at once (a plan's check beside Terraform): a callback writing a line per event
+    (``-o jsonl``) must never run twice at once, or the lines interleave."""
+    inside = threading.Semaphore(1)
+    overlaps, order = [], []
+
+    def slow_writer(event):
+        if not inside.acquire(blocking=False):
+            overlaps.append(event.seq)
+            return
+        try:
+            order.append(event.seq)
+            threading.Event().wait(0.001)  # a write that takes a moment
+        finally:
+            inside.release()
+
+    on_event = numbered(slow_writer)
+    threads = [threading.Thread(target=lambda: [on_event(StepStarted(deployment="d", step="s")) for _ in range(50)])
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [] and order == list(range(1, 101))
+
+
 def test_a_task_result_carries_its_duration():
     done = TaskResult(deployment="d", playbook="base", host="h", task="t", status="ok", seconds=1.5)
     assert done.seconds == 1.5 and done.model_dump(mode="json")["seconds"] == 1.5
