@@ -267,6 +267,11 @@ def outputs_read(blueprint: Blueprint, values: Iterable[Value]) -> set[str]:
     }  # fmt: skip
 
 
+def playbooks_read_outputs(blueprint: Blueprint) -> bool:
+    """Whether a playbook's vars read a module's outputs (then known only once Terraform has planned)."""
+    return bool(outputs_read(blueprint, [value for play in blueprint.playbooks for value in play.vars.values()]))
+
+
 def dependency_order(blueprint: Blueprint) -> list[str]:
     """The modules in the order to apply them (reversed: to destroy them).
 

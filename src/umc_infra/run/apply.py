@@ -16,7 +16,7 @@ from umc_infra.ansible import inventory as _inventory
 from umc_infra.ansible.inventory import Host, Inventory
 from umc_infra.ansible.runner import PlaybookResult
 from umc_infra.blueprint.content import module_interface
-from umc_infra.blueprint.references import dependency_order, outputs_read
+from umc_infra.blueprint.references import dependency_order, playbooks_read_outputs
 from umc_infra.errors import Cancelled, RollbackFailed, SshUnreachable, UmcInfraError
 from umc_infra.params import MASK
 from umc_infra.run import policy
@@ -210,7 +210,7 @@ def _may_configure_early(session: Session, options: RunOptions, record: Deployme
         and options.plan is None and record.state == "active" and bool(record.hosts)
         and record.version == spec.version and previous is not None and previous.outcome == "succeeded"
         and previous.params_digest == digest and previous.blueprint_version == spec.version
-        and not outputs_read(spec, [value for play in spec.playbooks for value in play.vars.values()])
+        and not playbooks_read_outputs(spec)
     )  # fmt: skip
 
 

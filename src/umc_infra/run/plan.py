@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from umc_infra.ansible.inventory import Inventory
-from umc_infra.blueprint.references import dependency_order, outputs_read
+from umc_infra.blueprint.references import dependency_order, playbooks_read_outputs
 from umc_infra.errors import UnresolvedReference
 from umc_infra.run import policy
 from umc_infra.run.results import ConfigChange, PlanResult
@@ -101,7 +101,7 @@ def with_check(
         return terraform(), []
     session.remember_inventory(inventory)  # here: below, only Terraform's part sets the run's values (its outputs)
     spec = session.spec
-    if outputs_read(spec, [value for play in spec.playbooks for value in play.vars.values()]):
+    if playbooks_read_outputs(spec):
         found = terraform()
         return found, configuration_changes(session, inventory)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="umc-check") as pool:
