@@ -21,7 +21,7 @@ from umc_infra import vcenter
 from umc_infra.blueprint.catalog import Catalog
 from umc_infra.blueprint.content import Content
 from umc_infra.blueprint.model import SecretRef
-from umc_infra.errors import UmcInfraError
+from umc_infra.errors import StateBackendError, UmcInfraError
 from umc_infra.secrets.auth import default_registry
 from umc_infra.secrets.redact import Redactor
 from umc_infra.secrets.vault import VaultSource
@@ -214,13 +214,17 @@ def _state_checks(d: _Doctor) -> None:
 
         d.check("state", local, fix="make UMC_STATE_DIR writable")
         return
+    from umc_infra.state.aws import dynamodb
     from umc_infra.state.s3 import S3Store, aws_client, conditional_write_problems
 
     def bucket() -> str:
         if not s.state_bucket:
             raise _Failed("UMC_STATE_BUCKET is not set", "set UMC_STATE_BUCKET to the state bucket")
-        with _aws("the bucket", s.state_bucket, "create it, or set UMC_STATE_BUCKET to one that exists"):
-            aws_client(s, "s3").head_bucket(Bucket=s.state_bucket)
+        fix = "create it, or set UMC_STATE_BUCKET to one that exists"
+        with _aws("the bucket", s.state_bucket, fix):
+            reply = aws_client(s, "s3").request("HEAD", f"/{s.state_bucket}")
+        if not reply.ok:
+            raise _Failed(f"the bucket {s.state_bucket}: {reply.code}", fix)
         return f"bucket {s.state_bucket} at {s.s3_endpoint or f'AWS {s.s3_region}'}"
 
     def table() -> str:
@@ -228,8 +232,8 @@ def _state_checks(d: _Doctor) -> None:
             raise _Failed("UMC_LOCK_TABLE is not set: Terraform would run without a state lock",
                           "set UMC_LOCK_TABLE to a DynamoDB table with the hash key LockID")  # fmt: skip
         with _aws("the lock table", s.lock_table, "create it (hash key LockID), or set UMC_LOCK_TABLE"):
-            status = aws_client(s, "dynamodb").describe_table(TableName=s.lock_table)["Table"]["TableStatus"]
-        return f"lock table {s.lock_table} ({status})"
+            table = dynamodb(aws_client(s, "dynamodb"), "DescribeTable", {"TableName": s.lock_table})["Table"]
+        return f"lock table {s.lock_table} ({table['TableStatus']})"
 
     def conditional() -> str:
         assert s.state_bucket is not None
@@ -247,16 +251,10 @@ def _state_checks(d: _Doctor) -> None:
 
 @contextlib.contextmanager
 def _aws(what: str, name: str, fix: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise _Failed(f"{what} {name}: {code or 'refused'}", fix) from None
-    except BotoCoreError as exc:
-        raise _Failed(f"{what} {name}: the endpoint cannot be reached ({type(exc).__name__})",
-                      "check UMC_S3_ENDPOINT (AWS_ENDPOINT_URL) and the network") from None  # fmt: skip
+    except StateBackendError as exc:
+        raise _Failed(f"{what} {name}: {exc}", fix) from None
 
 
 def _vcenter_checks(d: _Doctor, source: VaultSource) -> None:

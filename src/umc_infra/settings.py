@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(
         default=None, validation_alias=_env("UMC_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
     )
-    """Without these two, boto3 and Terraform find credentials the usual AWS ways (profile, role)."""
+    """Without these two, umc_infra (botocore's credential chain) and Terraform find credentials the usual AWS ways
+    (environment, profile, role)."""
     state_timeout_s: float = Field(default=20, gt=0, validation_alias=_env("UMC_STATE_TIMEOUT"))
     """Seconds an S3 request may take (connect, then read) before it is retried; 3 attempts in all."""
     state_kms_key_id: str | None = Field(default=None, validation_alias=_env("UMC_STATE_KMS_KEY_ID"))

@@ -43,6 +43,7 @@ from umc_infra import (
     status,
 )
 from umc_infra.errors import RecoveryError
+from umc_infra.sandbox import _s3
 from umc_infra.state import lease as _lock
 from umc_infra.state.ipam import claims, held
 from umc_infra.state.store import open_store
@@ -197,7 +198,7 @@ def test_s3_endpoint_that_never_answers(info, site, secrets):
             provision("linux-server", ONE, deployment=d, settings=settings)
         took = time.monotonic() - began
     assert failed.value.step == "store"
-    # boto3 tries a request 3 times (connect and read timeouts each, plus a backoff of a few seconds at most)
+    # a request is tried 3 times (connect and read timeouts each, plus a backoff of a few seconds at most)
     assert took < 3 * 2 * timeout + 8, f"took {took:.1f} s"
     assert not (site.state_dir / "work" / d).exists()  # Terraform never ran
     nothing_made(info, on_s3(site), d)
@@ -420,9 +421,9 @@ def terraform_console(site: Settings, deployment: str) -> Iterator[_tflock.State
 
 
 @contextlib.contextmanager
-def foreign_lock(site: Settings, deployment: str) -> Iterator[_tflock.StateLock]:
+def foreign_lock(info, site: Settings, deployment: str) -> Iterator[_tflock.StateLock]:
     """A state lock another machine's Terraform holds (an item in the lock table, as Terraform writes it)."""
-    client = _tflock._client(site)
+    _, client = _s3.clients(info.s3_endpoint, info.inventory.region)
     lock_id = f"{site.state_bucket}/{_tflock.state_key(deployment, 'vm')}"
     info = {"ID": str(uuid.uuid4()), "Operation": "OperationTypeApply", "Info": "", "Who": "alice@ci-runner-17",
             "Version": "1.0.3", "Created": datetime.now(UTC).isoformat(), "Path": lock_id}  # fmt: skip
@@ -453,7 +454,7 @@ def test_terraform_state_lock_that_is_not_a_dead_runs(info, site, secrets, holde
         dead.wait_for(lambda e: e["kind"] == "step_started" and e["step"] == "addresses")
         dead.proc.kill()
         assert dead.finish() == -signal.SIGKILL
-        held_by = terraform_console(s3, d) if holder.startswith("terraform") else foreign_lock(s3, d)
+        held_by = terraform_console(s3, d) if holder.startswith("terraform") else foreign_lock(info, s3, d)
         with held_by as lock:
             with pytest.raises(RecoveryError, match=lock.id) as failed:
                 provision("linux-server", ONE, deployment=d, settings=s3, options=RunOptions(lock_timeout_s=0))

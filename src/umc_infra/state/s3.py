@@ -6,8 +6,8 @@ that ignores these conditions would let two runs hold one deployment or one addr
 :func:`open_s3_store` probes them once per process and endpoint (:func:`conditional_write_problems`)
 and refuses such a backend.
 
-:func:`aws_client` makes the boto3 clients of the state backend: S3 here, DynamoDB for Terraform's lock
-table (:mod:`umc_infra.terraform.statelock`).
+:func:`aws_client` makes the clients of the state backend (:mod:`umc_infra.state.aws`): S3 here, DynamoDB
+for Terraform's lock table (:mod:`umc_infra.terraform.statelock`).
 """
 
 from __future__ import annotations
@@ -15,31 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 from umc_infra.errors import StateBackendError, UmcInfraError
 from umc_infra.settings import Settings
+from umc_infra.state.aws import AwsClient, AwsReply, s3_keys
 from umc_infra.state.store import StateStore, Versioned, check_key
 
 PREFIX = "umc"
-
-
-@contextlib.contextmanager
-def _s3_errors(bucket: str, key: str) -> Iterator[None]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
-        raise StateBackendError(f"S3 bucket {bucket!r} refused {key!r}: {code}", step="store") from None
-    except BotoCoreError as exc:
-        raise StateBackendError(
-            f"S3 state backend unreachable for bucket {bucket!r} ({type(exc).__name__}); check AWS_ENDPOINT_URL "
-            "and credentials",
-            step="store",
-        ) from None
 
 
 # A condition that did not hold (412), or a concurrent conditional write of the same key that won (409).
@@ -48,22 +30,13 @@ _REFUSED = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _GONE = frozenset({"NoSuchKey", "404"})
 
 
-def _refused(exc: Exception, *, gone_too: bool) -> bool:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(exc, ClientError):
-        return False
-    code = exc.response.get("Error", {}).get("Code")
-    return code in _REFUSED or (gone_too and code in _GONE)
-
-
 class S3Store:
     """Objects under ``umc/`` in the state bucket, encrypted at rest (SSE-KMS with ``kms_key_id``, else SSE-S3).
 
     The version of an object is its ETag.
     """
 
-    def __init__(self, client: Any, bucket: str, *, kms_key_id: str | None = None) -> None:
+    def __init__(self, client: AwsClient, bucket: str, *, kms_key_id: str | None = None) -> None:
         self._s3 = client
         self.bucket = bucket
         self.kms_key_id = kms_key_id
@@ -71,8 +44,11 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r})"
 
-    def _key(self, key: str) -> str:
-        return f"{PREFIX}/{check_key(key)}"
+    def _path(self, key: str) -> str:
+        return f"/{self.bucket}/{PREFIX}/{check_key(key)}"
+
+    def _refused(self, key: str, reply: AwsReply) -> StateBackendError:
+        return StateBackendError(f"S3 bucket {self.bucket!r} refused {key!r}: {reply.code}", step="store")
 
     def get(self, key: str) -> bytes | None:
         """The document at ``key``, or None."""
@@ -81,70 +57,58 @@ class S3Store:
 
     def get_versioned(self, key: str) -> Versioned | None:
         """The document at ``key`` with its version, or None."""
-        with _s3_errors(self.bucket, key):
-            try:
-                response = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))
-            except self._s3.exceptions.NoSuchKey:
-                return None
-            return Versioned(response["Body"].read(), str(response["ETag"]))
+        reply = self._s3.request("GET", self._path(key))
+        if reply.code in _GONE:
+            return None
+        if not reply.ok:
+            raise self._refused(key, reply)
+        return Versioned(reply.body, reply.headers.get("ETag", ""))
 
     def put(self, key: str, data: bytes) -> None:
         """Write (replace) the document at ``key``."""
-        self._put(key, data)
+        self._put(key, data, {})
 
     def create(self, key: str, data: bytes) -> str | None:
         """Write only if absent: the new version, or None if the key exists."""
-        return self._put(key, data, if_none_match="*")
+        return self._put(key, data, {"If-None-Match": "*"})
 
     def replace(self, key: str, data: bytes, *, version: str) -> str | None:
         """Compare-and-swap: the new version, or None if ``version`` is not current (or the key is gone)."""
-        return self._put(key, data, if_match=version)
+        return self._put(key, data, {"If-Match": version})
 
-    def _put(
-        self, key: str, data: bytes, *, if_none_match: str | None = None, if_match: str | None = None
-    ) -> str | None:
-        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+    def _put(self, key: str, data: bytes, condition: dict[str, str]) -> str | None:
+        headers = dict(condition)
         if self.kms_key_id:
-            request |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+            headers |= {"x-amz-server-side-encryption": "aws:kms",
+                        "x-amz-server-side-encryption-aws-kms-key-id": self.kms_key_id}  # fmt: skip
         else:
-            request["ServerSideEncryption"] = "AES256"
-        if if_none_match is not None:
-            request["IfNoneMatch"] = if_none_match
-        if if_match is not None:
-            request["IfMatch"] = if_match
-        with _s3_errors(self.bucket, key):
-            try:
-                response = self._s3.put_object(**request)
-            except Exception as exc:
-                if _refused(exc, gone_too=if_match is not None):
-                    return None
-                raise
-            return str(response["ETag"])
+            headers["x-amz-server-side-encryption"] = "AES256"
+        reply = self._s3.request("PUT", self._path(key), body=data, headers=headers)
+        if reply.ok:
+            return reply.headers.get("ETag", "")
+        if condition and (reply.code in _REFUSED or ("If-Match" in condition and reply.code in _GONE)):
+            return None
+        raise self._refused(key, reply)
 
     def delete(self, key: str) -> None:
         """Remove the document at ``key`` (absent is fine)."""
-        with _s3_errors(self.bucket, key):
-            self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+        reply = self._s3.request("DELETE", self._path(key))
+        if not reply.ok and reply.code not in _GONE:
+            raise self._refused(key, reply)
 
     def delete_if(self, key: str, *, version: str) -> bool:
         """Compare-and-delete: whether the document at ``version`` was removed."""
-        with _s3_errors(self.bucket, key):
-            try:
-                self._s3.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=version)
-            except Exception as exc:
-                if _refused(exc, gone_too=True):
-                    return False
-                raise
+        reply = self._s3.request("DELETE", self._path(key), headers={"If-Match": version})
+        if reply.ok:
             return True
+        if reply.code in _REFUSED or reply.code in _GONE:
+            return False
+        raise self._refused(key, reply)
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, sorted."""
-        keys: list[str] = []
-        with _s3_errors(self.bucket, prefix):
-            paginator = self._s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{PREFIX}/{check_key(prefix.rstrip('/'))}/"):
-                keys += [obj["Key"].removeprefix(f"{PREFIX}/") for obj in page.get("Contents", [])]
-        return sorted(keys)
+        found = s3_keys(self._s3, self.bucket, f"{PREFIX}/{check_key(prefix.rstrip('/'))}/")
+        return sorted(key.removeprefix(f"{PREFIX}/") for key in found)
 
 
 def conditional_write_problems(store: StateStore) -> list[str]:
@@ -187,28 +151,12 @@ def conditional_write_problems(store: StateStore) -> list[str]:
     return problems
 
 
-def aws_client(settings: Settings, service: str) -> Any:
-    """A boto3 client of the state backend (``s3``, or ``dynamodb`` for Terraform's lock table).
+def aws_client(settings: Settings, service: str) -> AwsClient:
+    """A client of the state backend (``s3``, or ``dynamodb`` for Terraform's lock table).
 
     Credentials are the settings' S3 key, else the usual AWS ways; requests have the state timeout.
     """
-    import boto3
-    from botocore.config import Config
-
-    secret = settings.s3_secret_access_key
-    session = boto3.session.Session(
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
-    )
-    timeout = settings.state_timeout_s
-    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"mode": "standard", "max_attempts": 3})
-    return session.client(service, endpoint_url=settings.s3_endpoint, config=config)
-
-
-def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the state backend."""
-    return aws_client(settings, "s3")
+    return AwsClient(settings, service)
 
 
 _probed: set[tuple[str | None, str]] = set()
@@ -221,7 +169,7 @@ def open_s3_store(settings: Settings, bucket: str) -> S3Store:
     Raises:
         StateBackendError: The S3 endpoint cannot be reached, or ignores conditional writes.
     """
-    store = S3Store(s3_client(settings), bucket, kms_key_id=settings.state_kms_key_id)
+    store = S3Store(aws_client(settings, "s3"), bucket, kms_key_id=settings.state_kms_key_id)
     where = (settings.s3_endpoint, bucket)
     with _probing:
         if where not in _probed:

@@ -20,11 +20,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from umc_infra.settings import Settings
+from umc_infra.state.aws import AwsClient, dynamodb
 from umc_infra.state.s3 import aws_client
 from umc_infra.terraform.backend import state_key
 
@@ -52,7 +52,7 @@ def terraform_who() -> str:
     return f"{terraform_user()}@{socket.gethostname()}"
 
 
-def _client(settings: Settings) -> Any:
+def _client(settings: Settings) -> AwsClient:
     return aws_client(settings, "dynamodb")
 
 
@@ -61,11 +61,12 @@ def applies(settings: Settings) -> bool:
     return settings.backend == "s3" and bool(settings.lock_table) and bool(settings.state_bucket)
 
 
-def read(settings: Settings, deployment: str, module: str, *, client: Any = None) -> StateLock | None:
+def read(settings: Settings, deployment: str, module: str, *, client: AwsClient | None = None) -> StateLock | None:
     """The lock on a module's state now, or None."""
     client = client or _client(settings)
     lock_id = f"{settings.state_bucket}/{state_key(deployment, module)}"
-    item = client.get_item(TableName=settings.lock_table, Key={"LockID": {"S": lock_id}}, ConsistentRead=True)
+    item = dynamodb(client, "GetItem", {"TableName": settings.lock_table, "Key": {"LockID": {"S": lock_id}},
+                                        "ConsistentRead": True})  # fmt: skip
     info = item.get("Item", {}).get("Info", {}).get("S")
     if not info:
         return None

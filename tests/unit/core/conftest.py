@@ -10,7 +10,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from umc_infra.settings import Settings
-from umc_infra.state.s3 import S3Store, s3_client
+from umc_infra.state.aws import AwsClient
+from umc_infra.state.s3 import S3Store, aws_client
 from umc_infra.state.store import LocalStore, StateStore
 
 REGION = "eu-west-1"
@@ -31,19 +32,28 @@ def s3_settings(endpoint: str, bucket: str, **more) -> Settings:
                     **more)  # fmt: skip
 
 
-_clients: dict[str, object] = {}
+_admins: dict[str, object] = {}
 
 
-def client_for(endpoint: str):
-    """One boto3 client per endpoint for the whole session (making one takes about half a second)."""
-    if endpoint not in _clients:
-        _clients[endpoint] = s3_client(s3_settings(endpoint, "umc-unit-any"))
-    return _clients[endpoint]
+def client_for(endpoint: str) -> AwsClient:
+    """The state backend's S3 client, as a run makes it."""
+    return aws_client(s3_settings(endpoint, "umc-unit-any"), "s3")
+
+
+def admin_for(endpoint: str):
+    """A boto3 client per endpoint for the tests' own calls (a bucket, an object's headers): a second opinion."""
+    if endpoint not in _admins:
+        import boto3
+
+        _admins[endpoint] = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        ).client("s3", endpoint_url=endpoint)
+    return _admins[endpoint]
 
 
 def new_bucket(endpoint: str) -> str:
     bucket = f"umc-unit-{uuid.uuid4().hex[:12]}"
-    client_for(endpoint).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    admin_for(endpoint).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     return bucket
 
 

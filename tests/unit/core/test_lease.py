@@ -70,7 +70,7 @@ import sys, time
 from pathlib import Path
 from umc_infra.state.lease import locked
 from umc_infra.settings import Settings
-from umc_infra.state.s3 import S3Store, s3_client
+from umc_infra.state.s3 import S3Store, aws_client
 from umc_infra.state.store import LocalStore
 
 kind, *where = sys.argv[1:]
@@ -80,7 +80,7 @@ else:
     endpoint, bucket = where
     settings = Settings(backend="s3", state_bucket=bucket, s3_endpoint=endpoint, s3_access_key_id="testing",
                         s3_secret_access_key="testing", s3_region="eu-west-1")
-    store = S3Store(s3_client(settings), bucket)
+    store = S3Store(aws_client(settings, "s3"), bucket)
 with locked(store, "team-x", operation="provision", timeout_s=5, ttl_s=60):
     print("held", flush=True)
     time.sleep(120)
@@ -90,7 +90,7 @@ with locked(store, "team-x", operation="provision", timeout_s=5, ttl_s=60):
 def where(store):
     if isinstance(store, LocalStore):
         return ["local", str(store.root)]
-    return ["s3", store._s3.meta.endpoint_url, store.bucket]
+    return ["s3", store._s3.endpoint, store.bucket]
 
 
 def test_a_killed_holder_on_this_machine_is_taken_over_at_once(any_store):

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from tests.unit.core.conftest import HeaderDroppingProxy, client_for, new_bucket, s3_settings
+from tests.unit.core.conftest import HeaderDroppingProxy, admin_for, client_for, new_bucket, s3_settings
 from umc_infra import AddressError, StateBackendError, UmcInfraError
 from umc_infra.state.ipam import allocate, claims, release
 from umc_infra.state.s3 import S3Store, conditional_write_problems
@@ -224,8 +224,8 @@ def test_open_store_probes_a_good_endpoint_once_per_process(moto_endpoint, monke
 )
 def test_s3_documents_are_encrypted_with_the_configured_key(moto_endpoint, kms_key_id, expected):
     settings = s3_settings(moto_endpoint, new_bucket(moto_endpoint))
-    client = client_for(moto_endpoint)
-    store = S3Store(client, settings.state_bucket, kms_key_id=kms_key_id)
+    client = admin_for(moto_endpoint)
+    store = S3Store(client_for(moto_endpoint), settings.state_bucket, kms_key_id=kms_key_id)
     version = store.create("k/created", b"1")
     store.replace("k/created", b"2", version=version)
     store.put("k/put", b"3")
@@ -240,7 +240,7 @@ def test_open_store_passes_the_kms_key_on(moto_endpoint):
     )
     store = open_store(settings)
     store.put("k/x", b"1")
-    head = client_for(moto_endpoint).head_object(Bucket=settings.state_bucket, Key="umc/k/x")
+    head = admin_for(moto_endpoint).head_object(Bucket=settings.state_bucket, Key="umc/k/x")
     assert head.get("SSEKMSKeyId") == "alias/umc-state"
 
 

@@ -1,0 +1,215 @@
+"""The state backend's own S3 and DynamoDB calls (umc_infra.state.aws): against moto, and against a local HTTP
+server that answers what a test tells it (errors, throttling, silence) and keeps what it received."""
+
+import hashlib
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from botocore.auth import S3SigV4Auth, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from pydantic import SecretStr
+
+from tests.unit.core.conftest import REGION, admin_for, client_for, new_bucket, s3_settings
+from umc_infra import StateBackendError
+from umc_infra.state import aws
+from umc_infra.state.aws import AwsClient, dynamodb, s3_keys
+
+
+class Scripted:
+    """An HTTP server on 127.0.0.1: each request gets the next ``(status, body)`` of ``replies`` (the last repeats)."""
+
+    def __init__(self, replies: list[tuple[int, bytes]]) -> None:
+        self.replies = replies
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.received.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                       "body": body})  # fmt: skip
+                status, reply = outer.replies[min(len(outer.received), len(outer.replies)) - 1]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.send_header("ETag", '"e1"')
+                self.end_headers()
+                self.wfile.write(reply)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "Scripted":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backoffs(monkeypatch) -> list[int]:
+    """The retries' backoffs, recorded instead of slept."""
+    seen: list[int] = []
+    monkeypatch.setattr(aws.AwsClient, "_back_off", staticmethod(seen.append))
+    return seen
+
+
+def client(endpoint: str, service: str = "s3", timeout_s: float = 5.0) -> AwsClient:
+    return AwsClient(s3_settings(endpoint, "umc-unit-any", state_timeout_s=timeout_s), service)
+
+
+S3_ERROR = b"<?xml version='1.0'?><Error><Code>%s</Code><Message>m</Message></Error>"
+
+
+def test_objects_round_trip_on_moto_and_a_list_reads_every_page(moto_endpoint):
+    bucket = new_bucket(moto_endpoint)
+    s3 = client_for(moto_endpoint)
+    for name in ("a/one", "a/two", "a/three", "a/four", "a/five", "b/six"):
+        assert s3.request("PUT", f"/{bucket}/{name}", body=name.encode()).ok
+    assert sorted(s3_keys(s3, bucket, "a/", page_size=2)) == ["a/five", "a/four", "a/one", "a/three", "a/two"]
+    # the second opinion: boto3 sees what these calls wrote
+    assert admin_for(moto_endpoint).get_object(Bucket=bucket, Key="a/two")["Body"].read() == b"a/two"
+    got = s3.request("GET", f"/{bucket}/a/one")
+    assert (got.ok, got.body, got.headers["ETag"].startswith('"')) == (True, b"a/one", True)
+    missing = s3.request("GET", f"/{bucket}/a/none")
+    assert (missing.ok, missing.status, missing.code) == (False, 404, "NoSuchKey")
+    no_bucket = s3.request("HEAD", "/umc-unit-no-such-bucket")
+    assert (no_bucket.status, no_bucket.code) == (404, "404")  # a HEAD reply has no body
+    with pytest.raises(StateBackendError, match="refused listing 'a/': NoSuchBucket"):
+        list(s3_keys(s3, "umc-unit-no-such-bucket", "a/"))
+
+
+def test_dynamodb_items_and_tables_on_moto(moto_endpoint):
+    import boto3
+
+    admin = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                  region_name=REGION).client("dynamodb", endpoint_url=moto_endpoint)  # fmt: skip
+    admin.create_table(TableName="umc-unit-locks", KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
+                       AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
+                       BillingMode="PAY_PER_REQUEST")  # fmt: skip
+    admin.put_item(TableName="umc-unit-locks", Item={"LockID": {"S": "b/k"}, "Info": {"S": '{"ID": "1"}'}})
+    db = client(moto_endpoint, "dynamodb")
+
+    def get(key: str) -> dict:
+        return dynamodb(db, "GetItem", {"TableName": "umc-unit-locks", "Key": {"LockID": {"S": key}}})
+
+    assert get("b/k")["Item"] == {"LockID": {"S": "b/k"}, "Info": {"S": '{"ID": "1"}'}}
+    assert "Item" not in get("b/none")
+    assert dynamodb(db, "DescribeTable", {"TableName": "umc-unit-locks"})["Table"]["TableStatus"] == "ACTIVE"
+    with pytest.raises(StateBackendError, match="refused DescribeTable on table 'nope': ResourceNotFoundException"):
+        dynamodb(db, "DescribeTable", {"TableName": "nope"})
+
+
+@pytest.mark.parametrize("service", ["s3", "dynamodb"])
+def test_the_signature_is_of_the_request_as_it_arrived(service):
+    """The server recomputes the signature from what it received (path, query, headers, body) with the key."""
+    with Scripted([(200, b"<ListBucketResult/>" if service == "s3" else b"{}")]) as server:
+        api = client(server.endpoint, service)
+        if service == "s3":
+            list(s3_keys(api, "bucket-1", "deployments/a b/~x", page_size=7))
+        else:
+            dynamodb(api, "GetItem", {"TableName": "t", "Key": {"LockID": {"S": "x"}}})
+    got = server.received[0]
+    headers = got["headers"]
+    signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert "host" in signed and "x-amz-date" in signed
+    if service == "s3":  # S3 checks the body against its signed hash
+        assert headers["X-Amz-Content-SHA256"] == hashlib.sha256(got["body"]).hexdigest()
+    again = AWSRequest(method=got["method"], url=server.endpoint + got["path"], data=got["body"],
+                       headers={k: v for k, v in headers.items() if k.lower() in signed})  # fmt: skip
+    again.context["timestamp"] = headers["X-Amz-Date"]
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(Credentials("testing", "testing"), service, REGION)
+    expected = signer.signature(signer.string_to_sign(again, signer.canonical_request(again)), again)
+    assert headers["Authorization"].endswith(f"Signature={expected}")
+    # the control: another key gives another signature
+    other = (S3SigV4Auth if service == "s3" else SigV4Auth)(Credentials("testing", "other"), service, REGION)
+    assert not headers["Authorization"].endswith(
+        f"Signature={other.signature(other.string_to_sign(again, other.canonical_request(again)), again)}"
+    )
+
+
+def test_5xx_and_throttling_are_retried_and_then_succeed(backoffs):
+    throttled = b'{"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"}'
+    with Scripted([(503, S3_ERROR % b"SlowDown"), (400, throttled), (200, b"{}")]) as server:
+        assert dynamodb(client(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"}) == {}
+    assert len(server.received) == 3 and backoffs == [1, 2]
+
+
+def test_a_refusal_is_not_retried_and_names_its_code(backoffs):
+    with Scripted([(412, S3_ERROR % b"PreconditionFailed")]) as server:
+        refused = client(server.endpoint).request("PUT", "/b/k", body=b"1", headers={"If-None-Match": "*"})
+    assert (refused.ok, refused.code, refused.status) == (False, "PreconditionFailed", 412)
+    assert len(server.received) == 1 and backoffs == []
+    assert server.received[0]["headers"]["If-None-Match"] == "*"
+
+
+def test_errors_after_the_last_attempt(backoffs):
+    with Scripted([(500, b"not xml, not json")]) as server:
+        failed = client(server.endpoint).request("GET", "/b/k")
+    assert (failed.code, len(server.received), backoffs) == ("500", 3, [1, 2])
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """An endpoint that accepts connections (the kernel does) and never answers."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        yield f"http://127.0.0.1:{hung.getsockname()[1]}"
+
+
+def test_an_endpoint_that_never_answers_is_unreachable_after_three_timeouts(silent, backoffs):
+    began = time.monotonic()
+    with pytest.raises(StateBackendError, match=r"S3 state backend unreachable at .* \(ReadTimeout\)"):
+        client(silent, timeout_s=0.3).request("GET", "/b/k")
+    assert backoffs == [1, 2]
+    assert 0.9 <= time.monotonic() - began < 5
+
+
+def test_no_credentials_is_unreachable_and_nothing_is_sent(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with Scripted([(200, b"")]) as server:
+        settings = s3_settings(server.endpoint, "umc-unit-any").model_copy(
+            update={"s3_access_key_id": None, "s3_secret_access_key": None}
+        )
+        with pytest.raises(StateBackendError, match="no AWS credentials"):
+            AwsClient(settings, "s3").request("GET", "/b/k")
+    assert server.received == []
+
+
+def test_the_key_stays_out_of_reprs_and_errors(moto_endpoint):
+    canary = "canary-aws-secret-4f1c9e"
+    settings = s3_settings(moto_endpoint, "umc-unit-any").model_copy(update={"s3_secret_access_key": SecretStr(canary)})
+    api = AwsClient(settings, "s3")
+    with pytest.raises(StateBackendError) as failed:
+        list(s3_keys(api, "umc-unit-no-such-bucket", "x/"))
+    reply = api.request("GET", "/umc-unit-no-such-bucket/x")
+    for text in (repr(api), repr(reply), str(failed.value), repr(failed.value), repr(vars(api))):
+        assert canary not in text
+
+
+@pytest.mark.parametrize("from_environment", [True, False])
+def test_temporary_credentials_from_the_environment_send_their_session_token(monkeypatch, from_environment):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing" if from_environment else "another-key")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-1")
+    with Scripted([(200, b"{}")]) as server:
+        dynamodb(client(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"})
+    sent = server.received[0]["headers"]
+    assert sent.get("X-Amz-Security-Token") == ("session-token-1" if from_environment else None)
