@@ -52,7 +52,7 @@ from umc_infra.terraform.runner import Terraform
 
 sys.path.insert(0, str(Path(__file__).parent))
 from load import service_load  # benchmarks/ is not a package
-from measure import Measured, measure, median, paired, step_medians
+from measure import Measured, machine_busy_s, measure, median, paired, step_medians
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -300,8 +300,16 @@ def memory(runs: dict[str, dict[str, list[Measured]]]) -> dict[str, Any]:
 
 def scaling(sides: Sides, what: str, sizes: Sequence[int], repeats: int,
             order: Sequence[str] = ("library", "naive")) -> dict[str, Any]:  # fmt: skip
-    """``vms``: one linux-server deployment of n VMs; ``deployments``: n one-VM deployments at once. Paired."""
+    """``vms``: one linux-server deployment of n VMs; ``deployments``: n one-VM deployments at once. Paired.
+
+    Each size has the machine's busy CPU seconds of its measurements too (every process: the sandbox's guests and
+    services as well), and ``cpu_bound_ratio``: the lowest ``ratio_to_one`` the machine's CPUs allow, ``n`` times
+    one's CPU seconds over the CPUs times one's seconds (``n`` one-VM deployments need ``n`` times the work of
+    one at least, and the CPUs do at most ``cpus`` seconds of it per second).
+    """
     seconds: dict[int, dict[str, list[float]]] = {n: {s: [] for s in order} for n in sizes}
+    busy: dict[int, dict[str, list[float]]] = {n: {s: [] for s in order} for n in sizes}
+    cpus = os.cpu_count() or 1
     for n in sizes:
         for rep in range(repeats):
             for side in order if rep % 2 == 0 else tuple(reversed(order)):
@@ -312,11 +320,12 @@ def scaling(sides: Sides, what: str, sizes: Sequence[int], repeats: int,
                 if side in ("naive", "tuned"):  # set up beforehand, as for one deployment
                     for d in names:
                         sides.prepare_raw(sides.work / "raw" / d, "linux-server", d, instances)
-                started = time.perf_counter()
+                started, busy_before = time.perf_counter(), machine_busy_s()
                 with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
                     list(pool.map(lambda d: sides.run(side, "provision", "linux-server", d, instances,  # noqa: B023
                                                       memory=False), names))  # fmt: skip
                 seconds[n][side].append(time.perf_counter() - started)
+                busy[n][side].append(machine_busy_s() - busy_before)
                 for d in names:
                     sides.destroy(side, "linux-server", d)
                 console.print(f"  {what} {n}, {side}: {seconds[n][side][-1]:.1f} s", highlight=False)
@@ -327,6 +336,9 @@ def scaling(sides: Sides, what: str, sizes: Sequence[int], repeats: int,
         "seconds": {s: [round(v, 2) for v in seconds[n][s]] for s in order},
         "median_s": {s: round(median(seconds[n][s]), 2) for s in order},
         "ratio_to_one": {s: round(median(seconds[n][s]) / median(seconds[one][s]), 2) for s in order},
+        "machine_cpu_s": {s: round(median(busy[n][s]), 2) for s in order},
+        "cpu_bound_ratio": {s: round(n * median(busy[one][s]) / (cpus * median(seconds[one][s])), 2) for s in order},
+        "cpus": cpus,
         **({"library_over_naive": paired(seconds[n]["library"], seconds[n]["naive"])}
            if {"library", "naive"} <= set(order) else {}),
     } for n in sizes}  # fmt: skip
@@ -347,6 +359,9 @@ def report(results: dict[str, Any]) -> Table:
     for what in ("scaling_vms", "scaling_deployments"):
         for n, f in results[what].items():
             label = f"{n} VMs" if what == "scaling_vms" else f"{n} deployments at once"
+            if what == "scaling_deployments" and n != next(iter(results[what])):
+                label += (f" ({f['ratio_to_one'].get('library', float('nan')):.2f}x one; the CPUs allow "
+                          f"{f['cpu_bound_ratio'].get('library', float('nan')):.2f}x)")  # fmt: skip
             table.add_row(label, f"{f['median_s'].get('library', float('nan')):.1f}",
                           f"{f['median_s'].get('naive', float('nan')):.1f}", "", "",
                           ratio(f.get("library_over_naive")), "", "")  # fmt: skip

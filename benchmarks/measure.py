@@ -198,6 +198,18 @@ def measure(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = N
             cgroup.remove()
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot, over all its CPUs.
+
+    From ``/proc/stat``: every state but idle and iowait. The difference over a measurement is what every process
+    used, the sandbox's guests and services too, and the processes that ended in between.
+    """
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # -- statistics ---------------------------------------------------------------------------------------------
 
 

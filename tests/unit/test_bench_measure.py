@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,12 @@ def test_paired_ratios_their_median_and_a_bootstrap_interval_around_it():
 def test_step_medians_take_each_step_over_the_runs_that_have_it():
     runs = [{"a": 1.0, "b": 2.0}, {"a": 3.0}, {"a": 2.0, "b": 4.0}]
     assert measure.step_medians(runs) == {"a": 2.0, "b": 3.0}
+
+
+def test_the_machines_busy_cpu_counts_work_done_by_any_process():
+    started, before = time.monotonic(), measure.machine_busy_s()
+    spin = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    busy, took = measure.machine_busy_s() - before, time.monotonic() - started
+    assert busy >= 0.5  # the child's 0.6 s, counted though it ended
+    assert busy <= took * (os.cpu_count() or 1) + 0.05  # seconds, not clock ticks: no more than the CPUs can do
