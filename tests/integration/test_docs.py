@@ -134,6 +134,7 @@ def _run_the_benchmark(code: str, work: Path) -> None:
             low, high = f[baseline]["ci95"]
             assert f[baseline]["ratio_median"] > 0 and low <= f[baseline]["ratio_median"] <= high
         assert f["steps_median_s"]["naive"]["terraform.init"] > 0 and f["steps_median_s"]["library"]
+        assert any(step.startswith("terraform.plan.") for step in f["steps_median_s"]["cli"])  # the CLI's -o json
         assert all(f["cpu_median_s"][side] > 0 for side in f["cpu_median_s"])
     assert "ansible.all" in figures["versus_raw"]["provision"]["steps_median_s"]["tuned"]
     assert "terraform.init" not in figures["versus_raw"]["converge"]["steps_median_s"]["tuned"]  # kept

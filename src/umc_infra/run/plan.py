@@ -84,7 +84,7 @@ def plan(session: Session, record: DeploymentRecord | None, *, check_configurati
         exists=exists, previous_version=record.version if record else None,
         param_changes=policy.param_changes(before, params) if exists else {}, resources=resources,
         deferred=deferred, configuration=tuple(configuration),
-        fingerprint=policy.fingerprint(params, resources, deferred),
+        fingerprint=policy.fingerprint(params, resources, deferred), timings=dict(session.timings),
     )  # fmt: skip
 
 

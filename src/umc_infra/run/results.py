@@ -80,6 +80,8 @@ class PlanResult(BaseModel):
     """For existing hosts: tasks that would change (Ansible check mode with diff)."""
     fingerprint: str
     """Identifies exactly these changes; ``provision(plan=...)`` refuses if the world moved since."""
+    timings: dict[str, float] = {}
+    """Seconds of each step of the plan (not part of the fingerprint)."""
 
     @property
     def counts(self) -> dict[str, ChangeCounts]:

@@ -122,6 +122,7 @@ def test_a_new_deployment_is_planned_through_its_module_dependencies(site):
         ("vm", "fake_vm.vm[0]", "create"), ("vm", "fake_vm.vm[1]", "create"), ("tag", "fake_label.it", "create"),
     ]  # fmt: skip
     assert reviewed.deferred == () and not reviewed.exists
+    assert {"terraform.plan.vm", "terraform.plan.tag"} <= set(reviewed.timings)  # as a provision's result has them
     assert tools.world.state == {}  # planning changed nothing
     done = provisioner(site, tools).provision("demo", {"instances": 2}, options=RunOptions(plan=reviewed))
     assert done.outputs["label"] == "demo-1,demo-2"
