@@ -140,7 +140,7 @@ def _run_the_benchmark(code: str, work: Path) -> None:
     assert "terraform.init" not in figures["versus_raw"]["converge"]["steps_median_s"]["tuned"]  # kept
     assert set(figures["scaling_vms"]) == {"1"} and figures["scaling_deployments"] == {}
     assert figures["scaling_vms"]["1"]["median_s"]["naive"] > 0
-    assert 0 < figures["scaling_vms"]["1"]["machine_cpu_s"]["library"]  # every process of the machine
+    assert figures["scaling_vms"]["1"]["machine_cpu_s"]["library"] > 0  # every process of the machine
     assert 0 < figures["scaling_vms"]["1"]["cpu_bound_ratio"]["library"] <= 1.0  # one VM: at most one at a time
     assert 10 < figures["memory"]["library_process_peak_mb"] < figures["memory"]["library"]["tree_rss_peak_mb"]
     assert "terraform" in figures["memory"]["naive"]["per_program_peak_mb"]
