@@ -7,8 +7,8 @@ botocore's credential chain and its Signature Version 4 signer, and :mod:`reques
 Vault calls) for HTTP: proxies from ``HTTPS_PROXY``/``NO_PROXY``, and ``AWS_CA_BUNDLE`` as boto3 takes it.
 
 Each request has the settings' state timeout to connect and to read, and is tried :data:`ATTEMPTS` times when
-the endpoint cannot be reached, answers 5xx or 429, or throttles (boto3's "standard" retry mode, with its
-backoff). An error reply is returned (:class:`AwsReply` with the service's error code) for the caller to judge;
+the endpoint cannot be reached, answers 5xx or 429, or throttles (as boto3's "standard" retry mode, with its
+backoff scales). An error reply is returned (:class:`AwsReply` with the service's error code) for the caller to judge;
 an endpoint that cannot be reached after the last attempt, or no credentials, is a ``StateBackendError``.
 """
 
@@ -64,7 +64,8 @@ class AwsClient:
     """Signed HTTP calls to one service of the state backend (``s3`` or ``dynamodb``); safe to share by threads.
 
     The endpoint is the settings' S3 endpoint (both services, path-style buckets, as Terraform's S3 backend is
-    configured), else AWS's regional endpoint. Credentials are the settings' S3 key, else the usual AWS ways
+    configured), else AWS's regional endpoint in the commercial partition (``<service>.<region>.amazonaws.com``;
+    elsewhere, set the endpoint). Credentials are the settings' S3 key, else the usual AWS ways
     (environment, profile, container or instance role), looked up once.
     """
 
@@ -82,22 +83,34 @@ class AwsClient:
         return f"AwsClient({self.service!r}, endpoint={self.endpoint!r})"
 
     def _frozen_credentials(self) -> Any:
+        from botocore.exceptions import BotoCoreError
+
         with self._lock:
-            if self._credentials is None:
-                key, secret = self._settings_key
-                if key and secret is not None:
-                    from botocore.credentials import Credentials
-
-                    # the session token of temporary credentials in the environment goes with their key
-                    token = os.environ.get("AWS_SESSION_TOKEN") if key == os.environ.get("AWS_ACCESS_KEY_ID") else None
-                    self._credentials = Credentials(key, secret.get_secret_value(), token)
-                else:
-                    import botocore.session
-
-                    self._credentials = botocore.session.Session().get_credentials()
+            failed = ""
+            try:
                 if self._credentials is None:
-                    raise self._unreachable("no AWS credentials: set UMC_S3_ACCESS_KEY_ID, or an AWS profile or role")
-            return self._credentials.get_frozen_credentials()
+                    self._credentials = self._find_credentials()
+                if self._credentials is not None:
+                    return self._credentials.get_frozen_credentials()
+            except BotoCoreError as exc:  # a profile that is not there, a role or SSO token that cannot be had
+                failed = type(exc).__name__
+            # raised outside the handler: no botocore exception (or what it holds) hangs on the error
+            raise self._unreachable(
+                f"no AWS credentials ({failed or 'none found'}): set UMC_S3_ACCESS_KEY_ID and "
+                "UMC_S3_SECRET_ACCESS_KEY, or an AWS profile or role"
+            )
+
+    def _find_credentials(self) -> Any:
+        key, secret = self._settings_key
+        if key and secret is not None:
+            from botocore.credentials import Credentials
+
+            # the session token of temporary credentials in the environment goes with their key
+            token = os.environ.get("AWS_SESSION_TOKEN") if key == os.environ.get("AWS_ACCESS_KEY_ID") else None
+            return Credentials(key, secret.get_secret_value(), token)
+        import botocore.session
+
+        return botocore.session.Session().get_credentials()
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
@@ -105,9 +118,8 @@ class AwsClient:
             import requests
 
             session = self._local.session = requests.Session()
-            bundle = os.environ.get("AWS_CA_BUNDLE")
-            if bundle:
-                session.verify = bundle
+            # The request is signed: no Basic auth from ~/.netrc may replace the signature (nor reach the endpoint).
+            session.auth = _as_signed
         return session
 
     def request(self, method: str, path: str = "/", *, query: Mapping[str, str] | None = None, body: bytes = b"",
@@ -125,22 +137,28 @@ class AwsClient:
         if query:
             url += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="~")
         signer = S3SigV4Auth if self.service == "s3" else SigV4Auth
+        # Per request: requests lets REQUESTS_CA_BUNDLE win over a session's own ``verify``.
+        verify: str | bool = os.environ.get("AWS_CA_BUNDLE") or True
+        failed = ""
         for attempt in range(1, ATTEMPTS + 1):
             unsigned = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
             signer(self._frozen_credentials(), self.service, self.region).add_auth(unsigned)
+            signed = dict(unsigned.headers.items())
             try:
-                reply = self._session().request(method, url, data=body or None, headers=dict(unsigned.headers.items()),
-                                                timeout=self.timeout_s, allow_redirects=False)  # fmt: skip
+                reply = self._session().request(method, url, data=body or None, headers=signed, timeout=self.timeout_s,
+                                                allow_redirects=False, verify=verify)  # fmt: skip
             except requests.RequestException as exc:
-                if attempt == ATTEMPTS:
-                    raise self._unreachable(type(exc).__name__) from None
-                self._back_off(attempt)
+                failed = type(exc).__name__
+                if attempt < ATTEMPTS:
+                    self._back_off(attempt, throttled=False)
                 continue
             response = AwsReply(reply.status_code, reply.headers, reply.content)
-            if attempt == ATTEMPTS or not (response.status in _RETRIED_STATUS or response.code in _THROTTLED):
+            throttled = response.status == 429 or response.code in _THROTTLED
+            if attempt == ATTEMPTS or not (throttled or response.status in _RETRIED_STATUS):
                 return response
-            self._back_off(attempt)
-        raise self._unreachable("no attempt")  # pragma: no cover (ATTEMPTS >= 1)
+            self._back_off(attempt, throttled=throttled)
+        # raised outside the handler: the requests exception, and the signed request it holds, stay behind
+        raise self._unreachable(failed)
 
     def _unreachable(self, reason: str) -> StateBackendError:
         name = "S3" if self.service == "s3" else "DynamoDB"
@@ -150,9 +168,19 @@ class AwsClient:
             step="store",
         )
 
-    @staticmethod
-    def _back_off(attempt: int) -> None:
-        time.sleep(min(MAX_BACKOFF_S, random.random() * 2**attempt))  # noqa: S311 (jitter, not a secret)
+    def _back_off(self, attempt: int, *, throttled: bool) -> None:
+        """Sleep as boto3's standard mode does before the next attempt.
+
+        A random part of ``scale * 2 ** (attempt - 1)`` seconds; the scale is 1 s after throttling, else 0.05 s
+        (0.025 s for DynamoDB).
+        """
+        scale = 1.0 if throttled else 0.025 if self.service == "dynamodb" else 0.05
+        time.sleep(random.random() * min(scale * 2 ** (attempt - 1), MAX_BACKOFF_S))  # noqa: S311 (jitter)
+
+
+def _as_signed(request: Any) -> Any:
+    """The session's auth: the request as it is (signed already)."""
+    return request
 
 
 def _error_code(status: int, body: bytes) -> str:
@@ -181,12 +209,22 @@ def dynamodb(client: AwsClient, operation: str, request: Mapping[str, Any]) -> d
     """
     headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": f"DynamoDB_20120810.{operation}"}
     reply = client.request("POST", "/", body=json.dumps(request).encode(), headers=headers)
+    table = request.get("TableName")
     if not reply.ok:
         raise StateBackendError(
-            f"DynamoDB at {client.endpoint} refused {operation} on table {request.get('TableName')!r}: {reply.code}",
+            f"DynamoDB at {client.endpoint} refused {operation} on table {table!r}: {reply.code}", step="store"
+        )
+    try:
+        found = json.loads(reply.body or b"{}")
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise StateBackendError(
+            f"DynamoDB at {client.endpoint} answered {operation} on table {table!r} with something other than a "
+            "JSON object: is UMC_S3_ENDPOINT an S3 and DynamoDB endpoint?",
             step="store",
         )
-    return dict(json.loads(reply.body or b"{}"))
+    return found
 
 
 def s3_keys(client: AwsClient, bucket: str, prefix: str, *, page_size: int = 1000) -> Iterator[str]:
@@ -203,7 +241,16 @@ def s3_keys(client: AwsClient, bucket: str, prefix: str, *, page_size: int = 100
         reply = client.request("GET", f"/{bucket}", query=query)
         if not reply.ok:
             raise StateBackendError(f"S3 bucket {bucket!r} refused listing {prefix!r}: {reply.code}", step="store")
-        page = ElementTree.fromstring(reply.body)  # noqa: S314 (see _S3_NS)
+        try:
+            page = ElementTree.fromstring(reply.body)  # noqa: S314 (see _S3_NS)
+        except ElementTree.ParseError:
+            page = None
+        if page is None or not page.tag.endswith("ListBucketResult"):
+            raise StateBackendError(
+                f"S3 bucket {bucket!r} answered listing {prefix!r} with something other than a ListBucketResult: is "
+                "UMC_S3_ENDPOINT an S3 endpoint?",
+                step="store",
+            )
         for found in page.iter(f"{_S3_NS}Key"):
             yield found.text or ""
         token = page.findtext(f"{_S3_NS}NextContinuationToken")

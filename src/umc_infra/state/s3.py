@@ -58,7 +58,7 @@ class S3Store:
     def get_versioned(self, key: str) -> Versioned | None:
         """The document at ``key`` with its version, or None."""
         reply = self._s3.request("GET", self._path(key))
-        if reply.code in _GONE:
+        if reply.code == "NoSuchKey":  # S3's own answer; a bare 404 comes from something that is not the bucket
             return None
         if not reply.ok:
             raise self._refused(key, reply)
@@ -85,7 +85,10 @@ class S3Store:
             headers["x-amz-server-side-encryption"] = "AES256"
         reply = self._s3.request("PUT", self._path(key), body=data, headers=headers)
         if reply.ok:
-            return reply.headers.get("ETag", "")
+            etag = reply.headers.get("ETag")
+            if not etag:  # the version a compare-and-swap needs (and create's "written" is its truth)
+                raise StateBackendError(f"S3 bucket {self.bucket!r} wrote {key!r} without an ETag", step="store")
+            return str(etag)
         if condition and (reply.code in _REFUSED or ("If-Match" in condition and reply.code in _GONE)):
             return None
         raise self._refused(key, reply)
@@ -93,7 +96,7 @@ class S3Store:
     def delete(self, key: str) -> None:
         """Remove the document at ``key`` (absent is fine)."""
         reply = self._s3.request("DELETE", self._path(key))
-        if not reply.ok and reply.code not in _GONE:
+        if not reply.ok and reply.code != "NoSuchKey":
             raise self._refused(key, reply)
 
     def delete_if(self, key: str, *, version: str) -> bool:

@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -71,10 +72,14 @@ def read(settings: Settings, deployment: str, module: str, *, client: AwsClient 
     if not info:
         return None
     try:
-        data = json.loads(info)
-        created = datetime.fromisoformat(str(data.get("Created", "")).replace("Z", "+00:00"))
+        found = json.loads(info)
+    except ValueError:  # not Terraform's JSON: a lock all the same, of no one known
+        found = None
+    data: dict[str, Any] = found if isinstance(found, dict) else {}
+    try:
+        created: datetime | None = datetime.fromisoformat(str(data.get("Created", "")).replace("Z", "+00:00"))
     except ValueError:
-        data, created = (data if isinstance(data, dict) else {}), None
+        created = None
     return StateLock(
         id=str(data.get("ID", "")), who=str(data.get("Who", "")), created=created,
         operation=str(data.get("Operation", "")),

@@ -3,9 +3,11 @@ server that answers what a test tells it (errors, throttling, silence) and keeps
 
 import hashlib
 import http.server
+import logging
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -18,12 +20,13 @@ from tests.unit.core.conftest import REGION, admin_for, client_for, new_bucket, 
 from umc_infra import StateBackendError
 from umc_infra.state import aws
 from umc_infra.state.aws import AwsClient, dynamodb, s3_keys
+from umc_infra.state.s3 import S3Store
 
 
 class Scripted:
     """An HTTP server on 127.0.0.1: each request gets the next ``(status, body)`` of ``replies`` (the last repeats)."""
 
-    def __init__(self, replies: list[tuple[int, bytes]]) -> None:
+    def __init__(self, replies: list[tuple[int, bytes]], *, etag: bool = True) -> None:
         self.replies = replies
         self.received: list[dict] = []
         outer = self
@@ -41,7 +44,8 @@ class Scripted:
                 status, reply = outer.replies[min(len(outer.received), len(outer.replies)) - 1]
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(reply)))
-                self.send_header("ETag", '"e1"')
+                if etag:
+                    self.send_header("ETag", '"e1"')
                 self.end_headers()
                 self.wfile.write(reply)
 
@@ -60,10 +64,12 @@ class Scripted:
 
 
 @pytest.fixture
-def backoffs(monkeypatch) -> list[int]:
-    """The retries' backoffs, recorded instead of slept."""
-    seen: list[int] = []
-    monkeypatch.setattr(aws.AwsClient, "_back_off", staticmethod(seen.append))
+def backoffs(monkeypatch) -> list[tuple[int, bool]]:
+    """The retries' backoffs (attempt, throttled), recorded instead of slept."""
+    seen: list[tuple[int, bool]] = []
+    monkeypatch.setattr(
+        aws.AwsClient, "_back_off", lambda self, attempt, *, throttled: seen.append((attempt, throttled))
+    )
     return seen
 
 
@@ -113,17 +119,35 @@ def test_dynamodb_items_and_tables_on_moto(moto_endpoint):
         dynamodb(db, "DescribeTable", {"TableName": "nope"})
 
 
-@pytest.mark.parametrize("service", ["s3", "dynamodb"])
-def test_the_signature_is_of_the_request_as_it_arrived(service):
-    """The server recomputes the signature from what it received (path, query, headers, body) with the key."""
+@pytest.mark.parametrize("call", ["s3-list", "s3-conditional-put", "dynamodb"])
+def test_the_signature_is_of_the_request_as_it_arrived(call, tmp_path, monkeypatch):
+    """The server recomputes the signature from what it received (path, query, headers, body) with the key.
+
+    A ``~/.netrc`` with a default entry is in place: requests would put its Basic auth in place of the signature.
+    """
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password netrc-password-1\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    service = call.split("-")[0]
     with Scripted([(200, b"<ListBucketResult/>" if service == "s3" else b"{}")]) as server:
         api = client(server.endpoint, service)
-        if service == "s3":
+        if call == "s3-list":
             list(s3_keys(api, "bucket-1", "deployments/a b/~x", page_size=7))
+        elif call == "s3-conditional-put":
+            store = S3Store(api, "bucket-1", kms_key_id="alias/umc state")
+            assert store.replace("deployments/a/record.json", b'{"state": "active"}', version='"e0"') == '"e1"'
         else:
             dynamodb(api, "GetItem", {"TableName": "t", "Key": {"LockID": {"S": "x"}}})
     got = server.received[0]
     headers = got["headers"]
+    assert "netrc-password-1" not in str(headers) and headers["Authorization"].startswith("AWS4-HMAC-SHA256 ")
+    if call == "s3-conditional-put":
+        assert (headers["If-Match"], headers["x-amz-server-side-encryption-aws-kms-key-id"]) == (
+            '"e0"',
+            "alias/umc state",
+        )
+        assert got["body"] == b'{"state": "active"}'
     signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
     assert "host" in signed and "x-amz-date" in signed
     if service == "s3":  # S3 checks the body against its signed hash
@@ -145,7 +169,7 @@ def test_5xx_and_throttling_are_retried_and_then_succeed(backoffs):
     throttled = b'{"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"}'
     with Scripted([(503, S3_ERROR % b"SlowDown"), (400, throttled), (200, b"{}")]) as server:
         assert dynamodb(client(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"}) == {}
-    assert len(server.received) == 3 and backoffs == [1, 2]
+    assert len(server.received) == 3 and backoffs == [(1, True), (2, True)]
 
 
 def test_a_refusal_is_not_retried_and_names_its_code(backoffs):
@@ -159,7 +183,7 @@ def test_a_refusal_is_not_retried_and_names_its_code(backoffs):
 def test_errors_after_the_last_attempt(backoffs):
     with Scripted([(500, b"not xml, not json")]) as server:
         failed = client(server.endpoint).request("GET", "/b/k")
-    assert (failed.code, len(server.received), backoffs) == ("500", 3, [1, 2])
+    assert (failed.code, len(server.received), backoffs) == ("500", 3, [(1, False), (2, False)])
 
 
 @pytest.fixture
@@ -175,7 +199,7 @@ def test_an_endpoint_that_never_answers_is_unreachable_after_three_timeouts(sile
     began = time.monotonic()
     with pytest.raises(StateBackendError, match=r"S3 state backend unreachable at .* \(ReadTimeout\)"):
         client(silent, timeout_s=0.3).request("GET", "/b/k")
-    assert backoffs == [1, 2]
+    assert backoffs == [(1, False), (2, False)]
     assert 0.9 <= time.monotonic() - began < 5
 
 
@@ -194,15 +218,64 @@ def test_no_credentials_is_unreachable_and_nothing_is_sent(monkeypatch):
     assert server.received == []
 
 
-def test_the_key_stays_out_of_reprs_and_errors(moto_endpoint):
-    canary = "canary-aws-secret-4f1c9e"
-    settings = s3_settings(moto_endpoint, "umc-unit-any").model_copy(update={"s3_secret_access_key": SecretStr(canary)})
+def test_the_key_and_token_stay_out_of_errors_reprs_and_logs(silent, monkeypatch, caplog, backoffs):
+    """The unreachable path, with every logger at DEBUG: the error, its whole traceback, what it hangs on, the
+    client's repr and state, and the log hold neither the secret key nor (but in botocore's own DEBUG record of
+    the canonical request, as with boto3) the session token."""
+    key, token = "canary-aws-secret-4f1c9e", "canary-aws-token-77ab02"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    caplog.set_level(logging.DEBUG)
+    settings = s3_settings(silent, "umc-unit-any", state_timeout_s=0.2).model_copy(
+        update={"s3_secret_access_key": SecretStr(key)}
+    )
     api = AwsClient(settings, "s3")
     with pytest.raises(StateBackendError) as failed:
-        list(s3_keys(api, "umc-unit-no-such-bucket", "x/"))
-    reply = api.request("GET", "/umc-unit-no-such-bucket/x")
-    for text in (repr(api), repr(reply), str(failed.value), repr(failed.value), repr(vars(api))):
-        assert canary not in text
+        S3Store(api, "umc-unit-any").put("k/x", b"1")
+    error = failed.value
+    assert error.__context__ is None and error.__cause__ is None  # no requests exception (and request) behind it
+    shown = "".join(traceback.format_exception(error)) + repr(error) + repr(api) + repr(vars(api))
+    for secret in (key, token):
+        assert secret not in shown
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert key not in logged
+    assert token not in "\n".join(r.getMessage() for r in caplog.records if r.name != "botocore.auth")
+
+
+BAD_ANSWERS = {  # what the endpoint answers, the call, what the error says
+    "a 404 without S3's NoSuchKey (not the bucket answering)": (
+        404, b"", lambda api: S3Store(api, "umc-unit-any").get("k/x"), "refused 'k/x': 404"),
+    "a proxy's page for a listing": (
+        200, b"<html>a proxy's page</html>", lambda api: S3Store(api, "umc-unit-any").list("deployments"),
+        "something other than a ListBucketResult"),
+    "a proxy's page for DynamoDB": (
+        200, b"<html>a proxy's page</html>", lambda api: dynamodb(api, "GetItem", {"TableName": "t"}),
+        "something other than a JSON object"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_ANSWERS, ids=list(BAD_ANSWERS))
+def test_bad_answers_are_state_backend_errors(case, backoffs):
+    status, body, call, message = BAD_ANSWERS[case]
+    with Scripted([(status, body)]) as server, pytest.raises(StateBackendError, match=message):
+        call(client(server.endpoint))
+
+
+def test_a_write_without_an_etag_is_a_state_backend_error():
+    with Scripted([(200, b"")], etag=False) as server, pytest.raises(StateBackendError, match="without an ETag"):
+        S3Store(client(server.endpoint), "umc-unit-any").create("k/x", b"1")
+
+
+def test_a_profile_that_is_not_there_is_a_state_backend_error(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    settings = s3_settings("http://127.0.0.1:9", "umc-unit-any").model_copy(
+        update={"s3_access_key_id": None, "s3_secret_access_key": None}
+    )
+    with pytest.raises(StateBackendError, match=r"no AWS credentials \(ProfileNotFound\)") as failed:
+        AwsClient(settings, "s3").request("GET", "/b/k")
+    assert failed.value.__context__ is None
 
 
 @pytest.mark.parametrize("from_environment", [True, False])
