@@ -156,6 +156,18 @@ def _pids_mentioning(text: str) -> list[int]:
     return found
 
 
+def _process_state(pid: int) -> str:
+    """A process's state, parent, group, session and signal masks (what kept it alive), or why not readable."""
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text().splitlines()
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError as exc:
+        return f"gone ({exc.strerror})"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    wanted = ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return " ".join([f"pgrp={fields[2]} sid={fields[3]}", *(line for line in status if line.split(":")[0] in wanted)])
+
+
 def _kill_mid_playbook(*, armed: bool) -> tuple[list[int], list[int]]:
     """SIGKILL a process while its playbook runs a task; the playbook's processes and tasks left 5 s later."""
     run_dir = Path(tempfile.mkdtemp(prefix="iso-", dir=_private.private_root()))
@@ -180,7 +192,11 @@ def _kill_mid_playbook(*, armed: bool) -> tuple[list[int], list[int]]:
         child.kill()
         child.wait(timeout=10)
         time.sleep(5)
-        return _pids_mentioning(str(run_dir)), _pids_mentioning(f"sleep {seconds}")
+        left = _pids_mentioning(str(run_dir)), _pids_mentioning(f"sleep {seconds}")
+        if any(left):  # what a leftover is doing, for the failure's message (a case seen once under the suite's load)
+            for pid in {*left[0], *left[1]}:
+                print(f"left: {pid} {_process_state(pid)}")
+        return left
     finally:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
