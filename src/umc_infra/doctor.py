@@ -214,15 +214,15 @@ def _state_checks(d: _Doctor) -> None:
 
         d.check("state", local, fix="make UMC_STATE_DIR writable")
         return
-    from umc_infra.state.aws import dynamodb
-    from umc_infra.state.s3 import S3Store, aws_client, conditional_write_problems
+    from umc_infra.state.aws import AwsClient, dynamodb
+    from umc_infra.state.s3 import S3Store, conditional_write_problems
 
     def bucket() -> str:
         if not s.state_bucket:
             raise _Failed("UMC_STATE_BUCKET is not set", "set UMC_STATE_BUCKET to the state bucket")
         fix = "create it, or set UMC_STATE_BUCKET to one that exists"
         with _aws("the bucket", s.state_bucket, fix):
-            reply = aws_client(s, "s3").request("HEAD", f"/{s.state_bucket}")
+            reply = AwsClient(s, "s3").request("HEAD", f"/{s.state_bucket}")
         if not reply.ok:
             raise _Failed(f"the bucket {s.state_bucket}: {reply.code}", fix)
         return f"bucket {s.state_bucket} at {s.s3_endpoint or f'AWS {s.s3_region}'}"
@@ -232,12 +232,12 @@ def _state_checks(d: _Doctor) -> None:
             raise _Failed("UMC_LOCK_TABLE is not set: Terraform would run without a state lock",
                           "set UMC_LOCK_TABLE to a DynamoDB table with the hash key LockID")  # fmt: skip
         with _aws("the lock table", s.lock_table, "create it (hash key LockID), or set UMC_LOCK_TABLE"):
-            table = dynamodb(aws_client(s, "dynamodb"), "DescribeTable", {"TableName": s.lock_table})["Table"]
+            table = dynamodb(AwsClient(s, "dynamodb"), "DescribeTable", {"TableName": s.lock_table})["Table"]
         return f"lock table {s.lock_table} ({table['TableStatus']})"
 
     def conditional() -> str:
         assert s.state_bucket is not None
-        problems = conditional_write_problems(S3Store(aws_client(s, "s3"), s.state_bucket,
+        problems = conditional_write_problems(S3Store(AwsClient(s, "s3"), s.state_bucket,
                                                       kms_key_id=s.state_kms_key_id))  # fmt: skip
         if problems:
             raise _Failed("; ".join(problems), "use an S3 endpoint that honours If-None-Match and If-Match on PUT "

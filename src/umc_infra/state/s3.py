@@ -6,8 +6,7 @@ that ignores these conditions would let two runs hold one deployment or one addr
 :func:`open_s3_store` probes them once per process and endpoint (:func:`conditional_write_problems`)
 and refuses such a backend.
 
-:func:`aws_client` makes the clients of the state backend (:mod:`umc_infra.state.aws`): S3 here, DynamoDB
-for Terraform's lock table (:mod:`umc_infra.terraform.statelock`).
+The calls are signed HTTP requests of :class:`umc_infra.state.aws.AwsClient` (no boto3 client).
 """
 
 from __future__ import annotations
@@ -154,14 +153,6 @@ def conditional_write_problems(store: StateStore) -> list[str]:
     return problems
 
 
-def aws_client(settings: Settings, service: str) -> AwsClient:
-    """A client of the state backend (``s3``, or ``dynamodb`` for Terraform's lock table).
-
-    Credentials are the settings' S3 key, else the usual AWS ways; requests have the state timeout.
-    """
-    return AwsClient(settings, service)
-
-
 _probed: set[tuple[str | None, str]] = set()
 _probing = threading.Lock()
 
@@ -172,7 +163,7 @@ def open_s3_store(settings: Settings, bucket: str) -> S3Store:
     Raises:
         StateBackendError: The S3 endpoint cannot be reached, or ignores conditional writes.
     """
-    store = S3Store(aws_client(settings, "s3"), bucket, kms_key_id=settings.state_kms_key_id)
+    store = S3Store(AwsClient(settings, "s3"), bucket, kms_key_id=settings.state_kms_key_id)
     where = (settings.s3_endpoint, bucket)
     with _probing:
         if where not in _probed:

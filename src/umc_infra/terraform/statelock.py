@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict
 
 from umc_infra.settings import Settings
 from umc_infra.state.aws import AwsClient, dynamodb
-from umc_infra.state.s3 import aws_client
 from umc_infra.terraform.backend import state_key
 
 POLL_S = 0.25
@@ -53,10 +52,6 @@ def terraform_who() -> str:
     return f"{terraform_user()}@{socket.gethostname()}"
 
 
-def _client(settings: Settings) -> AwsClient:
-    return aws_client(settings, "dynamodb")
-
-
 def applies(settings: Settings) -> bool:
     """Whether Terraform's state lock lives in DynamoDB (the S3 backend with a lock table)."""
     return settings.backend == "s3" and bool(settings.lock_table) and bool(settings.state_bucket)
@@ -64,7 +59,7 @@ def applies(settings: Settings) -> bool:
 
 def read(settings: Settings, deployment: str, module: str, *, client: AwsClient | None = None) -> StateLock | None:
     """The lock on a module's state now, or None."""
-    client = client or _client(settings)
+    client = client or AwsClient(settings, "dynamodb")
     lock_id = f"{settings.state_bucket}/{state_key(deployment, module)}"
     item = dynamodb(client, "GetItem", {"TableName": settings.lock_table, "Key": {"LockID": {"S": lock_id}},
                                         "ConsistentRead": True})  # fmt: skip
@@ -111,7 +106,7 @@ class LockWatcher:
     def _watch(self, started: datetime) -> None:
         who = terraform_who()
         try:
-            client = _client(self._settings)
+            client = AwsClient(self._settings, "dynamodb")
             while not self._stop.wait(POLL_S):
                 lock = read(self._settings, self._deployment, self._module, client=client)
                 if lock is not None and lock.who == who and (lock.created is None or lock.created >= started):

@@ -11,7 +11,7 @@ from moto.server import ThreadedMotoServer
 
 from umc_infra.settings import Settings
 from umc_infra.state.aws import AwsClient
-from umc_infra.state.s3 import S3Store, aws_client
+from umc_infra.state.s3 import S3Store
 from umc_infra.state.store import LocalStore, StateStore
 
 REGION = "eu-west-1"
@@ -32,23 +32,24 @@ def s3_settings(endpoint: str, bucket: str, **more) -> Settings:
                     **more)  # fmt: skip
 
 
-_admins: dict[str, object] = {}
+_admins: dict[tuple[str, str], object] = {}
 
 
-def client_for(endpoint: str) -> AwsClient:
-    """The state backend's S3 client, as a run makes it."""
-    return aws_client(s3_settings(endpoint, "umc-unit-any"), "s3")
+def client_for(endpoint: str, service: str = "s3", *, timeout_s: float = 5.0) -> AwsClient:
+    """The state backend's client of ``service``, as a run makes it."""
+    return AwsClient(s3_settings(endpoint, "umc-unit-any", state_timeout_s=timeout_s), service)
 
 
-def admin_for(endpoint: str):
-    """A boto3 client per endpoint for the tests' own calls (a bucket, an object's headers): a second opinion."""
-    if endpoint not in _admins:
+def admin_for(endpoint: str, service: str = "s3"):
+    """A boto3 client per endpoint for the tests' own calls (a bucket, a table, an object's headers): a second
+    opinion."""
+    if (endpoint, service) not in _admins:
         import boto3
 
-        _admins[endpoint] = boto3.session.Session(
+        _admins[endpoint, service] = boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-        ).client("s3", endpoint_url=endpoint)
-    return _admins[endpoint]
+        ).client(service, endpoint_url=endpoint)
+    return _admins[endpoint, service]
 
 
 def new_bucket(endpoint: str) -> str:

@@ -73,10 +73,6 @@ def backoffs(monkeypatch) -> list[tuple[int, bool]]:
     return seen
 
 
-def client(endpoint: str, service: str = "s3", timeout_s: float = 5.0) -> AwsClient:
-    return AwsClient(s3_settings(endpoint, "umc-unit-any", state_timeout_s=timeout_s), service)
-
-
 S3_ERROR = b"<?xml version='1.0'?><Error><Code>%s</Code><Message>m</Message></Error>"
 
 
@@ -99,15 +95,12 @@ def test_objects_round_trip_on_moto_and_a_list_reads_every_page(moto_endpoint):
 
 
 def test_dynamodb_items_and_tables_on_moto(moto_endpoint):
-    import boto3
-
-    admin = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                                  region_name=REGION).client("dynamodb", endpoint_url=moto_endpoint)  # fmt: skip
+    admin = admin_for(moto_endpoint, "dynamodb")
     admin.create_table(TableName="umc-unit-locks", KeySchema=[{"AttributeName": "LockID", "KeyType": "HASH"}],
                        AttributeDefinitions=[{"AttributeName": "LockID", "AttributeType": "S"}],
                        BillingMode="PAY_PER_REQUEST")  # fmt: skip
     admin.put_item(TableName="umc-unit-locks", Item={"LockID": {"S": "b/k"}, "Info": {"S": '{"ID": "1"}'}})
-    db = client(moto_endpoint, "dynamodb")
+    db = client_for(moto_endpoint, "dynamodb")
 
     def get(key: str) -> dict:
         return dynamodb(db, "GetItem", {"TableName": "umc-unit-locks", "Key": {"LockID": {"S": key}}})
@@ -131,7 +124,7 @@ def test_the_signature_is_of_the_request_as_it_arrived(call, tmp_path, monkeypat
     monkeypatch.setenv("NETRC", str(netrc))
     service = call.split("-")[0]
     with Scripted([(200, b"<ListBucketResult/>" if service == "s3" else b"{}")]) as server:
-        api = client(server.endpoint, service)
+        api = client_for(server.endpoint, service)
         if call == "s3-list":
             list(s3_keys(api, "bucket-1", "deployments/a b/~x", page_size=7))
         elif call == "s3-conditional-put":
@@ -168,13 +161,13 @@ def test_the_signature_is_of_the_request_as_it_arrived(call, tmp_path, monkeypat
 def test_5xx_and_throttling_are_retried_and_then_succeed(backoffs):
     throttled = b'{"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"}'
     with Scripted([(503, S3_ERROR % b"SlowDown"), (400, throttled), (200, b"{}")]) as server:
-        assert dynamodb(client(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"}) == {}
+        assert dynamodb(client_for(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"}) == {}
     assert len(server.received) == 3 and backoffs == [(1, True), (2, True)]
 
 
 def test_a_refusal_is_not_retried_and_names_its_code(backoffs):
     with Scripted([(412, S3_ERROR % b"PreconditionFailed")]) as server:
-        refused = client(server.endpoint).request("PUT", "/b/k", body=b"1", headers={"If-None-Match": "*"})
+        refused = client_for(server.endpoint).request("PUT", "/b/k", body=b"1", headers={"If-None-Match": "*"})
     assert (refused.ok, refused.code, refused.status) == (False, "PreconditionFailed", 412)
     assert len(server.received) == 1 and backoffs == []
     assert server.received[0]["headers"]["If-None-Match"] == "*"
@@ -182,7 +175,7 @@ def test_a_refusal_is_not_retried_and_names_its_code(backoffs):
 
 def test_errors_after_the_last_attempt(backoffs):
     with Scripted([(500, b"not xml, not json")]) as server:
-        failed = client(server.endpoint).request("GET", "/b/k")
+        failed = client_for(server.endpoint).request("GET", "/b/k")
     assert (failed.code, len(server.received), backoffs) == ("500", 3, [(1, False), (2, False)])
 
 
@@ -198,7 +191,7 @@ def silent() -> Iterator[str]:
 def test_an_endpoint_that_never_answers_is_unreachable_after_three_timeouts(silent, backoffs):
     began = time.monotonic()
     with pytest.raises(StateBackendError, match=r"S3 state backend unreachable at .* \(ReadTimeout\)"):
-        client(silent, timeout_s=0.3).request("GET", "/b/k")
+        client_for(silent, timeout_s=0.3).request("GET", "/b/k")
     assert backoffs == [(1, False), (2, False)]
     assert 0.9 <= time.monotonic() - began < 5
 
@@ -258,12 +251,12 @@ BAD_ANSWERS = {  # what the endpoint answers, the call, what the error says
 def test_bad_answers_are_state_backend_errors(case, backoffs):
     status, body, call, message = BAD_ANSWERS[case]
     with Scripted([(status, body)]) as server, pytest.raises(StateBackendError, match=message):
-        call(client(server.endpoint))
+        call(client_for(server.endpoint))
 
 
 def test_a_write_without_an_etag_is_a_state_backend_error():
     with Scripted([(200, b"")], etag=False) as server, pytest.raises(StateBackendError, match="without an ETag"):
-        S3Store(client(server.endpoint), "umc-unit-any").create("k/x", b"1")
+        S3Store(client_for(server.endpoint), "umc-unit-any").create("k/x", b"1")
 
 
 def test_a_profile_that_is_not_there_is_a_state_backend_error(monkeypatch):
@@ -283,6 +276,6 @@ def test_temporary_credentials_from_the_environment_send_their_session_token(mon
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing" if from_environment else "another-key")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-1")
     with Scripted([(200, b"{}")]) as server:
-        dynamodb(client(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"})
+        dynamodb(client_for(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"})
     sent = server.received[0]["headers"]
     assert sent.get("X-Amz-Security-Token") == ("session-token-1" if from_environment else None)

@@ -70,7 +70,8 @@ import sys, time
 from pathlib import Path
 from umc_infra.state.lease import locked
 from umc_infra.settings import Settings
-from umc_infra.state.s3 import S3Store, aws_client
+from umc_infra.state.aws import AwsClient
+from umc_infra.state.s3 import S3Store
 from umc_infra.state.store import LocalStore
 
 kind, *where = sys.argv[1:]
@@ -80,7 +81,7 @@ else:
     endpoint, bucket = where
     settings = Settings(backend="s3", state_bucket=bucket, s3_endpoint=endpoint, s3_access_key_id="testing",
                         s3_secret_access_key="testing", s3_region="eu-west-1")
-    store = S3Store(aws_client(settings, "s3"), bucket)
+    store = S3Store(AwsClient(settings, "s3"), bucket)
 with locked(store, "team-x", operation="provision", timeout_s=5, ttl_s=60):
     print("held", flush=True)
     time.sleep(120)
