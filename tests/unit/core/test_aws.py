@@ -5,10 +5,13 @@ import hashlib
 import http.server
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from botocore.auth import S3SigV4Auth, SigV4Auth
@@ -73,6 +76,7 @@ def backoffs(monkeypatch) -> list[tuple[int, bool]]:
     return seen
 
 
+ROOT = Path(__file__).resolve().parents[3]
 S3_ERROR = b"<?xml version='1.0'?><Error><Code>%s</Code><Message>m</Message></Error>"
 
 
@@ -279,3 +283,22 @@ def test_temporary_credentials_from_the_environment_send_their_session_token(mon
         dynamodb(client_for(server.endpoint, "dynamodb"), "GetItem", {"TableName": "t"})
     sent = server.received[0]["headers"]
     assert sent.get("X-Amz-Security-Token") == ("session-token-1" if from_environment else None)
+
+
+def test_a_run_s_state_calls_load_no_boto3(moto_endpoint):
+    """The state backend's calls in a fresh process: no boto3, and no botocore service model (what cost 40 MB)."""
+    bucket = new_bucket(moto_endpoint)
+    code = f"""
+import sys
+from umc_infra.settings import Settings
+from umc_infra.state.aws import AwsClient
+from umc_infra.state.s3 import S3Store
+settings = Settings(backend="s3", state_bucket={bucket!r}, s3_endpoint={moto_endpoint!r}, s3_region={REGION!r},
+                    s3_access_key_id="testing", s3_secret_access_key="testing")
+store = S3Store(AwsClient(settings, "s3"), {bucket!r})
+store.put("k/x", b"1")
+assert store.get("k/x") == b"1" and store.list("k") == ["k/x"]
+print(sorted(m for m in sys.modules if m == "boto3" or m.startswith(("boto3.", "botocore.client", "botocore.loaders"))))
+"""
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert found.stdout.strip() == "[]", found.stdout
